@@ -1,0 +1,114 @@
+//! `atlant status`: health, quorum, OSDs, PGs, pools, images and capacity, as a table or
+//! as JSON whose keys scripts rely on (`health`, `epoch`, `mons`, `osds`, `pgs`, `pools`,
+//! `images`).
+
+use proto::msg::StatusReport;
+use proto::pg::pg_mapping;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+pub fn status_json(r: &StatusReport) -> Value {
+    let map = &r.map;
+    let total = map.osds.len();
+    let up = map.osds.values().filter(|o| o.up).count();
+    let in_ = map.osds.values().filter(|o| o.is_in).count();
+    let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut pg_total = 0u64;
+    let mut inactive = Vec::new();
+    for pool in map.pools.values() {
+        for seed in 0..pool.pg_count {
+            let m = pg_mapping(map, pool, seed);
+            pg_total += 1;
+            *by_state.entry(m.state.name()).or_default() += 1;
+            if !m.is_active() && inactive.len() < 5 {
+                let down: Vec<String> = m.interval_key.iter().filter(|(_, e)| *e == 0).map(|(o, _)| o.to_string()).collect();
+                inactive.push(format!("pg {} is {} (waiting for {})", m.pg, m.state.name(), down.join(",")));
+            }
+        }
+    }
+    let mut checks = Vec::new();
+    let mut level = 0;
+    if total == 0 {
+        checks.push("no OSDs in the cluster".to_string());
+        level = level.max(1);
+    }
+    if up < total {
+        let down: Vec<String> = map.osds.values().filter(|o| !o.up).map(|o| o.id.to_string()).collect();
+        checks.push(format!("{} of {total} osds down: {}", total - up, down.join(", ")));
+        level = level.max(1);
+    }
+    let n_inactive = pg_total - by_state.iter().filter(|(k, _)| k.starts_with("active")).map(|(_, v)| v).sum::<u64>();
+    if n_inactive > 0 {
+        checks.push(format!("{n_inactive} pgs inactive: IO to them waits"));
+        checks.extend(inactive);
+        level = level.max(2);
+    }
+    if let Some(n) = by_state.get("active+undersized") {
+        checks.push(format!("{n} pgs undersized: fewer failure domains than the pool size"));
+        level = level.max(1);
+    }
+    let health = ["HEALTH_OK", "HEALTH_WARN", "HEALTH_ERR"][level];
+    let capacity: u64 = r.osd_stats.values().map(|s| s.capacity_bytes).sum();
+    let used: u64 = r.osd_stats.values().map(|s| s.used_bytes).sum();
+    let pools: Vec<Value> = map
+        .pools
+        .values()
+        .map(|p| {
+            json!({"id": p.id, "name": p.name, "size": p.size, "min_size": p.min_size, "pg_count": p.pg_count,
+                   "object_size": p.object_size, "failure_domain": p.failure_domain.to_string()})
+        })
+        .collect();
+    let images: Vec<Value> = map
+        .images
+        .values()
+        .map(|i| {
+            let pool = map.pools.get(&i.pool).map(|p| p.name.clone()).unwrap_or_default();
+            json!({"id": i.id, "pool": pool, "name": i.name, "size_bytes": i.size_bytes, "object_size": i.object_size})
+        })
+        .collect();
+    let mut pgs = json!({"total": pg_total});
+    for (k, v) in &by_state {
+        pgs[*k] = json!(v);
+    }
+    pgs["by_state"] = json!(by_state);
+    json!({
+        "fsid": proto::uuid_hex(map.fsid),
+        "health": {"status": health, "checks": checks},
+        "epoch": map.epoch,
+        "mons": r.mons.iter().map(|m| json!({"name": m.name, "addr": m.addr, "in_quorum": m.in_quorum, "leader": m.leader})).collect::<Vec<_>>(),
+        "osds": {"total": total, "up": up, "in": in_},
+        "pgs": pgs,
+        "pools": pools,
+        "images": images,
+        "capacity": {"total_bytes": capacity, "used_bytes": used, "avail_bytes": capacity.saturating_sub(used)},
+    })
+}
+
+pub fn print_human(v: &Value) {
+    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    println!("  cluster: {}", s(&v["fsid"]));
+    println!("   health: {}", s(&v["health"]["status"]));
+    for c in v["health"]["checks"].as_array().into_iter().flatten() {
+        println!("           {}", s(c));
+    }
+    println!("    epoch: {}", v["epoch"]);
+    let mons: Vec<String> = v["mons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| format!("{}@{}{}", s(&m["name"]), s(&m["addr"]), if m["leader"] == true { " (leader)" } else { "" }))
+        .collect();
+    println!("     mons: {}", mons.join(", "));
+    println!("     osds: {} total, {} up, {} in", v["osds"]["total"], v["osds"]["up"], v["osds"]["in"]);
+    let states: Vec<String> = v["pgs"]["by_state"].as_object().into_iter().flatten().map(|(k, n)| format!("{n} {k}")).collect();
+    println!("      pgs: {} total: {}", v["pgs"]["total"], states.join(", "));
+    println!("    pools: {}", v["pools"].as_array().map(|a| a.len()).unwrap_or(0));
+    println!("   images: {}", v["images"].as_array().map(|a| a.len()).unwrap_or(0));
+    let gib = |x: &Value| x.as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+    println!(
+        " capacity: {:.1} GiB used of {:.1} GiB ({:.1} GiB available)",
+        gib(&v["capacity"]["used_bytes"]),
+        gib(&v["capacity"]["total_bytes"]),
+        gib(&v["capacity"]["avail_bytes"])
+    );
+}

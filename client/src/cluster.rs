@@ -1,0 +1,214 @@
+//! A cluster handle: the cached map, connections to OSDs, and object ops that survive map
+//! changes and connection loss.
+//!
+//! Each object op is sent to the PG's primary as computed from the cached map. The op keeps
+//! its identity (client instance, tid) across resends, so a primary that already applied it
+//! answers instead of applying it twice. Resend rules:
+//! - `StaleEpoch` / `NotPrimary`: wait for a map at least as new as the OSD's, resend;
+//! - `PgInactive` (a member is down, an OSD is starting): back off, resend;
+//! - connection lost or timed out: back off, fetch the map, resend;
+//! - anything else is returned to the caller.
+//! The op gives up only after `op_deadline` (a transient outage must not become an EIO in
+//! the guest).
+
+use crate::monc::{MonClient, MonError};
+use bytes::Bytes;
+use net::Conn;
+use proto::msg::{msg_type, ObjectOp, ObjectReply, Status};
+use proto::pg::pg_mapping;
+use proto::placement::object_pg;
+use proto::{ClusterMap, Epoch, ObjectId, OpId, OsdId, Version};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+pub const OSD_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Mon(#[from] MonError),
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("no space left in the cluster ({0})")]
+    NoSpace(String),
+    #[error("io error on object {object}: {reason}")]
+    Io { object: ObjectId, reason: String },
+    #[error("object {object}: gave up after {secs} s: {last}")]
+    Timeout { object: ObjectId, secs: u64, last: String },
+}
+
+pub struct Cluster {
+    mon: Arc<MonClient>,
+    map: Arc<watch::Sender<Arc<ClusterMap>>>,
+    conns: Mutex<HashMap<OsdId, Arc<Conn>>>,
+    client_id: u64,
+    next_tid: AtomicU64,
+    pub op_deadline: Duration,
+}
+
+/// What to do with an object.
+pub struct ObjectRequest {
+    pub object: ObjectId,
+    pub op: u8,
+    pub flags: u8,
+    pub offset: u32,
+    pub length: u32,
+    pub data: Bytes,
+    pub crcs: Vec<u32>,
+}
+
+impl Cluster {
+    /// Connects to the monitors, fetches the map and subscribes to updates.
+    pub async fn connect(mon_addrs: Vec<String>) -> Result<Arc<Cluster>, ClientError> {
+        let mon = MonClient::new(mon_addrs)?;
+        let map = mon.get_map().await?;
+        let map = mon.subscribe(map);
+        Ok(Arc::new(Cluster {
+            mon,
+            map,
+            conns: Mutex::new(HashMap::new()),
+            client_id: rand::random::<u64>() | 1,
+            next_tid: AtomicU64::new(1),
+            op_deadline: Duration::from_secs(300),
+        }))
+    }
+
+    pub fn mon(&self) -> &Arc<MonClient> {
+        &self.mon
+    }
+
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.map.borrow().clone()
+    }
+
+    /// A receiver that sees every new map.
+    pub fn watch_map(&self) -> watch::Receiver<Arc<ClusterMap>> {
+        self.map.subscribe()
+    }
+
+    /// Waits (up to `timeout`) for a map of at least `epoch`; asks the monitor directly if
+    /// the subscription is slow.
+    pub async fn wait_for_epoch(&self, epoch: Epoch, timeout: Duration) -> Arc<ClusterMap> {
+        let mut rx = self.map.subscribe();
+        let done = tokio::time::timeout(timeout, rx.wait_for(|m| m.epoch >= epoch)).await;
+        if !matches!(done, Ok(Ok(_))) {
+            tracing::debug!(epoch, "map subscription behind; map now {}", self.map().epoch);
+        }
+        self.map()
+    }
+
+    async fn osd_conn(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<Conn>, String> {
+        let addr = map.osd(osd).map(|o| o.addr.clone()).ok_or_else(|| format!("{osd} not in map"))?;
+        if let Some(c) = self.conns.lock().ok().and_then(|c| c.get(&osd).cloned()) {
+            if !c.is_closed() && c.peer() == addr {
+                return Ok(c);
+            }
+        }
+        let c = net::transport::connect(&addr).await.map_err(|e| e.to_string())?;
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.insert(osd, c.clone());
+        }
+        Ok(c)
+    }
+
+    /// Runs one object op to completion (see the module header for the resend rules).
+    pub async fn object_op(&self, req: &ObjectRequest) -> Result<(ObjectReply, Bytes), ClientError> {
+        let op_id = OpId { client: self.client_id, tid: self.next_tid.fetch_add(1, Ordering::Relaxed) };
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(5);
+        let mut last = String::new();
+        loop {
+            if start.elapsed() > self.op_deadline {
+                return Err(ClientError::Timeout { object: req.object, secs: start.elapsed().as_secs(), last });
+            }
+            let map = self.map();
+            let pool = map.pools.get(&req.object.pool).ok_or_else(|| ClientError::NotFound(format!("pool {}", req.object.pool)))?;
+            let pg = object_pg(&req.object, pool);
+            let mapping = pg_mapping(&map, pool, pg.seed);
+            let Some(primary) = mapping.primary().filter(|_| mapping.is_active()) else {
+                last = format!("pg {pg} is {}", mapping.state.name());
+                self.pause(&mut backoff, &map).await;
+                continue;
+            };
+            let op = ObjectOp {
+                op: req.op,
+                flags: req.flags,
+                object: req.object,
+                pg,
+                object_size: pool.object_size,
+                epoch: map.epoch,
+                op_id,
+                offset: req.offset,
+                length: req.length,
+                version: Version::NONE,
+                prev: Version::NONE,
+                crcs: req.crcs.clone(),
+            };
+            let conn = match self.osd_conn(&map, primary).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("{primary}: {e}");
+                    self.pause(&mut backoff, &map).await;
+                    continue;
+                }
+            };
+            let frame = match conn.call(msg_type::OBJECT_OP, op.encode_meta(), req.data.clone(), OSD_CALL_TIMEOUT).await {
+                Ok(f) => f,
+                Err(e) => {
+                    last = format!("{primary}: {e}");
+                    self.pause(&mut backoff, &map).await;
+                    continue;
+                }
+            };
+            let reply = match ObjectReply::decode(&frame.meta, frame.data.len()) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(ClientError::Io { object: req.object, reason: format!("bad reply from {primary}: {e}") })
+                }
+            };
+            match Status::from_u32(reply.status) {
+                Some(Status::Ok) => return Ok((reply, frame.data)),
+                Some(s @ (Status::StaleEpoch | Status::NotPrimary)) => {
+                    last = format!("{primary}: {s:?} at epoch {}", reply.epoch);
+                    let want = reply.epoch.max(map.epoch + 1);
+                    let newer = self.wait_for_epoch(want, Duration::from_millis(500)).await;
+                    if newer.epoch < want {
+                        self.refresh_map().await;
+                    }
+                }
+                Some(s) if s.is_retryable() => {
+                    last = format!("{primary}: {s:?}");
+                    self.pause(&mut backoff, &map).await;
+                }
+                Some(Status::NoSpace) => return Err(ClientError::NoSpace(format!("{primary} refused the write"))),
+                Some(Status::Invalid) => {
+                    return Err(ClientError::Invalid(format!("{primary} refused op on {}", req.object)))
+                }
+                other => {
+                    return Err(ClientError::Io { object: req.object, reason: format!("{primary} answered {other:?}") })
+                }
+            }
+        }
+    }
+
+    async fn pause(&self, backoff: &mut Duration, map: &ClusterMap) {
+        // A newer map may already explain the failure; otherwise wait a little.
+        let _ = tokio::time::timeout(*backoff, self.map.subscribe().wait_for(|m| m.epoch > map.epoch)).await;
+        *backoff = (*backoff * 2).min(Duration::from_millis(500));
+        if *backoff >= Duration::from_millis(160) {
+            self.refresh_map().await;
+        }
+    }
+
+    /// Fetches the map from a monitor when the subscription may have missed an update.
+    async fn refresh_map(&self) {
+        if let Ok(m) = self.mon.get_map().await {
+            crate::monc::publish(&self.map, m);
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The monitor client: finds a live monitor among the known addresses, sends control
+//! requests, and keeps a subscription that delivers every new map.
+
+use bytes::Bytes;
+use net::{Conn, NetError};
+use proto::msg::{decode_control, encode_control, msg_type, ControlRequest, ControlResponse};
+use proto::{ClusterMap, Command, CommandResult, Epoch, MapError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MonError {
+    #[error("no monitor address given (use --mon, ATLANT_MON or a config file)")]
+    NoAddress,
+    #[error("no monitor reachable at {addrs}: {last}")]
+    Unreachable { addrs: String, last: String },
+    #[error("{0}")]
+    Refused(#[from] MapError),
+    #[error("monitor error: {0}")]
+    Remote(String),
+    #[error("unexpected monitor reply: {0}")]
+    Unexpected(String),
+}
+
+pub struct MonClient {
+    addrs: Vec<String>,
+    conn: Mutex<Option<Arc<Conn>>>,
+}
+
+/// Splits `a,b,c` into addresses.
+pub fn parse_addrs(s: &str) -> Vec<String> {
+    s.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect()
+}
+
+impl MonClient {
+    pub fn new(addrs: Vec<String>) -> Result<Arc<MonClient>, MonError> {
+        if addrs.is_empty() {
+            return Err(MonError::NoAddress);
+        }
+        Ok(Arc::new(MonClient { addrs, conn: Mutex::new(None) }))
+    }
+
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    async fn connection(&self) -> Result<Arc<Conn>, MonError> {
+        if let Some(c) = self.conn.lock().ok().and_then(|c| c.clone()) {
+            if !c.is_closed() {
+                return Ok(c);
+            }
+        }
+        let (c, _) = connect_any(&self.addrs).await?;
+        if let Ok(mut slot) = self.conn.lock() {
+            *slot = Some(c.clone());
+        }
+        Ok(c)
+    }
+
+    /// Sends a control request to a live monitor (trying the others if one fails).
+    pub async fn call(&self, req: &ControlRequest) -> Result<ControlResponse, MonError> {
+        let mut last = String::new();
+        for _ in 0..self.addrs.len().max(2) {
+            let c = self.connection().await?;
+            match c.call(msg_type::CONTROL, encode_control(req), Bytes::new(), CALL_TIMEOUT).await {
+                Ok(f) => {
+                    return decode_control(&f.meta).map_err(|e| MonError::Unexpected(e.to_string()));
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    if let Ok(mut slot) = self.conn.lock() {
+                        *slot = None;
+                    }
+                }
+            }
+        }
+        Err(MonError::Unreachable { addrs: self.addrs.join(","), last })
+    }
+
+    pub async fn get_map(&self) -> Result<ClusterMap, MonError> {
+        match self.call(&ControlRequest::GetMap { have: 0 }).await? {
+            ControlResponse::Map(m) => Ok(*m),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Commits a map change; returns the epoch that holds it and the result.
+    pub async fn command(&self, cmd: Command) -> Result<(Epoch, CommandResult), MonError> {
+        match self.call(&ControlRequest::Command(cmd)).await? {
+            ControlResponse::Committed { epoch, result } => Ok((epoch, result)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts a background subscription that keeps the returned channel at the newest map,
+    /// reconnecting (to any monitor) whenever the connection drops.
+    /// The sender is shared so a caller that fetched a newer map directly can publish it.
+    pub fn subscribe(self: &Arc<Self>, initial: ClusterMap) -> Arc<watch::Sender<Arc<ClusterMap>>> {
+        let (tx, _) = watch::channel(Arc::new(initial));
+        let tx = Arc::new(tx);
+        let me = Arc::clone(self);
+        let sender = Arc::clone(&tx);
+        tokio::spawn(async move {
+            let tx = sender;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let have = tx.borrow().epoch;
+                match me.subscription(have, &tx).await {
+                    Ok(()) => backoff = Duration::from_millis(50),
+                    Err(e) => tracing::debug!("map subscription: {e}"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        });
+        tx
+    }
+
+    async fn subscription(&self, have: Epoch, tx: &watch::Sender<Arc<ClusterMap>>) -> Result<(), MonError> {
+        let (conn, _) = connect_any(&self.addrs).await?;
+        let mut pushes = conn.take_pushes().ok_or_else(|| MonError::Unexpected("push channel taken".into()))?;
+        let req = encode_control(&ControlRequest::Subscribe { have });
+        let f = conn
+            .call(msg_type::CONTROL, req, Bytes::new(), CALL_TIMEOUT)
+            .await
+            .map_err(|e| MonError::Unreachable { addrs: conn.peer().to_string(), last: e.to_string() })?;
+        match decode_control::<ControlResponse>(&f.meta) {
+            Ok(ControlResponse::Map(m)) => publish(tx, *m),
+            Ok(ControlResponse::UpToDate { .. }) => {}
+            Ok(other) => return Err(unexpected(other)),
+            Err(e) => return Err(MonError::Unexpected(e.to_string())),
+        }
+        while let Some(f) = pushes.recv().await {
+            if f.msg_type == msg_type::MAP_PUSH {
+                match decode_control::<ClusterMap>(&f.meta) {
+                    Ok(m) => publish(tx, m),
+                    Err(e) => tracing::warn!("bad map push: {e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Publishes `m` if it is newer than the current map.
+pub fn publish(tx: &watch::Sender<Arc<ClusterMap>>, m: ClusterMap) {
+    tx.send_if_modified(|cur| {
+        if m.epoch > cur.epoch {
+            *cur = Arc::new(m);
+            true
+        } else {
+            false
+        }
+    });
+}
+
+async fn connect_any(addrs: &[String]) -> Result<(Arc<Conn>, String), MonError> {
+    let mut last = String::from("no address");
+    for a in addrs {
+        match net::transport::connect(a).await {
+            Ok(c) => return Ok((c, a.clone())),
+            Err(e @ NetError::Connect { .. }) | Err(e) => last = e.to_string(),
+        }
+    }
+    Err(MonError::Unreachable { addrs: addrs.join(","), last })
+}
+
+fn unexpected(r: ControlResponse) -> MonError {
+    match r {
+        ControlResponse::Refused(e) => MonError::Refused(e),
+        ControlResponse::Error(s) => MonError::Remote(s),
+        other => MonError::Unexpected(format!("{other:?}").chars().take(200).collect()),
+    }
+}

@@ -1,0 +1,79 @@
+//! The map service: applies commands to the map one at a time, persists each new map
+//! before anyone sees it, and publishes it to subscribers.
+//!
+//! Invariant: the published map is always the latest durably stored one; a command is
+//! acknowledged only after its map is on disk. The quorum issue replaces the single store
+//! with a Raft log that drives the same `ClusterMap::apply`.
+
+use crate::store::{MonStore, StoreError};
+use proto::msg::{MonStatus, OsdStats, StatusReport};
+use proto::{ClusterMap, Command, CommandResult, Epoch, MapError, OsdId};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Refused(#[from] MapError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct MapService {
+    name: String,
+    addr: String,
+    store: Mutex<MonStore>,
+    current: watch::Sender<Arc<ClusterMap>>,
+    stats: Mutex<BTreeMap<u32, (Epoch, OsdStats)>>,
+}
+
+impl MapService {
+    pub fn new(name: String, addr: String, store: MonStore, map: ClusterMap) -> Arc<Self> {
+        let (current, _) = watch::channel(Arc::new(map));
+        Arc::new(MapService { name, addr, store: Mutex::new(store), current, stats: Mutex::new(BTreeMap::new()) })
+    }
+
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.current.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterMap>> {
+        self.current.subscribe()
+    }
+
+    /// Applies a command: validated, persisted, then published.
+    pub fn apply(&self, cmd: &Command) -> Result<(Epoch, CommandResult), ServiceError> {
+        // The store lock serialises commands, so each applies to the latest map.
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let (next, result) = self.map().apply(cmd)?;
+        store.save(&next)?;
+        let epoch = next.epoch;
+        tracing::info!(epoch, ?cmd, "map committed");
+        self.current.send_replace(Arc::new(next));
+        Ok((epoch, result))
+    }
+
+    pub fn map_at(&self, epoch: Epoch) -> Option<ClusterMap> {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        store.map_at(epoch).ok().flatten()
+    }
+
+    /// Records an OSD's usage report if it is about the current incarnation.
+    pub fn report(&self, id: OsdId, up_from: Epoch, s: OsdStats) -> bool {
+        let current = self.map().osd(id).map(|o| o.up_from);
+        if current != Some(up_from) {
+            return false;
+        }
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).insert(id.0, (up_from, s));
+        true
+    }
+
+    pub fn status(&self) -> StatusReport {
+        let map = (*self.map()).clone();
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let osd_stats = stats.iter().map(|(id, (_, s))| (*id, s.clone())).collect();
+        let mons = vec![MonStatus { name: self.name.clone(), addr: self.addr.clone(), in_quorum: true, leader: true }];
+        StatusReport { map, mons, osd_stats }
+    }
+}

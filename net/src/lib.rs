@@ -1,0 +1,11 @@
+//! Atlant's transports.
+//!
+//! - `conn`: a framed, multiplexed connection (client calls, server replies, pushes);
+//! - `transport`: connect/serve over TCP, the seam a simulator or RDMA replaces;
+//! - `rdma`: detection of RDMA devices (verbs come later; TCP is the fallback).
+
+pub mod conn;
+pub mod rdma;
+pub mod transport;
+
+pub use conn::{Conn, NetError, OutFrame, Responder, Sender};

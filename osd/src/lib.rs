@@ -1,0 +1,172 @@
+//! The Atlant OSD.
+//!
+//! - `store`: the object store on a raw device or file (`store::device` is the block-device
+//!   seam, `store::layout` the on-disk records);
+//! - `pgs`: PG intervals, version sequences and recently completed ops;
+//! - `daemon`: shared state and dispatch; `primary` and `replica`: the two roles of a write.
+
+pub mod daemon;
+pub mod pgs;
+pub mod primary;
+pub mod replica;
+pub mod store;
+
+use anyhow::{bail, Context};
+use client::MonClient;
+use proto::map::WEIGHT_ONE;
+use proto::{Command, CommandResult, OsdId};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use store::device::{AlignedBuf, BlockDevice, FileDevice};
+use store::layout::{Superblock, BLOCK};
+use store::Store;
+
+pub struct MkfsConfig {
+    pub device: PathBuf,
+    pub mon: Vec<String>,
+    pub host: String,
+    /// Creates (or grows from empty) a regular file of this size.
+    pub size_bytes: Option<u64>,
+    /// Capacity weight in `WEIGHT_ONE` units; derived from the capacity (1.0 per TiB) if absent.
+    pub weight: Option<u32>,
+    pub object_size: u32,
+    /// Overwrite a device that already holds an Atlant store.
+    pub force: bool,
+}
+
+/// Formats a device as a new OSD store and registers it with the monitors; returns its id.
+pub async fn mkfs(cfg: MkfsConfig) -> anyhow::Result<OsdId> {
+    if !cfg.object_size.is_power_of_two() || cfg.object_size < BLOCK as u32 || cfg.object_size > store::layout::MAX_OBJECT_SIZE {
+        bail!("object size {} must be a power of two from 4 KiB to 2 MiB", cfg.object_size);
+    }
+    if let Some(size) = cfg.size_bytes {
+        let exists = cfg.device.exists();
+        if !exists || std::fs::metadata(&cfg.device).map(|m| m.is_file() && m.len() == 0).unwrap_or(false) {
+            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&cfg.device)
+                .with_context(|| format!("cannot create {}", cfg.device.display()))?;
+            f.set_len(size).with_context(|| format!("cannot size {}", cfg.device.display()))?;
+        }
+    }
+    let dev = FileDevice::open(&cfg.device).with_context(|| format!("cannot open {}", cfg.device.display()))?;
+    let mut buf = AlignedBuf::zeroed(BLOCK);
+    dev.read_at(&mut buf, 0).with_context(|| format!("cannot read {}", cfg.device.display()))?;
+    if let Ok(old) = Superblock::decode(&buf) {
+        if !cfg.force {
+            bail!(
+                "{} already holds the store of osd.{} (cluster {}); refusing to format it without --force",
+                cfg.device.display(),
+                old.osd_id,
+                proto::uuid_hex(old.fsid)
+            );
+        }
+    }
+    let slot_count = Superblock::slots_for(dev.size(), cfg.object_size);
+    if slot_count < 16 {
+        bail!("{} is too small ({} bytes) for an OSD store", cfg.device.display(), dev.size());
+    }
+    let capacity = slot_count * cfg.object_size as u64;
+    let weight = cfg.weight.unwrap_or(((capacity as u128 * WEIGHT_ONE as u128) >> 40).max(1) as u32);
+    let mon = MonClient::new(cfg.mon.clone())?;
+    let map = mon.get_map().await?;
+    let store_uuid: u128 = rand::random();
+    let (_, result) = mon
+        .command(Command::CreateOsd { host: cfg.host.clone(), weight, store_uuid, capacity_bytes: capacity })
+        .await?;
+    let CommandResult::Osd(id) = result else { bail!("monitor answered {result:?} to CreateOsd") };
+    let sb = Superblock { fsid: map.fsid, store_uuid, osd_id: id.0, object_size: cfg.object_size, device_size: dev.size(), slot_count };
+    Store::format(&dev, &sb).with_context(|| format!("{id} is registered but formatting {} failed", cfg.device.display()))?;
+    Ok(id)
+}
+
+pub struct Config {
+    pub device: PathBuf,
+    pub mon: Vec<String>,
+    /// Address to serve on (`ip:port`; port 0 picks one).
+    pub addr: String,
+    pub report_interval: Duration,
+}
+
+/// Runs the OSD until SIGTERM/SIGINT; then marks itself down and returns.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let store = Arc::new(Store::open_path(&cfg.device)?);
+    let sb = store.superblock.clone();
+    let id = OsdId(sb.osd_id);
+    match net::rdma::probe(std::path::Path::new("/")) {
+        net::rdma::RdmaSupport::Devices(d) => tracing::info!("RDMA devices {d:?} found; verbs transport not built yet, using TCP"),
+        net::rdma::RdmaSupport::Absent(why) => tracing::info!("no RDMA ({why}); using TCP"),
+    }
+    let mon = MonClient::new(cfg.mon.clone())?;
+    let map = mon.get_map().await?;
+    if map.fsid != sb.fsid {
+        bail!("{} belongs to cluster {}, the monitors serve cluster {}", cfg.device.display(), proto::uuid_hex(sb.fsid), proto::uuid_hex(map.fsid));
+    }
+    match map.osd(id) {
+        None => bail!("{id} (from {}) is not in the cluster map", cfg.device.display()),
+        Some(o) if o.store_uuid != sb.store_uuid => bail!(
+            "{} holds store {} but the map records store {} for {id}; this is not {id}'s device",
+            cfg.device.display(),
+            proto::uuid_hex(sb.store_uuid),
+            proto::uuid_hex(o.store_uuid)
+        ),
+        Some(_) => {}
+    }
+    let sender = mon.subscribe(map);
+    let osd = daemon::Osd::new(id, Arc::clone(&store), sender.subscribe());
+    // Keeps the PG table in step with every map.
+    {
+        let osd = Arc::clone(&osd);
+        let mut rx = sender.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let m = rx.borrow_and_update().clone();
+                osd.apply_map(&m);
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.addr).await.with_context(|| format!("cannot listen on {}", cfg.addr))?;
+    let addr = listener.local_addr()?.to_string();
+    {
+        let osd = Arc::clone(&osd);
+        tokio::spawn(net::transport::serve(listener, move |f, r| daemon::handle(Arc::clone(&osd), f, r)));
+    }
+    let (epoch, _) = mon.command(Command::BootOsd { id, store_uuid: sb.store_uuid, addr: addr.clone() }).await?;
+    osd.up_from.store(epoch, Ordering::SeqCst);
+    let mut rx = sender.subscribe();
+    let _ = rx.wait_for(|m| m.epoch >= epoch).await;
+    tracing::info!(%id, %addr, up_from = epoch, objects = store.list(None).len(), "OSD serving");
+    {
+        let (mon, store) = (Arc::clone(&mon), Arc::clone(&store));
+        let interval = cfg.report_interval;
+        tokio::spawn(async move {
+            loop {
+                let req = proto::msg::ControlRequest::OsdReport { id, up_from: epoch, stats: store.stats() };
+                if let Err(e) = mon.call(&req).await {
+                    tracing::debug!("usage report failed: {e}");
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
+    shutdown_signal().await;
+    tracing::info!(%id, "stopping: marking this incarnation down");
+    let down = mon.command(Command::MarkOsdDown { id, up_from: epoch });
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(3), down).await.unwrap_or_else(|_| Err(client::MonError::NoAddress)) {
+        tracing::warn!("could not mark down: {e}");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}

@@ -1,0 +1,75 @@
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Atlant OSD daemon.
+#[derive(Parser)]
+#[command(name = "atlant-osd", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Formats a device (or file) as a new OSD store and registers it; prints the OSD id.
+    Mkfs {
+        #[arg(long)]
+        device: PathBuf,
+        /// Monitor addresses, comma separated.
+        #[arg(long, env = "ATLANT_MON")]
+        mon: String,
+        /// Failure-domain host of this OSD.
+        #[arg(long)]
+        host: String,
+        /// Create a file of this size (e.g. 4G) if the device does not exist.
+        #[arg(long)]
+        size: Option<String>,
+        /// Capacity weight (1.0 = 1 TiB); from the capacity if absent.
+        #[arg(long)]
+        weight: Option<f64>,
+        #[arg(long, default_value = "128K")]
+        object_size: String,
+        /// Destroy an existing Atlant store on the device.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Runs the OSD on a formatted device.
+    Run {
+        #[arg(long)]
+        device: PathBuf,
+        #[arg(long, env = "ATLANT_MON")]
+        mon: String,
+        /// Address to serve on, ip:port.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    match Cli::parse().cmd {
+        Cmd::Mkfs { device, mon, host, size, weight, object_size, force } => {
+            let size_bytes = size.map(|s| proto::map::parse_size(&s)).transpose().map_err(anyhow::Error::msg)?;
+            let object_size = proto::map::parse_size(&object_size).map_err(anyhow::Error::msg)? as u32;
+            let weight = match weight {
+                Some(w) if !(w > 0.0 && w < 65536.0) => anyhow::bail!("--weight {w} must be in (0, 65536)"),
+                Some(w) => Some((w * proto::map::WEIGHT_ONE as f64).round().max(1.0) as u32),
+                None => None,
+            };
+            let cfg = osd::MkfsConfig { device, mon: client::parse_addrs(&mon), host, size_bytes, weight, object_size, force };
+            let id = rt.block_on(osd::mkfs(cfg))?;
+            println!("{}", id.0);
+            Ok(())
+        }
+        Cmd::Run { device, mon, addr } => rt.block_on(osd::run(osd::Config {
+            device,
+            mon: client::parse_addrs(&mon),
+            addr,
+            report_interval: Duration::from_secs(5),
+        })),
+    }
+}

@@ -1,0 +1,56 @@
+//! The replica's side of replicated writes.
+//!
+//! A replica applies a write only on exactly the version the primary names as previous,
+//! re-acknowledges a duplicate (it already holds the op's version) without applying it,
+//! and otherwise answers `NeedFull`, after which the primary sends the whole object.
+//! Nothing is ever applied over a gap, and a copy never moves backwards.
+
+use crate::daemon::Osd;
+use crate::primary::store_status;
+use bytes::Bytes;
+use proto::checksum::verify_blocks;
+use proto::msg::{op, ObjectOp, ObjectReply, Status};
+
+pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes) {
+    let reply = |s: Status, epoch| (ObjectReply::status(s, epoch), Bytes::new());
+    if op.epoch > osd.epoch() && !osd.wait_for_epoch(op.epoch).await {
+        return reply(Status::PgInactive, osd.epoch());
+    }
+    if !osd.is_serving() {
+        return reply(Status::PgInactive, osd.epoch());
+    }
+    let epoch = osd.epoch();
+    {
+        let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(info) = pgs.pgs.get(&op.pg) else { return reply(Status::NotPrimary, epoch) };
+        if op.epoch < info.interval_start {
+            return reply(Status::StaleEpoch, epoch);
+        }
+    }
+    if op.carries_data() && verify_blocks(&data, &op.crcs).is_err() {
+        return reply(Status::Checksum, epoch);
+    }
+    let _guard = osd.lock_object(&op.object).await;
+    let local = osd.store.version(&op.object);
+    if local == op.version {
+        return reply(Status::Ok, epoch);
+    }
+    let result = match op.op {
+        op::WRITE | op::TRIM if local != op.prev => return reply(Status::NeedFull, epoch),
+        op::WRITE => osd.store.write(op.object, op.offset, data, &op.crcs, op.version).await,
+        op::TRIM => osd.store.trim(op.object, op.offset, op.length, op.version).await,
+        op::PUSH if local > op.version => {
+            tracing::warn!(object = %op.object, %local, pushed = %op.version, "refusing a push older than the local copy");
+            return reply(Status::Invalid, epoch);
+        }
+        op::PUSH => osd.store.write_full(op.object, data, &op.crcs, op.version).await,
+        _ => return reply(Status::Invalid, epoch),
+    };
+    match result {
+        Ok(()) => reply(Status::Ok, epoch),
+        Err(e) => {
+            tracing::error!(object = %op.object, "replica write failed: {e}");
+            reply(store_status(&e), epoch)
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The cluster map and the commands that change it.
+//!
+//! The map is one versioned value; `apply` is a pure state machine: given a map and a
+//! command it either refuses the command (the map is untouched) or returns the next map with
+//! `epoch + 1`. The monitor persists each map it applies; a replicated log (the quorum issue)
+//! drives the same `apply` unchanged.
+//!
+//! Invariants kept by `apply`:
+//! - `epoch` grows by exactly one per accepted command;
+//! - OSD, pool and image ids are never reused (`next_*` only grow);
+//! - pool and image names are unique (images per pool);
+//! - an OSD boots only with the store uuid recorded when its store was created, and every
+//!   boot gives it a new incarnation (`up_from` = the epoch of the boot).
+
+use crate::ids::{Epoch, ImageId, OsdId, PoolId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Weights are fixed point with 16 fractional bits: `WEIGHT_ONE` is 1.0 (by convention
+/// 1 TiB of capacity), so placement math is integer and identical on every machine.
+pub const WEIGHT_ONE: u32 = 0x1_0000;
+
+pub const MAX_POOL_SIZE: u8 = 10;
+pub const MIN_OBJECT_SIZE: u32 = 4096;
+pub const MAX_OBJECT_SIZE: u32 = 64 << 20;
+pub const MAX_PG_COUNT: u32 = 1 << 16;
+pub const BLOCK_SIZE: u32 = 4096;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonInfo {
+    pub name: String,
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsdInfo {
+    pub id: OsdId,
+    /// Failure-domain path below the root: the host name.
+    pub host: String,
+    /// Address on the (single, for now) fabric, `ip:port`. Empty until the first boot.
+    pub addr: String,
+    /// Capacity weight, fixed point (`WEIGHT_ONE` = 1.0).
+    pub weight: u32,
+    pub up: bool,
+    /// Whether the OSD holds data: an OSD that is out gets no placement.
+    pub is_in: bool,
+    /// The epoch of the OSD's current incarnation (its last boot); 0 before the first.
+    pub up_from: Epoch,
+    /// The uuid written into the store's superblock when it was formatted.
+    pub store_uuid: u128,
+    pub capacity_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureDomain {
+    Host,
+    Osd,
+}
+
+impl std::str::FromStr for FailureDomain {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host" => Ok(Self::Host),
+            "osd" => Ok(Self::Osd),
+            _ => Err(format!("unknown failure domain {s:?} (expected host or osd)")),
+        }
+    }
+}
+
+impl std::fmt::Display for FailureDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Host => "host",
+            Self::Osd => "osd",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub id: PoolId,
+    pub name: String,
+    pub size: u8,
+    pub min_size: u8,
+    pub pg_count: u32,
+    pub object_size: u32,
+    pub failure_domain: FailureDomain,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub id: ImageId,
+    pub pool: PoolId,
+    pub name: String,
+    pub size_bytes: u64,
+    pub object_size: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    pub fsid: u128,
+    pub epoch: Epoch,
+    pub mons: Vec<MonInfo>,
+    pub osds: BTreeMap<u32, OsdInfo>,
+    pub pools: BTreeMap<PoolId, Pool>,
+    pub images: BTreeMap<ImageId, Image>,
+    pub next_osd_id: u32,
+    pub next_pool_id: PoolId,
+    pub next_image_id: ImageId,
+}
+
+/// A change to the map. Every variant is validated by `apply` before anything changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Records a newly formatted store and assigns it an OSD id. The OSD starts down and in.
+    CreateOsd { host: String, weight: u32, store_uuid: u128, capacity_bytes: u64 },
+    /// A daemon started on the store: a new incarnation that is up from this epoch.
+    BootOsd { id: OsdId, store_uuid: u128, addr: String },
+    /// The daemon of incarnation `up_from` stopped (or was seen dead): mark it down.
+    /// A stale report about an older incarnation is refused.
+    MarkOsdDown { id: OsdId, up_from: Epoch },
+    CreatePool {
+        name: String,
+        size: u8,
+        min_size: u8,
+        pg_count: u32,
+        object_size: u32,
+        failure_domain: FailureDomain,
+    },
+    CreateImage { pool: String, name: String, size_bytes: u64 },
+    ResizeImage { pool: String, name: String, size_bytes: u64 },
+    RemoveImage { pool: String, name: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    Osd(OsdId),
+    Pool(PoolId),
+    Image(ImageId),
+    Done,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum MapError {
+    #[error("{what} {name:?} already exists")]
+    Exists { what: String, name: String },
+    #[error("{what} {name:?} does not exist")]
+    NotFound { what: String, name: String },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("osd.{id}: store uuid {got:032x} does not match the map's {want:032x}; this device is not the store of osd.{id}")]
+    StoreMismatch { id: u32, got: u128, want: u128 },
+    #[error("osd.{id}: report about incarnation {reported} is stale (current {current})")]
+    StaleIncarnation { id: u32, reported: Epoch, current: Epoch },
+}
+
+impl ClusterMap {
+    /// The map of a new cluster at epoch 1.
+    pub fn new(fsid: u128, mons: Vec<MonInfo>) -> Self {
+        ClusterMap {
+            fsid,
+            epoch: 1,
+            mons,
+            osds: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            images: BTreeMap::new(),
+            next_osd_id: 0,
+            next_pool_id: 1,
+            next_image_id: 1,
+        }
+    }
+
+    pub fn osd(&self, id: OsdId) -> Option<&OsdInfo> {
+        self.osds.get(&id.0)
+    }
+
+    pub fn pool_by_name(&self, name: &str) -> Option<&Pool> {
+        self.pools.values().find(|p| p.name == name)
+    }
+
+    pub fn image_by_name(&self, pool: PoolId, name: &str) -> Option<&Image> {
+        self.images.values().find(|i| i.pool == pool && i.name == name)
+    }
+
+    /// Looks up `pool/image`.
+    pub fn resolve_image(&self, pool: &str, image: &str) -> Result<(&Pool, &Image), MapError> {
+        let p = self.pool_by_name(pool).ok_or_else(|| not_found("pool", pool))?;
+        let i = self.image_by_name(p.id, image).ok_or_else(|| not_found("image", image))?;
+        Ok((p, i))
+    }
+
+    /// Applies `cmd`, returning the next map (epoch + 1) and the command's result. On error
+    /// `self` is unchanged.
+    pub fn apply(&self, cmd: &Command) -> Result<(ClusterMap, CommandResult), MapError> {
+        let mut next = self.clone();
+        next.epoch = self.epoch + 1;
+        let result = next.apply_in_place(cmd)?;
+        Ok((next, result))
+    }
+
+    fn apply_in_place(&mut self, cmd: &Command) -> Result<CommandResult, MapError> {
+        match cmd {
+            Command::CreateOsd { host, weight, store_uuid, capacity_bytes } => {
+                check_name("host", host)?;
+                if *weight == 0 {
+                    return Err(MapError::Invalid("osd weight must be > 0".into()));
+                }
+                if self.osds.values().any(|o| o.store_uuid == *store_uuid) {
+                    return Err(MapError::Exists {
+                        what: "store".into(),
+                        name: crate::ids::uuid_hex(*store_uuid),
+                    });
+                }
+                let id = self.next_osd_id;
+                self.next_osd_id += 1;
+                self.osds.insert(
+                    id,
+                    OsdInfo {
+                        id: OsdId(id),
+                        host: host.clone(),
+                        addr: String::new(),
+                        weight: *weight,
+                        up: false,
+                        is_in: true,
+                        up_from: 0,
+                        store_uuid: *store_uuid,
+                        capacity_bytes: *capacity_bytes,
+                    },
+                );
+                Ok(CommandResult::Osd(OsdId(id)))
+            }
+            Command::BootOsd { id, store_uuid, addr } => {
+                let epoch = self.epoch;
+                let osd = self.osds.get_mut(&id.0).ok_or_else(|| not_found("osd", &id.0.to_string()))?;
+                if osd.store_uuid != *store_uuid {
+                    return Err(MapError::StoreMismatch { id: id.0, got: *store_uuid, want: osd.store_uuid });
+                }
+                if addr.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(MapError::Invalid(format!("osd address {addr:?} is not ip:port")));
+                }
+                osd.up = true;
+                osd.addr = addr.clone();
+                osd.up_from = epoch;
+                Ok(CommandResult::Done)
+            }
+            Command::MarkOsdDown { id, up_from } => {
+                let osd = self.osds.get_mut(&id.0).ok_or_else(|| not_found("osd", &id.0.to_string()))?;
+                if osd.up_from != *up_from || !osd.up {
+                    return Err(MapError::StaleIncarnation { id: id.0, reported: *up_from, current: osd.up_from });
+                }
+                osd.up = false;
+                Ok(CommandResult::Done)
+            }
+            Command::CreatePool { name, size, min_size, pg_count, object_size, failure_domain } => {
+                check_name("pool", name)?;
+                if self.pool_by_name(name).is_some() {
+                    return Err(MapError::Exists { what: "pool".into(), name: name.clone() });
+                }
+                if *size == 0 || *size > MAX_POOL_SIZE {
+                    return Err(MapError::Invalid(format!("pool size {size} not in 1..={MAX_POOL_SIZE}")));
+                }
+                if *min_size == 0 || min_size > size {
+                    return Err(MapError::Invalid(format!("min_size {min_size} not in 1..={size}")));
+                }
+                if *pg_count == 0 || *pg_count > MAX_PG_COUNT {
+                    return Err(MapError::Invalid(format!("pg_count {pg_count} not in 1..={MAX_PG_COUNT}")));
+                }
+                if !object_size.is_power_of_two() || *object_size < MIN_OBJECT_SIZE || *object_size > MAX_OBJECT_SIZE {
+                    return Err(MapError::Invalid(format!(
+                        "object size {object_size} must be a power of two in {MIN_OBJECT_SIZE}..={MAX_OBJECT_SIZE}"
+                    )));
+                }
+                let id = self.next_pool_id;
+                self.next_pool_id += 1;
+                self.pools.insert(
+                    id,
+                    Pool {
+                        id,
+                        name: name.clone(),
+                        size: *size,
+                        min_size: *min_size,
+                        pg_count: *pg_count,
+                        object_size: *object_size,
+                        failure_domain: *failure_domain,
+                    },
+                );
+                Ok(CommandResult::Pool(id))
+            }
+            Command::CreateImage { pool, name, size_bytes } => {
+                check_name("image", name)?;
+                let p = self.pool_by_name(pool).ok_or_else(|| not_found("pool", pool))?.clone();
+                if self.image_by_name(p.id, name).is_some() {
+                    return Err(MapError::Exists { what: "image".into(), name: format!("{pool}/{name}") });
+                }
+                check_image_size(*size_bytes)?;
+                let id = self.next_image_id;
+                self.next_image_id += 1;
+                self.images.insert(
+                    id,
+                    Image { id, pool: p.id, name: name.clone(), size_bytes: *size_bytes, object_size: p.object_size },
+                );
+                Ok(CommandResult::Image(id))
+            }
+            Command::ResizeImage { pool, name, size_bytes } => {
+                check_image_size(*size_bytes)?;
+                let id = self.resolve_image(pool, name)?.1.id;
+                if let Some(i) = self.images.get_mut(&id) {
+                    i.size_bytes = *size_bytes;
+                }
+                Ok(CommandResult::Image(id))
+            }
+            Command::RemoveImage { pool, name } => {
+                let id = self.resolve_image(pool, name)?.1.id;
+                self.images.remove(&id);
+                Ok(CommandResult::Image(id))
+            }
+        }
+    }
+}
+
+fn not_found(what: &str, name: &str) -> MapError {
+    MapError::NotFound { what: what.into(), name: name.into() }
+}
+
+/// Names of hosts, pools and images: 1..=64 characters of `[A-Za-z0-9_.-]`, not starting
+/// with `.` or `-` (they appear in export names `pool/image` and in shell variables).
+pub fn check_name(what: &str, name: &str) -> Result<(), MapError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && !name.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(MapError::Invalid(format!(
+            "{what} name {name:?} must be 1-64 characters of letters, digits, '_', '-', '.', not starting with '.' or '-'"
+        )))
+    }
+}
+
+fn check_image_size(size: u64) -> Result<(), MapError> {
+    if size == 0 || size % BLOCK_SIZE as u64 != 0 || size > (1u64 << 50) {
+        return Err(MapError::Invalid(format!(
+            "image size {size} must be a non-zero multiple of {BLOCK_SIZE} bytes, at most 1 PiB"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses sizes like `4096`, `512K`, `10G`, `1.5T` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        None => (s, 1u64),
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let m = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                "P" => 1 << 50,
+                _ => return Err(format!("unknown size unit in {s:?} (use K, M, G, T)")),
+            };
+            (&s[..i], m)
+        }
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("invalid size {s:?}"))?;
+    if !(v >= 0.0) || !v.is_finite() {
+        return Err(format!("invalid size {s:?}"));
+    }
+    let bytes = v * mult as f64;
+    if bytes > u64::MAX as f64 / 2.0 {
+        return Err(format!("size {s:?} is too large"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_cmd(name: &str) -> Command {
+        Command::CreatePool {
+            name: name.into(),
+            size: 3,
+            min_size: 2,
+            pg_count: 64,
+            object_size: 128 << 10,
+            failure_domain: FailureDomain::Host,
+        }
+    }
+
+    #[test]
+    fn epochs_grow_by_one_and_errors_change_nothing() {
+        let m = ClusterMap::new(7, vec![]);
+        let (m2, r) = m.apply(&pool_cmd("rbd")).unwrap();
+        assert_eq!(r, CommandResult::Pool(1));
+        assert_eq!(m2.epoch, m.epoch + 1);
+        assert!(matches!(m2.apply(&pool_cmd("rbd")), Err(MapError::Exists { .. })));
+        let bad = Command::CreateImage { pool: "rbd".into(), name: "x".into(), size_bytes: 1000 };
+        assert!(matches!(m2.apply(&bad), Err(MapError::Invalid(_))));
+        let missing = Command::CreateImage { pool: "nope".into(), name: "x".into(), size_bytes: 4096 };
+        assert!(matches!(m2.apply(&missing), Err(MapError::NotFound { .. })));
+    }
+
+    #[test]
+    fn ids_are_never_reused() {
+        let m = ClusterMap::new(7, vec![]);
+        let (m, _) = m.apply(&pool_cmd("rbd")).unwrap();
+        let mk = |n: &str| Command::CreateImage { pool: "rbd".into(), name: n.into(), size_bytes: 1 << 20 };
+        let (m, a) = m.apply(&mk("a")).unwrap();
+        let (m, _) = m.apply(&Command::RemoveImage { pool: "rbd".into(), name: "a".into() }).unwrap();
+        let (_, b) = m.apply(&mk("a")).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn boot_needs_the_recorded_store_and_makes_a_new_incarnation() {
+        let m = ClusterMap::new(7, vec![]);
+        let create = Command::CreateOsd { host: "h1".into(), weight: WEIGHT_ONE, store_uuid: 42, capacity_bytes: 1 << 30 };
+        let (m, r) = m.apply(&create).unwrap();
+        assert_eq!(r, CommandResult::Osd(OsdId(0)));
+        assert!(matches!(m.apply(&create), Err(MapError::Exists { .. })));
+        let wrong = Command::BootOsd { id: OsdId(0), store_uuid: 43, addr: "127.0.0.1:1".into() };
+        assert!(matches!(m.apply(&wrong), Err(MapError::StoreMismatch { .. })));
+        let boot = Command::BootOsd { id: OsdId(0), store_uuid: 42, addr: "127.0.0.1:1".into() };
+        let (m, _) = m.apply(&boot).unwrap();
+        let first = m.osd(OsdId(0)).unwrap().up_from;
+        assert_eq!(first, m.epoch);
+        let (m, _) = m.apply(&boot).unwrap();
+        assert!(m.osd(OsdId(0)).unwrap().up_from > first);
+        let stale = Command::MarkOsdDown { id: OsdId(0), up_from: first };
+        assert!(matches!(m.apply(&stale), Err(MapError::StaleIncarnation { .. })));
+        let down = Command::MarkOsdDown { id: OsdId(0), up_from: m.osd(OsdId(0)).unwrap().up_from };
+        let (m, _) = m.apply(&down).unwrap();
+        assert!(!m.osd(OsdId(0)).unwrap().up);
+    }
+
+    #[test]
+    fn names_and_sizes_are_checked() {
+        assert!(check_name("pool", "rbd").is_ok());
+        assert!(check_name("pool", "").is_err());
+        assert!(check_name("pool", "a/b").is_err());
+        assert!(check_name("pool", "-x").is_err());
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("-1G").is_err());
+    }
+}

@@ -1,0 +1,437 @@
+//! Message bodies carried in frames.
+//!
+//! Control messages (map requests, commands, status, reports) are postcard-encoded enums in
+//! the metadata section. Data ops (object reads and writes, client→primary and
+//! primary→replica) use a fixed 96-byte little-endian header instead, so the 4 KiB data path
+//! runs no serializer; the header is followed by one crc32c per 4 KiB block of the data
+//! section, and the data itself travels in the frame's data section.
+//!
+//! Object op header (little-endian):
+//! ```text
+//!   0 op u8 | 1 flags u8 | 2 reserved u16 | 4 object_size u32
+//!   8 pool u32 | 12 pg_seed u32 | 16 image u64 | 24 index u64
+//!  32 epoch u64 (sender's map epoch)
+//!  40 client u64 | 48 tid u64          (op identity)
+//!  56 offset u32 | 60 length u32        (byte range inside the object)
+//!  64 version (epoch u64, seq u64)      (replica ops: the version to apply)
+//!  80 prev    (epoch u64, seq u64)      (replica ops: the version the replica must hold)
+//!  96 crc32c u32 × (length / 4096)      (ops that carry data)
+//! ```
+//! Reply header: `status u32 | reserved u32 | epoch u64 | version (u64, u64)` (32 bytes),
+//! followed by one crc32c per block of returned data.
+
+use crate::ids::{Epoch, ObjectId, OpId, OsdId, PgId, Version};
+use crate::map::{ClusterMap, Command, CommandResult, MapError, BLOCK_SIZE};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// Frame `msg_type`s.
+pub mod msg_type {
+    /// Control request/response: postcard `ControlRequest` / `ControlResponse`.
+    pub const CONTROL: u16 = 1;
+    /// Unsolicited map push to a subscriber: postcard `ClusterMap`.
+    pub const MAP_PUSH: u16 = 2;
+    /// Client → primary object op.
+    pub const OBJECT_OP: u16 = 10;
+    /// Primary → replica object op.
+    pub const REPLICA_OP: u16 = 11;
+    /// Reply to either.
+    pub const OBJECT_REPLY: u16 = 12;
+}
+
+/// Object op codes.
+pub mod op {
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    /// Frees the range: it reads back as zeroes.
+    pub const TRIM: u8 = 3;
+    /// Replica only: replaces the whole object (data = `object_size` bytes) at `version`.
+    pub const PUSH: u8 = 4;
+}
+
+/// Op flags.
+pub const FLAG_FUA: u8 = 1;
+
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct ObjectOpHeader {
+    pub op: u8,
+    pub flags: u8,
+    pub reserved: U16,
+    pub object_size: U32,
+    pub pool: U32,
+    pub pg_seed: U32,
+    pub image: U64,
+    pub index: U64,
+    pub epoch: U64,
+    pub client: U64,
+    pub tid: U64,
+    pub offset: U32,
+    pub length: U32,
+    pub version_epoch: U64,
+    pub version_seq: U64,
+    pub prev_epoch: U64,
+    pub prev_seq: U64,
+}
+
+pub const OBJECT_OP_HEADER_LEN: usize = 96;
+const _: () = assert!(std::mem::size_of::<ObjectOpHeader>() == OBJECT_OP_HEADER_LEN);
+
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct ObjectReplyHeader {
+    pub status: U32,
+    pub reserved: U32,
+    pub epoch: U64,
+    pub version_epoch: U64,
+    pub version_seq: U64,
+}
+
+pub const OBJECT_REPLY_HEADER_LEN: usize = 32;
+const _: () = assert!(std::mem::size_of::<ObjectReplyHeader>() == OBJECT_REPLY_HEADER_LEN);
+
+/// Status codes of object replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Status {
+    Ok = 0,
+    /// The op's epoch predates the PG's current interval: refresh the map (to at least the
+    /// reply's epoch) and resend.
+    StaleEpoch = 1,
+    /// This OSD is not the primary of the PG in its map.
+    NotPrimary = 2,
+    /// The PG cannot serve IO now (a member is down, the OSD is starting): retry later.
+    PgInactive = 3,
+    /// Replica: the object is not at the op's `prev` version; send the whole object.
+    NeedFull = 4,
+    Io = 5,
+    NoSpace = 6,
+    Invalid = 7,
+    /// A data block did not match its checksum in transit: resend.
+    Checksum = 8,
+    ShuttingDown = 9,
+}
+
+impl Status {
+    pub fn from_u32(v: u32) -> Option<Status> {
+        use Status::*;
+        Some(match v {
+            0 => Ok,
+            1 => StaleEpoch,
+            2 => NotPrimary,
+            3 => PgInactive,
+            4 => NeedFull,
+            5 => Io,
+            6 => NoSpace,
+            7 => Invalid,
+            8 => Checksum,
+            9 => ShuttingDown,
+            _ => return None,
+        })
+    }
+
+    /// Whether the client should refresh its map and resend.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Status::StaleEpoch | Status::NotPrimary | Status::PgInactive | Status::Checksum | Status::ShuttingDown)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("object op metadata is {got} bytes, expected {want}")]
+    BadLength { got: usize, want: usize },
+    #[error("unknown object op {0}")]
+    UnknownOp(u8),
+    #[error("object op range {offset}+{length} is not 4 KiB-aligned inside object size {object_size}")]
+    BadRange { offset: u32, length: u32, object_size: u32 },
+    #[error("data section is {got} bytes, the op names {want}")]
+    DataLength { got: usize, want: usize },
+    #[error("control message: {0}")]
+    Control(String),
+}
+
+/// A decoded object op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectOp {
+    pub op: u8,
+    pub flags: u8,
+    pub object: ObjectId,
+    pub pg: PgId,
+    pub object_size: u32,
+    pub epoch: Epoch,
+    pub op_id: OpId,
+    pub offset: u32,
+    pub length: u32,
+    pub version: Version,
+    pub prev: Version,
+    /// One crc per block of the data section (empty for ops without data).
+    pub crcs: Vec<u32>,
+}
+
+impl ObjectOp {
+    pub fn carries_data(&self) -> bool {
+        matches!(self.op, op::WRITE | op::PUSH)
+    }
+
+    pub fn encode_meta(&self) -> Vec<u8> {
+        let h = ObjectOpHeader {
+            op: self.op,
+            flags: self.flags,
+            reserved: 0.into(),
+            object_size: self.object_size.into(),
+            pool: self.object.pool.into(),
+            pg_seed: self.pg.seed.into(),
+            image: self.object.image.into(),
+            index: self.object.index.into(),
+            epoch: self.epoch.into(),
+            client: self.op_id.client.into(),
+            tid: self.op_id.tid.into(),
+            offset: self.offset.into(),
+            length: self.length.into(),
+            version_epoch: self.version.epoch.into(),
+            version_seq: self.version.seq.into(),
+            prev_epoch: self.prev.epoch.into(),
+            prev_seq: self.prev.seq.into(),
+        };
+        let mut out = Vec::with_capacity(OBJECT_OP_HEADER_LEN + 4 * self.crcs.len());
+        out.extend_from_slice(h.as_bytes());
+        for c in &self.crcs {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes and validates an op: known code, 4 KiB-aligned range inside the object, and
+    /// a crc per block of a data section of exactly `length` bytes.
+    pub fn decode(meta: &[u8], data_len: usize) -> Result<ObjectOp, DecodeError> {
+        let (h, rest) = ObjectOpHeader::read_from_prefix(meta)
+            .map_err(|_| DecodeError::BadLength { got: meta.len(), want: OBJECT_OP_HEADER_LEN })?;
+        if !matches!(h.op, op::READ | op::WRITE | op::TRIM | op::PUSH) {
+            return Err(DecodeError::UnknownOp(h.op));
+        }
+        let (offset, length, object_size) = (h.offset.get(), h.length.get(), h.object_size.get());
+        let aligned = offset % BLOCK_SIZE == 0 && length % BLOCK_SIZE == 0 && length > 0;
+        let inside = object_size.is_power_of_two()
+            && object_size >= BLOCK_SIZE
+            && (offset as u64 + length as u64) <= object_size as u64;
+        if !aligned || !inside {
+            return Err(DecodeError::BadRange { offset, length, object_size });
+        }
+        let carries = matches!(h.op, op::WRITE | op::PUSH);
+        let blocks = (length / BLOCK_SIZE) as usize;
+        let want_meta = OBJECT_OP_HEADER_LEN + if carries { 4 * blocks } else { 0 };
+        if meta.len() != want_meta {
+            return Err(DecodeError::BadLength { got: meta.len(), want: want_meta });
+        }
+        let want_data = if carries { length as usize } else { 0 };
+        if data_len != want_data {
+            return Err(DecodeError::DataLength { got: data_len, want: want_data });
+        }
+        let crcs = rest.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Ok(ObjectOp {
+            op: h.op,
+            flags: h.flags,
+            object: ObjectId { pool: h.pool.get(), image: h.image.get(), index: h.index.get() },
+            pg: PgId { pool: h.pool.get(), seed: h.pg_seed.get() },
+            object_size,
+            epoch: h.epoch.get(),
+            op_id: OpId { client: h.client.get(), tid: h.tid.get() },
+            offset,
+            length,
+            version: Version { epoch: h.version_epoch.get(), seq: h.version_seq.get() },
+            prev: Version { epoch: h.prev_epoch.get(), seq: h.prev_seq.get() },
+            crcs,
+        })
+    }
+}
+
+/// A decoded object reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectReply {
+    pub status: u32,
+    pub epoch: Epoch,
+    pub version: Version,
+    pub crcs: Vec<u32>,
+}
+
+impl ObjectReply {
+    pub fn status(status: Status, epoch: Epoch) -> Self {
+        ObjectReply { status: status as u32, epoch, version: Version::NONE, crcs: Vec::new() }
+    }
+
+    pub fn encode_meta(&self) -> Vec<u8> {
+        let h = ObjectReplyHeader {
+            status: self.status.into(),
+            reserved: 0.into(),
+            epoch: self.epoch.into(),
+            version_epoch: self.version.epoch.into(),
+            version_seq: self.version.seq.into(),
+        };
+        let mut out = Vec::with_capacity(OBJECT_REPLY_HEADER_LEN + 4 * self.crcs.len());
+        out.extend_from_slice(h.as_bytes());
+        for c in &self.crcs {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(meta: &[u8], data_len: usize) -> Result<ObjectReply, DecodeError> {
+        let (h, rest) = ObjectReplyHeader::read_from_prefix(meta)
+            .map_err(|_| DecodeError::BadLength { got: meta.len(), want: OBJECT_REPLY_HEADER_LEN })?;
+        if rest.len() % 4 != 0 || rest.len() / 4 * BLOCK_SIZE as usize != data_len {
+            return Err(DecodeError::DataLength { got: data_len, want: rest.len() / 4 * BLOCK_SIZE as usize });
+        }
+        Ok(ObjectReply {
+            status: h.status.get(),
+            epoch: h.epoch.get(),
+            version: Version { epoch: h.version_epoch.get(), seq: h.version_seq.get() },
+            crcs: rest.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        })
+    }
+}
+
+/// Usage an OSD reports to the monitors.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsdStats {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub objects: u64,
+}
+
+/// One object as listed by an OSD's debug listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectEntry {
+    pub object: ObjectId,
+    pub version: Version,
+    /// Blocks that hold data (others read as zeroes).
+    pub blocks: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// The current map if it is newer than `have`.
+    GetMap { have: Epoch },
+    /// Keeps the connection as a subscription: the map now (if newer than `have`), then
+    /// every new map as a `MAP_PUSH` frame.
+    Subscribe { have: Epoch },
+    Command(Command),
+    /// An OSD's periodic report.
+    OsdReport { id: OsdId, up_from: Epoch, stats: OsdStats },
+    /// The map and the latest reports, for `atlant status`.
+    GetStatus,
+    /// OSD: the objects it stores (optionally of one pool).
+    ListObjects { pool: Option<u32> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonStatus {
+    pub name: String,
+    pub addr: String,
+    pub in_quorum: bool,
+    pub leader: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub map: ClusterMap,
+    pub mons: Vec<MonStatus>,
+    pub osd_stats: BTreeMap<u32, OsdStats>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    Map(Box<ClusterMap>),
+    UpToDate { epoch: Epoch },
+    Committed { epoch: Epoch, result: CommandResult },
+    Refused(MapError),
+    Ok,
+    Status(Box<StatusReport>),
+    Objects(Vec<ObjectEntry>),
+    Error(String),
+}
+
+pub fn encode_control<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising these plain enums into a Vec cannot fail.
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+pub fn decode_control<'a, T: Deserialize<'a>>(meta: &'a [u8]) -> Result<T, DecodeError> {
+    postcard::from_bytes(meta).map_err(|e| DecodeError::Control(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(op: u8, length: u32) -> ObjectOp {
+        let blocks = (length / BLOCK_SIZE) as usize;
+        ObjectOp {
+            op,
+            flags: FLAG_FUA,
+            object: ObjectId { pool: 1, image: 2, index: 3 },
+            pg: PgId { pool: 1, seed: 9 },
+            object_size: 128 << 10,
+            epoch: 17,
+            op_id: OpId { client: 5, tid: 6 },
+            offset: 8192,
+            length,
+            version: Version { epoch: 3, seq: 4 },
+            prev: Version { epoch: 3, seq: 3 },
+            crcs: if matches!(op, op::WRITE | op::PUSH) { (0..blocks as u32).collect() } else { vec![] },
+        }
+    }
+
+    #[test]
+    fn object_op_round_trip() {
+        for (o, len) in [(op::READ, 4096), (op::WRITE, 16384), (op::TRIM, 8192)] {
+            let op = sample(o, len);
+            let meta = op.encode_meta();
+            let data_len = if op.carries_data() { len as usize } else { 0 };
+            assert_eq!(ObjectOp::decode(&meta, data_len).unwrap(), op);
+        }
+    }
+
+    #[test]
+    fn object_op_rejects_bad_ranges_and_lengths() {
+        let op = sample(op::WRITE, 4096);
+        let meta = op.encode_meta();
+        assert!(matches!(ObjectOp::decode(&meta[..50], 4096), Err(DecodeError::BadLength { .. })));
+        assert!(matches!(ObjectOp::decode(&meta, 100), Err(DecodeError::DataLength { .. })));
+        let mut past_end = sample(op::READ, 4096);
+        past_end.offset = 128 << 10;
+        assert!(matches!(ObjectOp::decode(&past_end.encode_meta(), 0), Err(DecodeError::BadRange { .. })));
+        let mut unaligned = sample(op::READ, 4096);
+        unaligned.offset = 100;
+        assert!(matches!(ObjectOp::decode(&unaligned.encode_meta(), 0), Err(DecodeError::BadRange { .. })));
+        let mut unknown = sample(op::READ, 4096);
+        unknown.op = 99;
+        assert!(matches!(ObjectOp::decode(&unknown.encode_meta(), 0), Err(DecodeError::UnknownOp(99))));
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), dl in 0usize..70000) {
+            let _ = ObjectOp::decode(&bytes, dl);
+            let _ = ObjectReply::decode(&bytes, dl);
+            let _ = decode_control::<ControlRequest>(&bytes);
+            let _ = decode_control::<ControlResponse>(&bytes);
+        }
+    }
+
+    #[test]
+    fn reply_round_trip() {
+        let r = ObjectReply { status: Status::Ok as u32, epoch: 4, version: Version { epoch: 2, seq: 9 }, crcs: vec![1, 2] };
+        assert_eq!(ObjectReply::decode(&r.encode_meta(), 8192).unwrap(), r);
+        assert!(ObjectReply::decode(&r.encode_meta(), 4096).is_err());
+    }
+
+    #[test]
+    fn control_round_trip() {
+        let req = ControlRequest::Command(Command::CreateImage { pool: "rbd".into(), name: "vm1".into(), size_bytes: 1 << 30 });
+        let back: ControlRequest = decode_control(&encode_control(&req)).unwrap();
+        assert_eq!(back, req);
+    }
+}

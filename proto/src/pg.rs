@@ -1,0 +1,75 @@
+//! Per-PG facts derived from a map: the placement set, the acting set, whether the PG can
+//! serve IO, and the identity of its current interval.
+//!
+//! Until peering exists (the failures issue), a PG is active only when every OSD of its
+//! placement set is up: IO waits while any member is down, so a member that missed writes
+//! can never serve a read. Degraded IO with `min_size` members comes with peering.
+
+use crate::ids::{Epoch, OsdId, PgId};
+use crate::map::{ClusterMap, Pool};
+use crate::placement::pg_osds;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PgState {
+    /// Every member of the placement set is up: IO is served.
+    ActiveClean,
+    /// Active, but the cluster has fewer failure domains than `size`: fewer copies.
+    ActiveUndersized,
+    /// Some member is down: IO waits for it.
+    Down,
+    /// Fewer failure domains than `min_size`: no IO until the cluster grows.
+    Undersized,
+}
+
+impl PgState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PgState::ActiveClean => "active+clean",
+            PgState::ActiveUndersized => "active+undersized",
+            PgState::Down => "down",
+            PgState::Undersized => "undersized",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgMapping {
+    pub pg: PgId,
+    /// Ordered placement (first = primary), including down members.
+    pub osds: Vec<OsdId>,
+    pub state: PgState,
+    /// Each member with the incarnation it has in this map (0 when down). Two maps in which
+    /// this value is equal belong to the same interval of the PG.
+    pub interval_key: Vec<(OsdId, Epoch)>,
+}
+
+impl PgMapping {
+    pub fn primary(&self) -> Option<OsdId> {
+        self.osds.first().copied()
+    }
+    pub fn is_active(&self) -> bool {
+        matches!(self.state, PgState::ActiveClean | PgState::ActiveUndersized)
+    }
+}
+
+pub fn pg_mapping(map: &ClusterMap, pool: &Pool, seed: u32) -> PgMapping {
+    let osds = pg_osds(map, pool, seed);
+    let interval_key: Vec<(OsdId, Epoch)> = osds
+        .iter()
+        .map(|id| {
+            let up_from = map.osd(*id).filter(|o| o.up).map(|o| o.up_from).unwrap_or(0);
+            (*id, up_from)
+        })
+        .collect();
+    let state = if osds.len() < pool.min_size as usize {
+        PgState::Undersized
+    } else if interval_key.iter().any(|(_, e)| *e == 0) {
+        PgState::Down
+    } else if osds.len() < pool.size as usize {
+        PgState::ActiveUndersized
+    } else {
+        PgState::ActiveClean
+    };
+    PgMapping { pg: PgId { pool: pool.id, seed }, osds, state, interval_key }
+}
