@@ -179,9 +179,14 @@ pub async fn up(o: UpOptions) -> anyhow::Result<DevCluster> {
         let mut c = DevCluster::load(&dir)?;
         c.dir = dir.clone();
         println!("restarting the cluster in {}", dir.display());
-        let names: Vec<String> = c.daemons.iter().map(|d| d.name.clone()).collect();
+        // Monitors first: the other daemons need them to start.
+        let mut names: Vec<String> = c.daemons.iter().map(|d| d.name.clone()).collect();
+        names.sort_by_key(|n| if n.starts_with("mon.") { 0 } else if n.starts_with("osd.") { 1 } else { 2 });
         for n in names {
             c.start(&n)?;
+            if n.starts_with("mon.") {
+                MonClient::new(c.mon_addrs.clone())?.wait_for_map(o.timeout).await?;
+            }
         }
         c.save()?;
         c

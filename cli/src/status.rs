@@ -3,7 +3,7 @@
 //! `images`).
 
 use proto::msg::StatusReport;
-use proto::pg::pg_mapping;
+use proto::pg::pool_mappings;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -16,8 +16,7 @@ pub fn status_json(r: &StatusReport) -> Value {
     let mut pg_total = 0u64;
     let mut inactive = Vec::new();
     for pool in map.pools.values() {
-        for seed in 0..pool.pg_count {
-            let m = pg_mapping(map, pool, seed);
+        for m in pool_mappings(map, pool) {
             pg_total += 1;
             *by_state.entry(m.state.name()).or_default() += 1;
             if !m.is_active() && inactive.len() < 5 {

@@ -15,7 +15,7 @@ use crate::monc::{MonClient, MonError};
 use bytes::Bytes;
 use net::Conn;
 use proto::msg::{msg_type, ObjectOp, ObjectReply, Status};
-use proto::pg::pg_mapping;
+use proto::pg::{pool_mappings, PgMapping};
 use proto::placement::object_pg;
 use proto::{ClusterMap, Epoch, ObjectId, OpId, OsdId, Version};
 use std::collections::HashMap;
@@ -23,6 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// How long a starting client waits for a monitor to answer.
+pub const MON_WAIT: Duration = Duration::from_secs(60);
 
 pub const OSD_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,6 +49,8 @@ pub struct Cluster {
     mon: Arc<MonClient>,
     map: Arc<watch::Sender<Arc<ClusterMap>>>,
     conns: Mutex<HashMap<OsdId, Arc<Conn>>>,
+    /// PG mappings of the map at `.0`, per pool, computed once per map.
+    mappings: Mutex<(Epoch, HashMap<u32, Arc<Vec<PgMapping>>>)>,
     client_id: u64,
     next_tid: AtomicU64,
     pub op_deadline: Duration,
@@ -66,12 +71,13 @@ impl Cluster {
     /// Connects to the monitors, fetches the map and subscribes to updates.
     pub async fn connect(mon_addrs: Vec<String>) -> Result<Arc<Cluster>, ClientError> {
         let mon = MonClient::new(mon_addrs)?;
-        let map = mon.get_map().await?;
+        let map = mon.wait_for_map(MON_WAIT).await?;
         let map = mon.subscribe(map);
         Ok(Arc::new(Cluster {
             mon,
             map,
             conns: Mutex::new(HashMap::new()),
+            mappings: Mutex::new((0, HashMap::new())),
             client_id: rand::random::<u64>() | 1,
             next_tid: AtomicU64::new(1),
             op_deadline: Duration::from_secs(300),
@@ -122,14 +128,22 @@ impl Cluster {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(5);
         let mut last = String::new();
+        let mut attempts = 0u32;
         loop {
+            attempts += 1;
+            if attempts % 50 == 0 {
+                tracing::warn!(object = %req.object, attempts, secs = start.elapsed().as_secs(), "op still waiting: {last}");
+            }
             if start.elapsed() > self.op_deadline {
                 return Err(ClientError::Timeout { object: req.object, secs: start.elapsed().as_secs(), last });
             }
             let map = self.map();
             let pool = map.pools.get(&req.object.pool).ok_or_else(|| ClientError::NotFound(format!("pool {}", req.object.pool)))?;
             let pg = object_pg(&req.object, pool);
-            let mapping = pg_mapping(&map, pool, pg.seed);
+            let mappings = self.mappings_of(&map, pool);
+            let Some(mapping) = mappings.get(pg.seed as usize) else {
+                return Err(ClientError::Invalid(format!("pg {pg} outside pool {}", pool.name)));
+            };
             let Some(primary) = mapping.primary().filter(|_| mapping.is_active()) else {
                 last = format!("pg {pg} is {}", mapping.state.name());
                 self.pause(&mut backoff, &map).await;
@@ -194,6 +208,14 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    fn mappings_of(&self, map: &ClusterMap, pool: &proto::map::Pool) -> Arc<Vec<PgMapping>> {
+        let mut cache = self.mappings.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.0 != map.epoch {
+            *cache = (map.epoch, HashMap::new());
+        }
+        cache.1.entry(pool.id).or_insert_with(|| Arc::new(pool_mappings(map, pool))).clone()
     }
 
     async fn pause(&self, backoff: &mut Duration, map: &ClusterMap) {

@@ -87,6 +87,26 @@ impl MonClient {
         }
     }
 
+    /// The map, waiting up to `timeout` for a monitor to answer (daemons starting beside
+    /// their monitors use this instead of failing at once).
+    pub async fn wait_for_map(&self, timeout: Duration) -> Result<ClusterMap, MonError> {
+        let start = std::time::Instant::now();
+        let mut warned = Duration::ZERO;
+        loop {
+            match self.get_map().await {
+                Ok(m) => return Ok(m),
+                Err(e) if start.elapsed() >= timeout => return Err(e),
+                Err(e) => {
+                    if start.elapsed() >= warned + Duration::from_secs(5) {
+                        warned = start.elapsed();
+                        tracing::warn!("waiting for a monitor: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
     /// Commits a map change; returns the epoch that holds it and the result.
     pub async fn command(&self, cmd: Command) -> Result<(Epoch, CommandResult), MonError> {
         match self.call(&ControlRequest::Command(cmd)).await? {

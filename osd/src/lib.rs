@@ -98,7 +98,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         net::rdma::RdmaSupport::Absent(why) => tracing::info!("no RDMA ({why}); using TCP"),
     }
     let mon = MonClient::new(cfg.mon.clone())?;
-    let map = mon.get_map().await?;
+    let map = mon.wait_for_map(client::cluster::MON_WAIT).await?;
     if map.fsid != sb.fsid {
         bail!("{} belongs to cluster {}, the monitors serve cluster {}", cfg.device.display(), proto::uuid_hex(sb.fsid), proto::uuid_hex(map.fsid));
     }

@@ -7,7 +7,7 @@
 //! (`up_from`) among its members, which is when the set last changed in any way that
 //! matters for fencing until OSDs can be moved in and out (quorum and peering issues).
 
-use proto::pg::{pg_mapping, PgMapping};
+use proto::pg::{pool_mappings, PgMapping};
 use proto::{ClusterMap, Epoch, OpId, OsdId, PgId, Version};
 use std::collections::{HashMap, VecDeque};
 
@@ -57,8 +57,7 @@ impl PgTable {
     pub fn apply_map(&mut self, me: OsdId, map: &ClusterMap) {
         let mut next = HashMap::new();
         for pool in map.pools.values() {
-            for seed in 0..pool.pg_count {
-                let mapping = pg_mapping(map, pool, seed);
+            for mapping in pool_mappings(map, pool) {
                 if !mapping.osds.contains(&me) {
                     continue;
                 }

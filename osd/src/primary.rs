@@ -43,14 +43,19 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
     // waited is taken into account.
     let (members, version) = {
         let mut pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(info) = pgs.pgs.get_mut(&op.pg) else { return refuse(Status::NotPrimary, map.epoch) };
+        let Some(info) = pgs.pgs.get_mut(&op.pg) else {
+            tracing::debug!(pg = %op.pg, epoch = map.epoch, table_epoch = pgs.epoch, "not a member of the pg");
+            return refuse(Status::NotPrimary, map.epoch);
+        };
         if info.mapping.primary() != Some(osd.id) {
+            tracing::debug!(pg = %op.pg, osds = ?info.mapping.osds, "not the primary");
             return refuse(Status::NotPrimary, map.epoch);
         }
         if !info.mapping.is_active() {
             return refuse(Status::PgInactive, map.epoch);
         }
         if op.epoch < info.interval_start {
+            tracing::debug!(pg = %op.pg, op_epoch = op.epoch, interval_start = info.interval_start, "stale epoch");
             return refuse(Status::StaleEpoch, map.epoch.max(info.interval_start));
         }
         if op.op == op::READ {

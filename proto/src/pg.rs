@@ -7,7 +7,7 @@
 
 use crate::ids::{Epoch, OsdId, PgId};
 use crate::map::{ClusterMap, Pool};
-use crate::placement::pg_osds;
+use crate::placement::{pg_osds, PoolPlacement};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -54,7 +54,16 @@ impl PgMapping {
 }
 
 pub fn pg_mapping(map: &ClusterMap, pool: &Pool, seed: u32) -> PgMapping {
-    let osds = pg_osds(map, pool, seed);
+    mapping_of(map, pool, seed, pg_osds(map, pool, seed))
+}
+
+/// Every PG of a pool (placement set up once for the pool, not once per PG).
+pub fn pool_mappings(map: &ClusterMap, pool: &Pool) -> Vec<PgMapping> {
+    let placement = PoolPlacement::new(map, pool);
+    (0..pool.pg_count).map(|seed| mapping_of(map, pool, seed, placement.pg_osds(seed))).collect()
+}
+
+fn mapping_of(map: &ClusterMap, pool: &Pool, seed: u32, osds: Vec<OsdId>) -> PgMapping {
     let interval_key: Vec<(OsdId, Epoch)> = osds
         .iter()
         .map(|id| {

@@ -12,7 +12,7 @@
 //! --nocapture`).
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestRunner};
 use proto::map::{ClusterMap, FailureDomain, OsdInfo, Pool, WEIGHT_ONE};
 use proto::placement::{object_pg, pg_osds, PoolPlacement};
 use proto::{ObjectId, OsdId};
@@ -64,7 +64,7 @@ fn build_map(hosts: &[Vec<Osd>]) -> ClusterMap {
                     host: host_name(h),
                     addr: String::new(),
                     weight: osd.weight,
-                    up: id % 5 != 0,
+                    up: id & 3 != 3, // placement ignores up
                     is_in: osd.is_in,
                     up_from: 1,
                     store_uuid: u128::from(id) + 1,
@@ -105,6 +105,33 @@ fn max_share(map: &ClusterMap, fd: FailureDomain, size: u8) -> f64 {
     w.values().map(|&d| k * d as f64 / total as f64).fold(0.0, f64::max)
 }
 
+/// Clusters that break a test's precondition are skipped (`prop_assume!`), hence the room
+/// for rejects; failing cases are kept beside this file. `PROPTEST_CASES` overrides the case
+/// count for a longer run.
+fn config(cases: u32) -> Config {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
+    Config {
+        cases,
+        max_global_rejects: 1 << 16,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "tests/placement_props.proptest-regressions",
+        ))),
+        ..Config::default()
+    }
+}
+
+/// The statistical tests draw their clusters from a fixed seed (unless `PROPTEST_RNG_SEED`
+/// is set) and keep no failing cases: a 5σ excursion, which a long run with a random seed can
+/// meet by chance, is not a regression to replay forever.
+fn statistical_config(cases: u32) -> Config {
+    let mut config = config(cases);
+    config.failure_persistence = None;
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = RngSeed::Fixed(0xA71A_4750);
+    }
+    config
+}
+
 fn place_all(map: &ClusterMap, pool: &Pool, pgs: u32) -> Vec<Vec<OsdId>> {
     let placement = PoolPlacement::new(map, pool);
     (0..pgs).map(|seed| placement.pg_osds(seed)).collect()
@@ -112,7 +139,7 @@ fn place_all(map: &ClusterMap, pool: &Pool, pgs: u32) -> Vec<Vec<OsdId>> {
 
 #[test]
 fn sets_are_valid_and_deterministic() {
-    let mut runner = TestRunner::new(Config { cases: 64, ..Config::default() });
+    let mut runner = TestRunner::new(config(64));
     runner
         .run(&cluster_strategy(&[FailureDomain::Host, FailureDomain::Osd]), |c| {
             let map = build_map(&c.hosts);
@@ -149,32 +176,42 @@ fn sets_are_valid_and_deterministic() {
 struct ShareStats {
     clusters: usize,
     worst_z: f64,
-    /// Worst relative error among OSDs expected to hold ≥ 4096 slots.
+    /// Worst relative error among OSDs expected to hold ≥ 8192 slots (asserted ≤ 6%).
     worst_rel_large: f64,
-    /// Worst relative error among OSDs expected to hold ≥ 1024 slots.
+    /// Worst relative error among OSDs expected to hold ≥ 2048 slots (not asserted: σ is up
+    /// to 2.2% there).
     worst_rel_medium: f64,
+    /// Worst |z| of primary counts against PGS · w / W.
+    worst_primary_z: f64,
+    /// Worst relative error of primary counts among OSDs expected to be primary ≥ 4096 times.
+    worst_primary_rel: f64,
 }
 
 /// Shares follow weights: over `PGS` PGs each OSD's replica-slot count is compared with
-/// `PGS · size · w / W` (clusters where a domain holds more than 1/size of the weight are
+/// `PGS · size · w / W`, and its primary count with `PGS · w / W` (clusters where a domain holds more than 1/size of the weight are
 /// skipped: there proportionality is impossible).
 ///
 /// Tolerances: an OSD's count is a sum of `PGS` per-PG indicators with mean λ = size·w/W, so
 /// its noise is σ = sqrt(PGS·λ·(1−λ)). Every OSD must be within 5σ; OSDs expected to hold
-/// ≥ 4096 slots (σ ≤ 1.4%) must be within 6% relative error; and per cluster the mean of z²
+/// ≥ 8192 slots (σ ≤ 1.1%) must be within 6% relative error; and per cluster the mean of z²
 /// must stay below 1 + 6·sqrt(2/n), which catches a small bias spread over many OSDs.
+/// Primary counts (p = w/W per PG) must be within 5σ as well.
 #[test]
 fn shares_follow_weights() {
-    const PGS: u32 = 16384;
+    const PGS: u32 = 32768;
     let stats = RefCell::new(ShareStats::default());
-    let mut runner = TestRunner::new(Config { cases: 32, max_global_rejects: 4096, ..Config::default() });
+    let mut runner = TestRunner::new(statistical_config(48));
     runner
         .run(&cluster_strategy(&[FailureDomain::Host, FailureDomain::Host, FailureDomain::Osd]), |c| {
             let map = build_map(&c.hosts);
             prop_assume!(max_share(&map, c.failure_domain, c.size) <= 1.0);
             let pool = pool(c.size, c.failure_domain);
             let mut count: BTreeMap<OsdId, u64> = BTreeMap::new();
+            let mut primary: BTreeMap<OsdId, u64> = BTreeMap::new();
             for set in place_all(&map, &pool, PGS) {
+                if let Some(p) = set.first() {
+                    *primary.entry(*p).or_insert(0) += 1;
+                }
                 for o in set {
                     *count.entry(o).or_insert(0) += 1;
                 }
@@ -193,12 +230,30 @@ fn shares_follow_weights() {
                 let z = (got - expected) / sigma;
                 let rel = (got - expected).abs() / expected;
                 z2_sum += z * z;
+                // One primary per PG: the same test with p = w/W.
+                let p = f64::from(o.weight) / total as f64;
+                let primary_expected = f64::from(PGS) * p;
+                let primary_got = primary.get(&o.id).copied().unwrap_or(0) as f64;
+                let primary_z = (primary_got - primary_expected) / (f64::from(PGS) * p * (1.0 - p)).sqrt().max(1.0);
+                stats.worst_primary_z = stats.worst_primary_z.max(primary_z.abs());
+                if primary_expected >= 4096.0 {
+                    let rel = (primary_got - primary_expected).abs() / primary_expected;
+                    stats.worst_primary_rel = stats.worst_primary_rel.max(rel);
+                }
+                prop_assert!(
+                    primary_z.abs() <= 5.0,
+                    "{}: primary of {} PGs, expected {:.0} (z = {:.2})",
+                    o.id,
+                    primary_got,
+                    primary_expected,
+                    primary_z
+                );
                 stats.worst_z = stats.worst_z.max(z.abs());
-                if expected >= 1024.0 {
+                if expected >= 2048.0 {
                     stats.worst_rel_medium = stats.worst_rel_medium.max(rel);
                 }
                 prop_assert!(z.abs() <= 5.0, "{}: {} slots, expected {:.0} (z = {:.2})", o.id, got, expected, z);
-                if expected >= 4096.0 {
+                if expected >= 8192.0 {
                     stats.worst_rel_large = stats.worst_rel_large.max(rel);
                     prop_assert!(rel <= 0.06, "{}: {} slots, expected {:.0}", o.id, got, expected);
                 }
@@ -242,7 +297,7 @@ fn adding_an_osd_moves_about_its_share() {
         any::<prop::sample::Index>(),
         any::<bool>(),
     );
-    let mut runner = TestRunner::new(Config { cases: 48, max_global_rejects: 4096, ..Config::default() });
+    let mut runner = TestRunner::new(statistical_config(96));
     runner
         .run(&strategy, |(c, w, host, new_host)| {
             let before = build_map(&c.hosts);
@@ -272,11 +327,7 @@ fn adding_an_osd_moves_about_its_share() {
             let pool = pool(c.size, fd);
             let old = place_all(&before, &pool, PGS);
             let now = place_all(&after, &pool, PGS);
-            let moved: usize = old
-                .iter()
-                .zip(&now)
-                .map(|(o, n)| n.iter().filter(|x| !o.contains(x)).count())
-                .sum();
+            let moved: usize = old.iter().zip(&now).map(|(o, n)| n.iter().filter(|x| !o.contains(x)).count()).sum();
             let slots = f64::from(PGS) * f64::from(c.size);
             let total: u64 = after.osds.values().filter(|o| o.is_in).map(|o| u64::from(o.weight)).sum();
             let ideal = slots * f64::from(w) / total as f64;
@@ -300,4 +351,32 @@ fn adding_an_osd_moves_about_its_share() {
         })
         .unwrap();
     eprintln!("adding_an_osd_moves_about_its_share: {:?}", stats.borrow());
+}
+
+/// Exactness where successive straw2 is furthest off: five hosts and four copies, four hosts
+/// at 24% of the weight each (target share 0.96) and one at 4% (0.16). Successive sampling
+/// (straw2 per rank) would give the light host 0.28, 75% too much. Over 2^18 PGs the noise is
+/// below 0.5%
+/// (σ of the light host's share); the tolerance is 2%.
+#[test]
+fn near_cap_shares_are_exact() {
+    const PGS: u32 = 1 << 18;
+    let heavy = || vec![Osd { weight: 4 * WEIGHT_ONE, is_in: true }, Osd { weight: 2 * WEIGHT_ONE, is_in: true }];
+    let hosts = vec![heavy(), heavy(), heavy(), heavy(), vec![Osd { weight: WEIGHT_ONE, is_in: true }]];
+    let map = build_map(&hosts);
+    let pool = pool(4, FailureDomain::Host);
+    let placement = PoolPlacement::new(&map, &pool);
+    let mut count = vec![0u64; map.osds.len()];
+    for seed in 0..PGS {
+        for o in placement.pg_osds(seed) {
+            count[o.0 as usize] += 1;
+        }
+    }
+    let total: f64 = map.osds.values().map(|o| f64::from(o.weight)).sum();
+    for o in map.osds.values() {
+        let expected = f64::from(PGS) * 4.0 * f64::from(o.weight) / total;
+        let rel = (count[o.id.0 as usize] as f64 - expected) / expected;
+        eprintln!("{}: {} slots, expected {:.0} ({:+.3}%)", o.id, count[o.id.0 as usize], expected, rel * 100.0);
+        assert!(rel.abs() <= 0.02, "{}: {} slots, expected {:.0}", o.id, count[o.id.0 as usize], expected);
+    }
 }

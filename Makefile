@@ -1,0 +1,51 @@
+# Atlant. One cargo profile (release) for tests, daemons and benchmarks.
+CARGO ?= cargo
+PROFILE := --release
+BIN := target/release
+DEMO_DIR ?= demo
+SUITE := scripts/suite.sh
+
+.PHONY: all build deps demo demo-down test test-unit test-integration check fmt clippy bench bench-cluster clean
+
+all: build
+
+build:
+	$(CARGO) build $(PROFILE) --workspace --bins
+
+deps:
+	@scripts/install-deps.sh
+
+# Starts a local 1-monitor, 3-OSD cluster under ./demo with image rbd/vm1 served over NBD.
+demo: build
+	@$(BIN)/atlant dev up --dir $(DEMO_DIR)
+	@. $(DEMO_DIR)/cluster.env && $(BIN)/atlant status
+	@. $(DEMO_DIR)/cluster.env && scripts/demo-usage.sh
+
+demo-down:
+	$(BIN)/atlant dev down --dir $(DEMO_DIR)
+
+# Everything CI runs. Installs the Debian packages it needs when they are missing.
+test: deps build
+	@rm -f target/suites.log
+	@$(SUITE) unit $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast
+	@$(SUITE) skeleton tests/skeleton.sh
+	@echo "==> suites:"; cat target/suites.log
+
+test-unit: build
+	$(CARGO) nextest run $(PROFILE) --workspace
+
+check: fmt clippy test-unit
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy $(PROFILE) --workspace --all-targets -- -D warnings
+
+bench: deps build bench-cluster
+
+bench-cluster:
+	bench/cluster.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,112 @@
+//! Helpers for integration tests that run the real binaries (built by `make build` into
+//! `target/release`) as child processes on loopback addresses.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `target/release`, found from the test executable (`target/release/deps/NAME-HASH`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is missing: run `make build` (cargo build --release --bins) first", p.display());
+    p
+}
+
+/// Runs a binary to completion.
+pub fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(bin(name)).args(args).env_remove("ATLANT_MON").output().expect("spawn")
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("atlant-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&p).expect("mkdir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A daemon child process, killed on drop.
+pub struct Daemon(pub Child);
+
+impl Daemon {
+    pub fn start(name: &str, args: &[&str], log: &Path) -> Daemon {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(bin(name)).args(args).stdin(Stdio::null()).stdout(out).stderr(err).spawn().expect("spawn");
+        Daemon(child)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if let Ok(Some(s)) = self.0.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Creates and starts a monitor; returns it with its address.
+pub fn start_mon(dir: &Path) -> (Daemon, String) {
+    let addr = free_addr();
+    let data = dir.join("mon");
+    let o = run("atlant-mon", &["mkfs", "--data", data.to_str().unwrap_or(""), "--name", "a", "--addr", &addr]);
+    assert!(o.status.success(), "mon mkfs: {}", text(&o));
+    let d = Daemon::start("atlant-mon", &["run", "--data", data.to_str().unwrap_or("")], &dir.join("mon.log"));
+    let ok = wait_until(Duration::from_secs(10), || run("atlant", &["--mon", &addr, "status"]).status.success());
+    assert!(ok, "monitor did not come up");
+    (d, addr)
+}
