@@ -13,7 +13,7 @@
 
 use crate::monc::{MonClient, MonError};
 use bytes::Bytes;
-use net::Conn;
+use net::{Conn, ConnCache};
 use proto::msg::{msg_type, ObjectOp, ObjectReply, Status};
 use proto::pg::{pool_mappings, PgMapping};
 use proto::placement::object_pg;
@@ -48,7 +48,7 @@ pub enum ClientError {
 pub struct Cluster {
     mon: Arc<MonClient>,
     map: Arc<watch::Sender<Arc<ClusterMap>>>,
-    conns: Mutex<HashMap<OsdId, Arc<Conn>>>,
+    conns: ConnCache<OsdId>,
     /// PG mappings of the map at `.0`, per pool, computed once per map.
     mappings: Mutex<(Epoch, HashMap<u32, Arc<Vec<PgMapping>>>)>,
     client_id: u64,
@@ -76,7 +76,7 @@ impl Cluster {
         Ok(Arc::new(Cluster {
             mon,
             map,
-            conns: Mutex::new(HashMap::new()),
+            conns: ConnCache::default(),
             mappings: Mutex::new((0, HashMap::new())),
             client_id: rand::random::<u64>() | 1,
             next_tid: AtomicU64::new(1),
@@ -109,17 +109,8 @@ impl Cluster {
     }
 
     async fn osd_conn(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<Conn>, String> {
-        let addr = map.osd(osd).map(|o| o.addr.clone()).ok_or_else(|| format!("{osd} not in map"))?;
-        if let Some(c) = self.conns.lock().ok().and_then(|c| c.get(&osd).cloned()) {
-            if !c.is_closed() && c.peer() == addr {
-                return Ok(c);
-            }
-        }
-        let c = net::transport::connect(&addr).await.map_err(|e| e.to_string())?;
-        if let Ok(mut conns) = self.conns.lock() {
-            conns.insert(osd, c.clone());
-        }
-        Ok(c)
+        let addr = map.osd(osd).map(|o| o.addr.as_str()).ok_or_else(|| format!("{osd} not in map"))?;
+        self.conns.get(osd, addr).await.map_err(|e| e.to_string())
     }
 
     /// Runs one object op to completion (see the module header for the resend rules).

@@ -4,8 +4,10 @@
 //! - `transport`: connect/serve over TCP, the seam a simulator or RDMA replaces;
 //! - `rdma`: detection of RDMA devices (verbs come later; TCP is the fallback).
 
+pub mod cache;
 pub mod conn;
 pub mod rdma;
 pub mod transport;
 
+pub use cache::ConnCache;
 pub use conn::{Conn, NetError, OutFrame, Responder, Sender};

@@ -10,11 +10,10 @@ use crate::pgs::PgTable;
 use crate::store::Store;
 use bytes::Bytes;
 use net::conn::Responder;
-use net::Conn;
+use net::{Conn, ConnCache};
 use proto::frame::Frame;
 use proto::msg::{decode_control, encode_control, msg_type, ControlRequest, ControlResponse, ObjectOp, ObjectReply, Status};
 use proto::{ClusterMap, Epoch, ObjectId, OsdId};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,7 +34,7 @@ pub struct Osd {
     pub up_from: AtomicU64,
     pub pgs: Mutex<PgTable>,
     locks: Vec<AsyncMutex<()>>,
-    peers: Mutex<HashMap<OsdId, Arc<Conn>>>,
+    peers: ConnCache<OsdId>,
 }
 
 impl Osd {
@@ -47,7 +46,7 @@ impl Osd {
             up_from: AtomicU64::new(0),
             pgs: Mutex::new(PgTable::default()),
             locks: (0..LOCK_STRIPES).map(|_| AsyncMutex::new(())).collect(),
-            peers: Mutex::new(HashMap::new()),
+            peers: ConnCache::default(),
         })
     }
 
@@ -90,17 +89,8 @@ impl Osd {
 
     /// A connection to a peer OSD at its address in `map`.
     pub async fn peer(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<Conn>, String> {
-        let addr = map.osd(osd).map(|o| o.addr.clone()).ok_or_else(|| format!("{osd} is not in the map"))?;
-        if let Some(c) = self.peers.lock().ok().and_then(|p| p.get(&osd).cloned()) {
-            if !c.is_closed() && c.peer() == addr {
-                return Ok(c);
-            }
-        }
-        let c = net::transport::connect(&addr).await.map_err(|e| e.to_string())?;
-        if let Ok(mut p) = self.peers.lock() {
-            p.insert(osd, c.clone());
-        }
-        Ok(c)
+        let addr = map.osd(osd).map(|o| o.addr.as_str()).ok_or_else(|| format!("{osd} is not in the map"))?;
+        self.peers.get(osd, addr).await.map_err(|e| e.to_string())
     }
 }
 

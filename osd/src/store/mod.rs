@@ -190,18 +190,18 @@ impl Store {
         self.check_range(offset, data.len() as u32)?;
         let (slot, mut h) = self.slot_for(object)?;
         let at = self.superblock.slot_offset(slot) + HEADER_BYTES + offset as u64;
-        let result = async {
-            self.blocking(move |d| d.write_at(&AlignedBuf::from_slice(&data), at)).await?;
-            let first = offset as usize / BLOCK;
-            for (i, c) in crcs.iter().enumerate() {
-                h.set_present(first + i, true);
-                h.crcs[first + i] = *c;
-            }
-            h.version = version;
-            self.write_header(slot, &h).await?;
-            Ok(h)
+        let first = offset as usize / BLOCK;
+        for (i, c) in crcs.iter().enumerate() {
+            h.set_present(first + i, true);
+            h.crcs[first + i] = *c;
         }
-        .await;
+        h.version = version;
+        // Data and header go to the device concurrently: each is a durable write, and the
+        // latency is that of one instead of two. (Format 1 is not atomic either way; a torn
+        // pair reads back as a checksum error, never as wrong data.)
+        let data_write = self.blocking(move |d| d.write_at(&AlignedBuf::from_slice(&data), at));
+        let (d, hd) = tokio::join!(data_write, self.write_header(slot, &h));
+        let result = d.and(hd).map(|()| h);
         self.finish(object, slot, result)
     }
 
