@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::device::{AlignedBuf, BlockDevice, FileDevice};
 use store::layout::{Superblock, BLOCK};
+pub use store::Durability;
 use store::Store;
 
 pub struct MkfsConfig {
@@ -31,16 +32,12 @@ pub struct MkfsConfig {
     pub size_bytes: Option<u64>,
     /// Capacity weight in `WEIGHT_ONE` units; derived from the capacity (1.0 per TiB) if absent.
     pub weight: Option<u32>,
-    pub object_size: u32,
     /// Overwrite a device that already holds an Atlant store.
     pub force: bool,
 }
 
 /// Formats a device as a new OSD store and registers it with the monitors; returns its id.
 pub async fn mkfs(cfg: MkfsConfig) -> anyhow::Result<OsdId> {
-    if !cfg.object_size.is_power_of_two() || cfg.object_size < BLOCK as u32 || cfg.object_size > store::layout::MAX_OBJECT_SIZE {
-        bail!("object size {} must be a power of two from 4 KiB to 2 MiB", cfg.object_size);
-    }
     if let Some(size) = cfg.size_bytes {
         let exists = cfg.device.exists();
         if !exists || std::fs::metadata(&cfg.device).map(|m| m.is_file() && m.len() == 0).unwrap_or(false) {
@@ -50,23 +47,18 @@ pub async fn mkfs(cfg: MkfsConfig) -> anyhow::Result<OsdId> {
         }
     }
     let dev = FileDevice::open(&cfg.device).with_context(|| format!("cannot open {}", cfg.device.display()))?;
-    let mut buf = AlignedBuf::zeroed(BLOCK);
-    dev.read_at(&mut buf, 0).with_context(|| format!("cannot read {}", cfg.device.display()))?;
-    if let Ok(old) = Superblock::decode(&buf) {
-        if !cfg.force {
-            bail!(
-                "{} already holds the store of osd.{} (cluster {}); refusing to format it without --force",
-                cfg.device.display(),
-                old.osd_id,
-                proto::uuid_hex(old.fsid)
-            );
-        }
+    let (buf, r) = dev.read(0, AlignedBuf::zeroed(BLOCK)).await;
+    r.with_context(|| format!("cannot read {}", cfg.device.display()))?;
+    if buf.starts_with(&store::layout::SUPERBLOCK_MAGIC.to_le_bytes()) && !cfg.force {
+        let who = match Superblock::decode(&buf) {
+            Ok(old) => format!("the store of osd.{} (cluster {})", old.osd_id, proto::uuid_hex(old.fsid)),
+            Err(e) => format!("an Atlant store ({e})"),
+        };
+        bail!("{} already holds {who}; refusing to format it without --force", cfg.device.display());
     }
-    let slot_count = Superblock::slots_for(dev.size(), cfg.object_size);
-    if slot_count < 16 {
-        bail!("{} is too small ({} bytes) for an OSD store", cfg.device.display(), dev.size());
-    }
-    let capacity = slot_count * cfg.object_size as u64;
+    // Lays the device out first so a device too small fails before anything is registered.
+    let probe = Superblock::plan(0, 0, 0, dev.size()).with_context(|| format!("{}", cfg.device.display()))?;
+    let capacity = probe.data_blocks * BLOCK as u64;
     let weight = cfg.weight.unwrap_or(((capacity as u128 * WEIGHT_ONE as u128) >> 40).max(1) as u32);
     let mon = MonClient::new(cfg.mon.clone())?;
     let map = mon.get_map().await?;
@@ -75,13 +67,22 @@ pub async fn mkfs(cfg: MkfsConfig) -> anyhow::Result<OsdId> {
         .command(Command::CreateOsd { host: cfg.host.clone(), weight, store_uuid, capacity_bytes: capacity })
         .await?;
     let CommandResult::Osd(id) = result else { bail!("monitor answered {result:?} to CreateOsd") };
-    let sb = Superblock { fsid: map.fsid, store_uuid, osd_id: id.0, object_size: cfg.object_size, device_size: dev.size(), slot_count };
-    Store::format(&dev, &sb).with_context(|| format!("{id} is registered but formatting {} failed", cfg.device.display()))?;
+    let sb = Superblock::plan(map.fsid, store_uuid, id.0, dev.size())?;
+    Store::format(&dev, &sb).await.with_context(|| format!("{id} is registered but formatting {} failed", cfg.device.display()))?;
     Ok(id)
+}
+
+/// Checks a store offline and prints the report; Ok(true) when it is clean.
+pub async fn fsck(device: &std::path::Path) -> anyhow::Result<bool> {
+    let dev = FileDevice::open(device).with_context(|| format!("cannot open {}", device.display()))?;
+    let report = store::fsck::fsck(&dev).await;
+    println!("{report}");
+    Ok(report.ok())
 }
 
 pub struct Config {
     pub device: PathBuf,
+    pub durability: Durability,
     pub mon: Vec<String>,
     /// Address to serve on (`ip:port`; port 0 picks one).
     pub addr: String,
@@ -90,8 +91,9 @@ pub struct Config {
 
 /// Runs the OSD until SIGTERM/SIGINT; then marks itself down and returns.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let store = Arc::new(Store::open_path(&cfg.device)?);
+    let store = Store::open_path(&cfg.device, cfg.durability).await?;
     let sb = store.superblock.clone();
+    tracing::info!(objects = store.list(None).len(), open_ms = store.open_ms, durability = ?cfg.durability, "store opened");
     let id = OsdId(sb.osd_id);
     match net::rdma::probe(std::path::Path::new("/")) {
         net::rdma::RdmaSupport::Devices(d) => tracing::info!("RDMA devices {d:?} found; verbs transport not built yet, using TCP"),
@@ -152,7 +154,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
-    shutdown_signal().await;
+    // A failing device stops the OSD: the monitors mark it down and out at once.
+    let failed = {
+        let store = Arc::clone(&store);
+        async move {
+            loop {
+                if let Some(why) = store.failure() {
+                    return why;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let reason = tokio::select! {
+        _ = shutdown_signal() => None,
+        why = failed => Some(why),
+    };
+    if let Some(reason) = reason {
+        tracing::error!(%id, "device failed: {reason}; marking this OSD down and out and stopping");
+        let cmd = mon.command(Command::MarkOsdFailed { id, up_from: epoch, reason: reason.clone() });
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), cmd).await.unwrap_or_else(|_| Err(client::MonError::NoAddress)) {
+            tracing::warn!("could not report the failure: {e}");
+        }
+        bail!("{id} stopped: device failed: {reason}");
+    }
     tracing::info!(%id, "stopping: marking this incarnation down");
     let down = mon.command(Command::MarkOsdDown { id, up_from: epoch });
     if let Err(e) = tokio::time::timeout(Duration::from_secs(3), down).await.unwrap_or_else(|_| Err(client::MonError::NoAddress)) {

@@ -28,8 +28,6 @@ enum Cmd {
         /// Capacity weight (1.0 = 1 TiB); from the capacity if absent.
         #[arg(long)]
         weight: Option<f64>,
-        #[arg(long, default_value = "128K")]
-        object_size: String,
         /// Destroy an existing Atlant store on the device.
         #[arg(long)]
         force: bool,
@@ -43,6 +41,14 @@ enum Cmd {
         /// Address to serve on, ip:port.
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: String,
+        /// `immediate`: a completed write is durable; `lazy`: durable at the next flush.
+        #[arg(long, default_value = "immediate")]
+        durability: osd::Durability,
+    },
+    /// Checks a store offline: every checksum and index invariant. Exits 1 on errors.
+    Fsck {
+        #[arg(long)]
+        device: PathBuf,
     },
 }
 
@@ -52,21 +58,27 @@ fn main() -> anyhow::Result<()> {
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match Cli::parse().cmd {
-        Cmd::Mkfs { device, mon, host, size, weight, object_size, force } => {
+        Cmd::Mkfs { device, mon, host, size, weight, force } => {
             let size_bytes = size.map(|s| proto::map::parse_size(&s)).transpose().map_err(anyhow::Error::msg)?;
-            let object_size = proto::map::parse_size(&object_size).map_err(anyhow::Error::msg)? as u32;
             let weight = match weight {
                 Some(w) if !(w > 0.0 && w < 65536.0) => anyhow::bail!("--weight {w} must be in (0, 65536)"),
                 Some(w) => Some((w * proto::map::WEIGHT_ONE as f64).round().max(1.0) as u32),
                 None => None,
             };
-            let cfg = osd::MkfsConfig { device, mon: client::parse_addrs(&mon), host, size_bytes, weight, object_size, force };
+            let cfg = osd::MkfsConfig { device, mon: client::parse_addrs(&mon), host, size_bytes, weight, force };
             let id = rt.block_on(osd::mkfs(cfg))?;
             println!("{}", id.0);
             Ok(())
         }
-        Cmd::Run { device, mon, addr } => rt.block_on(osd::run(osd::Config {
+        Cmd::Fsck { device } => {
+            if !rt.block_on(osd::fsck(&device))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Run { device, mon, addr, durability } => rt.block_on(osd::run(osd::Config {
             device,
+            durability,
             mon: client::parse_addrs(&mon),
             addr,
             report_interval: Duration::from_secs(5),

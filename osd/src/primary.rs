@@ -35,7 +35,7 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
         return refuse(Status::Invalid, map.epoch);
     }
     let Some(pool) = map.pools.get(&op.object.pool) else { return refuse(Status::Invalid, map.epoch) };
-    if object_pg(&op.object, pool) != op.pg || op.object_size != pool.object_size || pool.object_size > osd.store.object_size() {
+    if object_pg(&op.object, pool) != op.pg || op.object_size != pool.object_size || pool.object_size > osd.store.max_object_size() {
         return refuse(Status::Invalid, map.epoch);
     }
     let _guard = osd.lock_object(&op.object).await;
@@ -107,6 +107,7 @@ pub fn store_status(e: &StoreError) -> Status {
     match e {
         StoreError::NoSpace(_) => Status::NoSpace,
         StoreError::Range { .. } => Status::Invalid,
+        StoreError::Checksum { .. } => Status::Io,
         _ => Status::Io,
     }
 }
@@ -133,6 +134,9 @@ async fn replicate(osd: &Osd, map: &ClusterMap, op: &ObjectOp, data: Bytes, repl
     let sends = join_all(replicas.iter().map(|r| send(osd, map, *r, meta.clone(), data.clone())));
     let (local, remote) = tokio::join!(local, sends);
     local?;
+    if op.flags & proto::msg::FLAG_FUA != 0 {
+        osd.store.flush().await.map_err(|e| store_status(&e))?;
+    }
     // Replicas that missed an earlier write get the whole object, now that the local copy
     // holds this write too.
     for (replica, status) in replicas.iter().zip(remote) {
@@ -161,7 +165,7 @@ async fn send(osd: &Osd, map: &ClusterMap, replica: OsdId, meta: Vec<u8>, data: 
 
 /// Sends the whole local object at `version` to a replica.
 async fn push_full(osd: &Osd, map: &ClusterMap, op: &ObjectOp, replica: OsdId, version: Version) -> Result<(), Status> {
-    let size = osd.store.object_size().min(op.object_size);
+    let size = op.object_size;
     let (data, _, _) = osd.store.read(op.object, 0, size).await.map_err(|e| store_status(&e))?;
     let push = ObjectOp {
         op: op::PUSH,

@@ -46,6 +46,10 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
         op::PUSH => osd.store.write_full(op.object, data, &op.crcs, op.version).await,
         _ => return reply(Status::Invalid, epoch),
     };
+    let result = match result {
+        Ok(()) if op.flags & proto::msg::FLAG_FUA != 0 => osd.store.flush().await,
+        other => other,
+    };
     match result {
         Ok(()) => reply(Status::Ok, epoch),
         Err(e) => {

@@ -120,6 +120,9 @@ pub enum Command {
     /// The daemon of incarnation `up_from` stopped (or was seen dead): mark it down.
     /// A stale report about an older incarnation is refused.
     MarkOsdDown { id: OsdId, up_from: Epoch },
+    /// The OSD's device failed (IO errors, checksum errors past the limit): mark it down and
+    /// out at once, so its data is re-replicated without waiting for `down_out_interval`.
+    MarkOsdFailed { id: OsdId, up_from: Epoch, reason: String },
     CreatePool {
         name: String,
         size: u8,
@@ -250,6 +253,15 @@ impl ClusterMap {
                     return Err(MapError::StaleIncarnation { id: id.0, reported: *up_from, current: osd.up_from });
                 }
                 osd.up = false;
+                Ok(CommandResult::Done)
+            }
+            Command::MarkOsdFailed { id, up_from, reason: _ } => {
+                let osd = self.osds.get_mut(&id.0).ok_or_else(|| not_found("osd", &id.0.to_string()))?;
+                if osd.up_from != *up_from {
+                    return Err(MapError::StaleIncarnation { id: id.0, reported: *up_from, current: osd.up_from });
+                }
+                osd.up = false;
+                osd.is_in = false;
                 Ok(CommandResult::Done)
             }
             Command::CreatePool { name, size, min_size, pg_count, object_size, failure_domain } => {
@@ -437,6 +449,12 @@ mod tests {
         let down = Command::MarkOsdDown { id: OsdId(0), up_from: m.osd(OsdId(0)).unwrap().up_from };
         let (m, _) = m.apply(&down).unwrap();
         assert!(!m.osd(OsdId(0)).unwrap().up);
+        let (m, _) = m.apply(&boot).unwrap();
+        let up_from = m.osd(OsdId(0)).unwrap().up_from;
+        let failed = Command::MarkOsdFailed { id: OsdId(0), up_from, reason: "EIO".into() };
+        let (m, _) = m.apply(&failed).unwrap();
+        let o = m.osd(OsdId(0)).unwrap();
+        assert!(!o.up && !o.is_in, "a failed device is down and out at once");
     }
 
     #[test]
