@@ -5,7 +5,7 @@ BIN := target/release
 DEMO_DIR ?= demo
 SUITE := scripts/suite.sh
 
-.PHONY: all build deps demo demo-down test test-unit test-integration check fmt clippy bench bench-cluster clean
+.PHONY: all build deps demo demo-down test test-unit test-integration check fmt clippy bench bench-store bench-cluster clean
 
 all: build
 
@@ -42,7 +42,12 @@ fmt:
 clippy:
 	$(CARGO) clippy $(PROFILE) --workspace --all-targets -- -D warnings
 
-bench: deps build bench-cluster
+bench: deps build bench-store bench-cluster
+
+# The object store alone beside fio on a file and a loop device (bench/store.sh).
+bench-store:
+	$(CARGO) build $(PROFILE) -p atlant-osd --examples
+	bench/store.sh
 
 bench-cluster:
 	bench/cluster.sh

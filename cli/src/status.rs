@@ -46,6 +46,20 @@ pub fn status_json(r: &StatusReport) -> Value {
         checks.push(format!("{n} pgs undersized: fewer failure domains than the pool size"));
         level = level.max(1);
     }
+    for o in map.osds.values() {
+        let pct = r.osd_stats.get(&o.id.0).map(|s| if s.capacity_bytes > 0 { s.used_bytes as f64 * 100.0 / s.capacity_bytes as f64 } else { 0.0 }).unwrap_or(0.0);
+        match o.fullness {
+            proto::map::Fullness::Ok => {}
+            proto::map::Fullness::Full => {
+                checks.push(format!("{} is full ({pct:.1}%): writes to its PGs are refused", o.id));
+                level = level.max(2);
+            }
+            f => {
+                checks.push(format!("{} is {} ({pct:.1}%)", o.id, if f == proto::map::Fullness::Nearfull { "nearfull" } else { "backfillfull" }));
+                level = level.max(1);
+            }
+        }
+    }
     let health = ["HEALTH_OK", "HEALTH_WARN", "HEALTH_ERR"][level];
     let capacity: u64 = r.osd_stats.values().map(|s| s.capacity_bytes).sum();
     let used: u64 = r.osd_stats.values().map(|s| s.used_bytes).sum();
@@ -79,6 +93,7 @@ pub fn status_json(r: &StatusReport) -> Value {
         "pgs": pgs,
         "pools": pools,
         "images": images,
+        "ratios": {"nearfull": map.ratios.nearfull as f64 / 1000.0, "backfillfull": map.ratios.backfillfull as f64 / 1000.0, "full": map.ratios.full as f64 / 1000.0},
         "capacity": {"total_bytes": capacity, "used_bytes": used, "avail_bytes": capacity.saturating_sub(used)},
     })
 }

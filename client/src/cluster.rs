@@ -209,6 +209,29 @@ impl Cluster {
         cache.1.entry(pool.id).or_insert_with(|| Arc::new(pool_mappings(map, pool))).clone()
     }
 
+    /// Makes every acknowledged write durable on every OSD (a no-op on OSDs in immediate
+    /// mode). Fails if an up OSD cannot be reached or refuses.
+    pub async fn flush_all(&self) -> Result<(), ClientError> {
+        let map = self.map();
+        let req = proto::msg::encode_control(&proto::msg::ControlRequest::Flush);
+        let calls = map.osds.values().filter(|o| o.up).map(|o| {
+            let req = req.clone();
+            async move {
+                let conn = self.conns.get(o.id, &o.addr).await.map_err(|e| e.to_string())?;
+                let f = conn.call(msg_type::CONTROL, req, Bytes::new(), OSD_CALL_TIMEOUT).await.map_err(|e| e.to_string())?;
+                match proto::msg::decode_control::<proto::msg::ControlResponse>(&f.meta) {
+                    Ok(proto::msg::ControlResponse::Ok) => Ok(()),
+                    Ok(other) => Err(format!("{}: {other:?}", o.id)),
+                    Err(e) => Err(format!("{}: {e}", o.id)),
+                }
+            }
+        });
+        for r in futures::future::join_all(calls).await {
+            r.map_err(|reason| ClientError::Io { object: ObjectId { pool: 0, image: 0, index: 0 }, reason: format!("flush: {reason}") })?;
+        }
+        Ok(())
+    }
+
     async fn pause(&self, backoff: &mut Duration, map: &ClusterMap) {
         // A newer map may already explain the failure; otherwise wait a little.
         let _ = tokio::time::timeout(*backoff, self.map.subscribe().wait_for(|m| m.epoch > map.epoch)).await;

@@ -158,9 +158,9 @@ impl Image {
         Ok(())
     }
 
-    /// Every acknowledged write is already durable on every replica (OSDs run in immediate
-    /// durability mode), so a flush has nothing left to do.
+    /// Makes every acknowledged write durable on every replica. OSDs in immediate mode
+    /// answer at once; OSDs in lazy mode flush their devices.
     pub async fn flush(&self) -> Result<(), ClientError> {
-        Ok(())
+        self.cluster.flush_all().await
     }
 }

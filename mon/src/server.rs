@@ -58,8 +58,8 @@ pub async fn handle(svc: Arc<MapService>, f: Frame, r: Responder) {
             reply(&r, &resp);
         }
         ControlRequest::GetStatus => reply(&r, &ControlResponse::Status(Box::new(svc.status()))),
-        ControlRequest::ListObjects { .. } => {
-            reply(&r, &ControlResponse::Error("ListObjects is served by OSDs, not monitors".into()))
+        ControlRequest::ListObjects { .. } | ControlRequest::Flush => {
+            reply(&r, &ControlResponse::Error("this request is served by OSDs, not monitors".into()))
         }
     }
 }

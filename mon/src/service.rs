@@ -59,13 +59,19 @@ impl MapService {
         store.map_at(epoch).ok().flatten()
     }
 
-    /// Records an OSD's usage report if it is about the current incarnation.
+    /// Records an OSD's usage report if it is about the current incarnation, and commits a
+    /// change of its fullness (so primaries refuse writes before a replica overflows).
     pub fn report(&self, id: OsdId, up_from: Epoch, s: OsdStats) -> bool {
-        let current = self.map().osd(id).map(|o| o.up_from);
-        if current != Some(up_from) {
-            return false;
-        }
+        let map = self.map();
+        let Some(osd) = map.osd(id).filter(|o| o.up_from == up_from) else { return false };
+        let fullness = map.ratios.classify(s.used_bytes, s.capacity_bytes);
+        let changed = osd.fullness != fullness;
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).insert(id.0, (up_from, s));
+        if changed {
+            if let Err(e) = self.apply(&Command::SetOsdFullness { id, fullness }) {
+                tracing::warn!(%id, "cannot record fullness {fullness:?}: {e}");
+            }
+        }
         true
     }
 

@@ -16,7 +16,8 @@ const MAPS: TableDefinition<u64, &[u8]> = TableDefinition::new("maps");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const MAGIC: u32 = u32::from_le_bytes(*b"ATLM");
-pub const FORMAT_VERSION: u16 = 1;
+/// 2: the map gained OSD fullness and the full ratios.
+pub const FORMAT_VERSION: u16 = 2;
 const ENVELOPE_LEN: usize = 16;
 /// How many old maps are kept for subscribers that fell behind.
 const KEEP_MAPS: u64 = 500;
@@ -211,7 +212,7 @@ mod tests {
         assert!(unseal::<ClusterMap>(&raw).unwrap_err().contains("checksum"));
         assert!(unseal::<ClusterMap>(&raw[..5]).is_err());
         let mut v2 = seal(&m);
-        v2[4] = 2;
+        v2[4] = 9;
         assert!(unseal::<ClusterMap>(&v2).unwrap_err().contains("format version"));
     }
 }

@@ -116,6 +116,10 @@ pub async fn handle(osd: Arc<Osd>, f: Frame, r: Responder) {
         msg_type::CONTROL => {
             let resp = match decode_control::<ControlRequest>(&f.meta) {
                 Ok(ControlRequest::ListObjects { pool }) => ControlResponse::Objects(osd.store.list(pool)),
+                Ok(ControlRequest::Flush) => match osd.store.flush().await {
+                    Ok(()) => ControlResponse::Ok,
+                    Err(e) => ControlResponse::Error(e.to_string()),
+                },
                 Ok(other) => ControlResponse::Error(format!("an OSD does not serve {other:?}")),
                 Err(e) => ControlResponse::Error(e.to_string()),
             };

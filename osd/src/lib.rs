@@ -141,16 +141,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut rx = sender.subscribe();
     let _ = rx.wait_for(|m| m.epoch >= epoch).await;
     tracing::info!(%id, %addr, up_from = epoch, objects = store.list(None).len(), "OSD serving");
+    // Usage reports: every interval, and at once when the usage crosses a ratio, so the
+    // monitor marks a filling OSD full before its device overflows.
     {
-        let (mon, store) = (Arc::clone(&mon), Arc::clone(&store));
+        let (mon, store, map_rx) = (Arc::clone(&mon), Arc::clone(&store), sender.subscribe());
         let interval = cfg.report_interval;
         tokio::spawn(async move {
+            let mut last_sent = std::time::Instant::now() - interval;
+            let mut last_class = None;
             loop {
-                let req = proto::msg::ControlRequest::OsdReport { id, up_from: epoch, stats: store.stats() };
-                if let Err(e) = mon.call(&req).await {
-                    tracing::debug!("usage report failed: {e}");
+                let stats = store.stats();
+                let class = map_rx.borrow().ratios.classify(stats.used_bytes, stats.capacity_bytes);
+                if last_sent.elapsed() >= interval || last_class != Some(class) {
+                    let req = proto::msg::ControlRequest::OsdReport { id, up_from: epoch, stats };
+                    match mon.call(&req).await {
+                        Ok(_) => last_class = Some(class),
+                        Err(e) => tracing::debug!("usage report failed: {e}"),
+                    }
+                    last_sent = std::time::Instant::now();
                 }
-                tokio::time::sleep(interval).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
     }

@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             durability,
             mon: client::parse_addrs(&mon),
             addr,
-            report_interval: Duration::from_secs(5),
+            report_interval: Duration::from_secs(1),
         })),
     }
 }

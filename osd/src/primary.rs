@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 use proto::checksum::{block_crcs, verify_blocks};
 use proto::msg::{msg_type, op, ObjectOp, ObjectReply, Status};
+use proto::map::Fullness;
 use proto::placement::object_pg;
 use proto::{ClusterMap, OsdId, Version};
 use std::time::Duration;
@@ -66,6 +67,15 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
             r.version = v;
             return (r, Bytes::new());
         } else {
+            // Capacity guard: a write that any member cannot take is refused before anything
+            // is applied anywhere. Trims free space and always pass.
+            let full = info.mapping.osds.iter().find(|o| map.osd(**o).is_some_and(|i| i.fullness == Fullness::Full));
+            if op.op == op::WRITE {
+                if let Some(full) = full {
+                    tracing::warn!(pg = %op.pg, %full, "refusing a write: a member is full");
+                    return refuse(Status::NoSpace, map.epoch);
+                }
+            }
             let members: Vec<OsdId> = info.mapping.osds.iter().copied().filter(|o| *o != osd.id).collect();
             (members, info.next_version())
         }

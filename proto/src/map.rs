@@ -49,6 +49,51 @@ pub struct OsdInfo {
     /// The uuid written into the store's superblock when it was formatted.
     pub store_uuid: u128,
     pub capacity_bytes: u64,
+    /// How full the OSD last reported itself, against the map's ratios.
+    pub fullness: Fullness,
+}
+
+/// An OSD's usage against the cluster's ratios. A write is refused (ENOSPC, before anything
+/// is applied) when any member of its PG is `Full`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Fullness {
+    #[default]
+    Ok,
+    Nearfull,
+    Backfillfull,
+    Full,
+}
+
+/// Usage thresholds in per-mille of an OSD's capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullRatios {
+    pub nearfull: u16,
+    pub backfillfull: u16,
+    pub full: u16,
+}
+
+impl Default for FullRatios {
+    fn default() -> Self {
+        FullRatios { nearfull: 850, backfillfull: 900, full: 950 }
+    }
+}
+
+impl FullRatios {
+    pub fn classify(&self, used: u64, capacity: u64) -> Fullness {
+        if capacity == 0 {
+            return Fullness::Full;
+        }
+        let permille = (used as u128 * 1000 / capacity as u128) as u64;
+        if permille >= self.full as u64 {
+            Fullness::Full
+        } else if permille >= self.backfillfull as u64 {
+            Fullness::Backfillfull
+        } else if permille >= self.nearfull as u64 {
+            Fullness::Nearfull
+        } else {
+            Fullness::Ok
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +153,7 @@ pub struct ClusterMap {
     pub next_osd_id: u32,
     pub next_pool_id: PoolId,
     pub next_image_id: ImageId,
+    pub ratios: FullRatios,
 }
 
 /// A change to the map. Every variant is validated by `apply` before anything changes.
@@ -123,6 +169,9 @@ pub enum Command {
     /// The OSD's device failed (IO errors, checksum errors past the limit): mark it down and
     /// out at once, so its data is re-replicated without waiting for `down_out_interval`.
     MarkOsdFailed { id: OsdId, up_from: Epoch, reason: String },
+    /// Records an OSD's fullness (the monitor derives it from the OSD's usage reports).
+    SetOsdFullness { id: OsdId, fullness: Fullness },
+    SetFullRatios { ratios: FullRatios },
     CreatePool {
         name: String,
         size: u8,
@@ -171,6 +220,7 @@ impl ClusterMap {
             next_osd_id: 0,
             next_pool_id: 1,
             next_image_id: 1,
+            ratios: FullRatios::default(),
         }
     }
 
@@ -229,6 +279,7 @@ impl ClusterMap {
                         up_from: 0,
                         store_uuid: *store_uuid,
                         capacity_bytes: *capacity_bytes,
+                        fullness: Fullness::Ok,
                     },
                 );
                 Ok(CommandResult::Osd(OsdId(id)))
@@ -262,6 +313,24 @@ impl ClusterMap {
                 }
                 osd.up = false;
                 osd.is_in = false;
+                Ok(CommandResult::Done)
+            }
+            Command::SetOsdFullness { id, fullness } => {
+                let osd = self.osds.get_mut(&id.0).ok_or_else(|| not_found("osd", &id.0.to_string()))?;
+                osd.fullness = *fullness;
+                Ok(CommandResult::Done)
+            }
+            Command::SetFullRatios { ratios } => {
+                let r = ratios;
+                if !(r.nearfull <= r.backfillfull && r.backfillfull <= r.full && r.full <= 1000 && r.nearfull > 0) {
+                    return Err(MapError::Invalid(format!(
+                        "ratios must satisfy 0 < nearfull <= backfillfull <= full <= 1 (got {} {} {})",
+                        r.nearfull as f64 / 1000.0,
+                        r.backfillfull as f64 / 1000.0,
+                        r.full as f64 / 1000.0
+                    )));
+                }
+                self.ratios = *r;
                 Ok(CommandResult::Done)
             }
             Command::CreatePool { name, size, min_size, pg_count, object_size, failure_domain } => {
@@ -455,6 +524,21 @@ mod tests {
         let (m, _) = m.apply(&failed).unwrap();
         let o = m.osd(OsdId(0)).unwrap();
         assert!(!o.up && !o.is_in, "a failed device is down and out at once");
+    }
+
+    #[test]
+    fn full_ratios_classify_and_validate() {
+        let r = FullRatios::default();
+        assert_eq!(r.classify(0, 100), Fullness::Ok);
+        assert_eq!(r.classify(86, 100), Fullness::Nearfull);
+        assert_eq!(r.classify(90, 100), Fullness::Backfillfull);
+        assert_eq!(r.classify(95, 100), Fullness::Full);
+        assert_eq!(r.classify(1, 0), Fullness::Full);
+        let m = ClusterMap::new(7, vec![]);
+        let bad = FullRatios { nearfull: 900, backfillfull: 800, full: 950 };
+        assert!(matches!(m.apply(&Command::SetFullRatios { ratios: bad }), Err(MapError::Invalid(_))));
+        let ok = FullRatios { nearfull: 500, backfillfull: 600, full: 700 };
+        assert_eq!(m.apply(&Command::SetFullRatios { ratios: ok }).unwrap().0.ratios, ok);
     }
 
     #[test]

@@ -323,6 +323,8 @@ pub enum ControlRequest {
     GetStatus,
     /// OSD: the objects it stores (optionally of one pool).
     ListObjects { pool: Option<u32> },
+    /// OSD: makes every write it acknowledged durable (OSDs in lazy durability mode).
+    Flush,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -464,6 +464,7 @@ mod tests {
                     up_from: 1,
                     store_uuid: u128::from(id) + 1,
                     capacity_bytes: 1 << 40,
+                    fullness: Default::default(),
                 },
             );
         }

@@ -69,6 +69,7 @@ fn build_map(hosts: &[Vec<Osd>]) -> ClusterMap {
                     up_from: 1,
                     store_uuid: u128::from(id) + 1,
                     capacity_bytes: 1 << 40,
+                    fullness: Default::default(),
                 },
             );
         }
@@ -317,6 +318,7 @@ fn adding_an_osd_moves_about_its_share() {
                     up_from: 1,
                     store_uuid: u128::from(new_id) + 1,
                     capacity_bytes: 1 << 40,
+                    fullness: Default::default(),
                 },
             );
             let fd = c.failure_domain;

@@ -124,6 +124,14 @@ fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// Recomputes the trailing crc of a sealed 4 KiB record (superblock, checkpoint header):
+/// fuzzers use it to reach the parsers behind the checksum.
+pub fn reseal_block(b: &mut [u8]) {
+    if b.len() >= BLOCK {
+        seal_block(b);
+    }
+}
+
 fn seal_block(b: &mut [u8]) {
     let c = crc32c(&b[..BLOCK - 4]);
     b[BLOCK - 4..BLOCK].copy_from_slice(&c.to_le_bytes());
@@ -360,6 +368,17 @@ impl JournalBlock {
         out[JOURNAL_HEADER..JOURNAL_HEADER + payload.len()].copy_from_slice(&payload);
         let crc = journal_crc(&out[..36], &payload);
         out[36..40].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Recomputes a journal block's crc for whatever payload length its header names (for
+    /// fuzzers, to reach the record parser behind the checksum).
+    pub fn reseal(b: &mut [u8]) {
+        if b.len() < BLOCK {
+            return;
+        }
+        let len = (u32::from_le_bytes([b[32], b[33], b[34], b[35]]) as usize).min(Self::CAPACITY);
+        let crc = journal_crc(&b[..36], &b[JOURNAL_HEADER..JOURNAL_HEADER + len]);
+        b[36..40].copy_from_slice(&crc.to_le_bytes());
     }
 
     pub fn decode(b: &[u8]) -> Result<JournalBlock, LayoutError> {

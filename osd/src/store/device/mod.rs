@@ -115,5 +115,11 @@ pub use sim::SimDevice;
 /// Opens a device path with the fastest implementation available here: io_uring when the
 /// kernel allows it, positioned IO on a thread pool otherwise (said once in the log).
 pub fn open_best(path: &std::path::Path) -> io::Result<std::sync::Arc<dyn BlockDevice>> {
+    if std::env::var_os("ATLANT_NO_URING").is_none() {
+        match uring::UringDevice::open(path) {
+            Ok(d) => return Ok(std::sync::Arc::new(d)),
+            Err(e) => tracing::warn!("{}: {e}; using positioned IO on a thread pool", path.display()),
+        }
+    }
     Ok(std::sync::Arc::new(FileDevice::open(path)?))
 }

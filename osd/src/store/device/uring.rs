@@ -77,7 +77,7 @@ const MAX_TRANSFER_BYTES: usize = 1 << 30;
 /// EINTR/EAGAIN retries of one op before the error is returned.
 const MAX_RETRIES: u32 = 64;
 
-const _: () = assert!(MAX_TRANSFER_BYTES % super::ALIGN == 0 && MAX_TRANSFER_BYTES <= u32::MAX as usize);
+const _: () = assert!(MAX_TRANSFER_BYTES / super::ALIGN * super::ALIGN == MAX_TRANSFER_BYTES && MAX_TRANSFER_BYTES <= u32::MAX as usize);
 const _: () = assert!((MAX_IN_FLIGHT as u64) < WAKE_TOKEN);
 
 pub struct UringDevice {
@@ -541,8 +541,8 @@ fn new_ring() -> io::Result<IoUring> {
 
 fn unavailable(e: io::Error) -> io::Error {
     let why = match e.raw_os_error() {
-        Some(libc::ENOSYS) => "the kernel has no io_uring",
-        Some(libc::EPERM) => "io_uring is disabled (kernel.io_uring_disabled or a seccomp policy)",
+        Some(libc::ENOSYS) => "the kernel has no io_uring support",
+        Some(libc::EPERM) => "disabled by kernel.io_uring_disabled or a seccomp policy",
         Some(libc::ENOMEM) => "no locked memory for the ring (RLIMIT_MEMLOCK)",
         _ => "io_uring_setup failed",
     };
