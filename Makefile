@@ -5,7 +5,7 @@ BIN := target/release
 DEMO_DIR ?= demo
 SUITE := scripts/suite.sh
 
-.PHONY: all build deps demo demo-down test test-unit test-integration check fmt clippy bench bench-store bench-cluster clean
+.PHONY: all build deps demo demo-down test test-long test-unit check fmt clippy bench bench-store bench-cluster clean
 
 all: build
 
@@ -27,9 +27,16 @@ demo-down:
 # Everything CI runs. Installs the Debian packages it needs when they are missing.
 test: deps build
 	@rm -f target/suites.log
-	@$(SUITE) unit $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast
+	@$(SUITE) unit $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast -E 'not (binary(store_model) | package(atlant-tests))'
+	@$(SUITE) store-crash-points $(CARGO) nextest run $(PROFILE) -p atlant-osd --no-fail-fast --no-capture -E 'binary(store_model)'
+	@$(SUITE) daemons $(CARGO) nextest run $(PROFILE) -p atlant-tests --no-fail-fast
 	@$(SUITE) skeleton tests/skeleton.sh
 	@echo "==> suites:"; cat target/suites.log
+
+# The randomised suites for much longer: 20000 crash points per durability mode, 200000
+# fuzz cases per decoder, 1000 cases per property.
+test-long: build
+	STORE_CRASHES=20000 FUZZ_CASES=200000 PROPTEST_CASES=1000 $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast
 
 test-unit: build
 	$(CARGO) nextest run $(PROFILE) --workspace

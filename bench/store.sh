@@ -71,7 +71,7 @@ failed=0
 # Writes a file whole (so neither engine pays for block allocation in the filesystem).
 write_whole() { # PATH BYTES
   fio --name=prefill --filename="$1" --size="$2" --rw=write --bs=1m --direct=1 --ioengine="$FIO_ENGINE" \
-      --iodepth=8 > /dev/null 2>&1
+      --iodepth=8 --end_fsync=1 > /dev/null 2>&1
 }
 
 fio_job() { # DEVICE BYTES JOB OUT
@@ -200,10 +200,10 @@ if [ "$PROFILE_MISSES" = 1 ] && [ -s "$WORK/misses.txt" ] && command -v perf > /
         --qd "${job##*-qd}" --seconds "$RUNTIME" --ramp-seconds "$RAMP" --durability "$DURABILITY" --io "$STORE_IO" \
         > "$WORK/perf-$t-$job.json" 2> "$WORK/perf-$t-$job.err" < /dev/null
     echo "   run under perf: $(cat "$WORK/perf-$t-$job.json")"
-    echo "   -- CPU by thread"
-    perf report -i "$WORK/perf-$t-$job.data" --stdio --sort comm 2> /dev/null < /dev/null | grep -v '^#' | grep -v '^$' | head -8
+    echo "   -- samples by binary (kernel, store, libc)"
+    perf report -i "$WORK/perf-$t-$job.data" --stdio --sort dso 2> /dev/null < /dev/null | grep -v '^#' | grep -v '^$' | head -6
     echo "   -- top symbols"
-    perf report -i "$WORK/perf-$t-$job.data" --stdio --sort comm,dso,sym 2> /dev/null < /dev/null | grep -v '^#' | grep -v '^$' | head -30
+    perf report -i "$WORK/perf-$t-$job.data" --stdio --sort dso,sym 2> /dev/null < /dev/null | grep -v '^#' | grep -v '^$' | head -30
   done < "$WORK/misses.txt"
 fi
 exit $failed

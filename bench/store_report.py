@@ -197,11 +197,17 @@ if fill and empty:
         "open_ms_journal_empty": empty["open_ms"],
         "wall_ms_journal_empty": empty["wall_ms"],
         "journal_blocks": empty["journal_blocks"],
+        "index_bytes": empty["index_bytes"],
+        "index_bytes_per_tb": round(empty["index_bytes_per_tb"]),
+        "rss_delta_on_open_bytes": empty["rss_delta_kib"] * 1024,
+        "rss_delta_on_open_per_tb": round(empty["rss_delta_kib"] * 1024 * 1e12 / max(empty["used_bytes"], 1)),
     }
     print("open time, %.1f GiB device %.1f%% full (%d objects of 128 KiB, filled at %.0f MiB/s in %.0f s, stopped: %s):" % (
         fill["device_bytes"] / 2**30, 100 * fill["used_fraction"], fill["objects"], fill["mib_s"], fill["seconds"],
         fill["stopped_by"]))
-    print("  journal empty: open_ms %d (wall %.0f ms)" % (empty["open_ms"], empty["wall_ms"]))
+    print("  journal empty: open_ms %d (wall %.0f ms); index %d bytes = %.2f GiB per TB of data, RSS the open added %d KiB"
+          " = %.2f GiB per TB" % (empty["open_ms"], empty["wall_ms"], empty["index_bytes"], empty["index_bytes_per_tb"] / 2**30,
+                                 empty["rss_delta_kib"], fig["rss_delta_on_open_per_tb"] / 2**30))
     if jour and half:
         fig.update({
             "journal_writes": jour["writes"],

@@ -64,7 +64,8 @@ impl DevCluster {
     pub fn load(dir: &Path) -> anyhow::Result<DevCluster> {
         let raw = std::fs::read_to_string(state_path(dir))
             .with_context(|| format!("{} holds no dev cluster (no cluster.json)", dir.display()))?;
-        serde_json::from_str(&raw).with_context(|| format!("{} is damaged", state_path(dir).display()))
+        serde_json::from_str(&raw)
+            .with_context(|| format!("{} is damaged", state_path(dir).display()))
     }
 
     fn save(&self) -> anyhow::Result<()> {
@@ -91,18 +92,42 @@ impl DevCluster {
         env += &format!("ATLANT_DIR={}\n", q(&dir));
         env += &format!("ATLANT_MON={}\nexport ATLANT_MON\n", q(&mons));
         env += &format!("MON_ADDRS={}\n", q(&mons));
-        env += &format!("NBD_URI={}\n", q(&format!("nbd://{}/{}", self.nbd_addr, self.export)));
+        env += &format!(
+            "NBD_URI={}\n",
+            q(&format!("nbd://{}/{}", self.nbd_addr, self.export))
+        );
         env += &format!("NBD_SOCKET={}\n", q(&self.nbd_socket.display().to_string()));
-        env += &format!("NBD_UNIX_URI={}\n", q(&format!("nbd+unix:///{}?socket={}", self.export, self.nbd_socket.display())));
+        env += &format!(
+            "NBD_UNIX_URI={}\n",
+            q(&format!(
+                "nbd+unix:///{}?socket={}",
+                self.export,
+                self.nbd_socket.display()
+            ))
+        );
         env += &format!("NBD_EXPORT={}\n", q(&self.export));
         env += &format!("MON_PIDS={}\n", q(&pids("mon.")));
         env += &format!("OSD_PIDS={}\n", q(&pids("osd.")));
-        env += &format!("NBD_PID={}\n", self.daemons.iter().find(|d| d.name == "nbd").and_then(|d| d.pid).unwrap_or(0));
+        env += &format!(
+            "NBD_PID={}\n",
+            self.daemons
+                .iter()
+                .find(|d| d.name == "nbd")
+                .and_then(|d| d.pid)
+                .unwrap_or(0)
+        );
         env += &format!("ATLANT={}\n", q(&atlant));
         for d in &self.daemons {
             let var = d.name.replace('.', "_").to_uppercase();
-            let var = if let Some(rest) = var.strip_prefix("MON_") { format!("MON_{}", rest.to_lowercase()) } else { var };
-            env += &format!("{var}_CMD={}\n", q(&format!("{atlant} dev start --dir {dir} {}", d.name)));
+            let var = if let Some(rest) = var.strip_prefix("MON_") {
+                format!("MON_{}", rest.to_lowercase())
+            } else {
+                var
+            };
+            env += &format!(
+                "{var}_CMD={}\n",
+                q(&format!("{atlant} dev start --dir {dir} {}", d.name))
+            );
         }
         let tmp = self.dir.join("cluster.env.tmp");
         std::fs::write(&tmp, env)?;
@@ -111,7 +136,10 @@ impl DevCluster {
     }
 
     fn daemon_mut(&mut self, name: &str) -> anyhow::Result<&mut Daemon> {
-        self.daemons.iter_mut().find(|d| d.name == name).with_context(|| format!("no daemon {name:?} in this cluster"))
+        self.daemons
+            .iter_mut()
+            .find(|d| d.name == name)
+            .with_context(|| format!("no daemon {name:?} in this cluster"))
     }
 
     /// Starts one daemon in the background unless it is already running.
@@ -122,7 +150,10 @@ impl DevCluster {
             return Ok(pid);
         }
         std::fs::create_dir_all(log.parent().unwrap_or(Path::new(".")))?;
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let err = out.try_clone()?;
         use std::os::unix::process::CommandExt;
         let child = std::process::Command::new(&d.program)
@@ -159,11 +190,17 @@ impl DevCluster {
 
 /// True if `pid` is alive and runs `program` (PIDs are reused; never signal a stranger).
 fn is_running(pid: u32, program: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let first = cmdline.split(|b| *b == 0).next().unwrap_or(&[]);
     if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // A zombie is not running.
-        if stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')) {
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+        {
             return false;
         }
     }
@@ -181,11 +218,21 @@ pub async fn up(o: UpOptions) -> anyhow::Result<DevCluster> {
         println!("restarting the cluster in {}", dir.display());
         // Monitors first: the other daemons need them to start.
         let mut names: Vec<String> = c.daemons.iter().map(|d| d.name.clone()).collect();
-        names.sort_by_key(|n| if n.starts_with("mon.") { 0 } else if n.starts_with("osd.") { 1 } else { 2 });
+        names.sort_by_key(|n| {
+            if n.starts_with("mon.") {
+                0
+            } else if n.starts_with("osd.") {
+                1
+            } else {
+                2
+            }
+        });
         for n in names {
             c.start(&n)?;
             if n.starts_with("mon.") {
-                MonClient::new(c.mon_addrs.clone())?.wait_for_map(o.timeout).await?;
+                MonClient::new(c.mon_addrs.clone())?
+                    .wait_for_map(o.timeout)
+                    .await?;
             }
         }
         c.save()?;
@@ -201,7 +248,10 @@ pub async fn up(o: UpOptions) -> anyhow::Result<DevCluster> {
 
 async fn create(o: &UpOptions, dir: &Path) -> anyhow::Result<DevCluster> {
     if o.mons != 1 {
-        bail!("--mons {}: this version runs one monitor (monitor quorum is not built yet)", o.mons);
+        bail!(
+            "--mons {}: this version runs one monitor (monitor quorum is not built yet)",
+            o.mons
+        );
     }
     if o.osds == 0 {
         bail!("--osds must be at least 1");
@@ -210,11 +260,19 @@ async fn create(o: &UpOptions, dir: &Path) -> anyhow::Result<DevCluster> {
     let prog = |n: &str| bins.join(n).display().to_string();
     let d = dir.display().to_string();
     let mon_addr = format!("127.0.0.1:{}", free_port()?);
-    let nbd_addr = format!("127.0.0.1:{}", match o.nbd_port { Some(p) => p, None => free_port()? });
+    let nbd_addr = format!(
+        "127.0.0.1:{}",
+        match o.nbd_port {
+            Some(p) => p,
+            None => free_port()?,
+        }
+    );
     let nbd_socket = dir.join("nbd.sock");
     let mon_data = format!("{d}/mon.a");
     let status = std::process::Command::new(prog("atlant-mon"))
-        .args(["mkfs", "--data", &mon_data, "--name", "a", "--addr", &mon_addr])
+        .args([
+            "mkfs", "--data", &mon_data, "--name", "a", "--addr", &mon_addr,
+        ])
         .stdout(Stdio::null())
         .status()
         .context("cannot run atlant-mon mkfs")?;
@@ -227,7 +285,12 @@ async fn create(o: &UpOptions, dir: &Path) -> anyhow::Result<DevCluster> {
         nbd_addr: nbd_addr.clone(),
         nbd_socket: nbd_socket.clone(),
         export: "rbd/vm1".into(),
-        daemons: vec![Daemon { name: "mon.a".into(), program: prog("atlant-mon"), args: vec!["run".into(), "--data".into(), mon_data], pid: None }],
+        daemons: vec![Daemon {
+            name: "mon.a".into(),
+            program: prog("atlant-mon"),
+            args: vec!["run".into(), "--data".into(), mon_data],
+            pid: None,
+        }],
     };
     c.start("mon.a")?;
     c.save()?;
@@ -242,20 +305,38 @@ async fn create(o: &UpOptions, dir: &Path) -> anyhow::Result<DevCluster> {
     for i in 0..o.osds {
         let device = format!("{d}/osd{i}.img");
         let out = std::process::Command::new(prog("atlant-osd"))
-            .args(["mkfs", "--device", &device, "--mon", &mon_addr, "--host", &format!("host{i}")])
+            .args([
+                "mkfs",
+                "--device",
+                &device,
+                "--mon",
+                &mon_addr,
+                "--host",
+                &format!("host{i}"),
+            ])
             .args(["--size", &o.osd_size.to_string()])
             .output()
             .context("cannot run atlant-osd mkfs")?;
         if !out.status.success() {
-            bail!("atlant-osd mkfs failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "atlant-osd mkfs failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        let id: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().context("atlant-osd mkfs printed no id")?;
+        let id: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("atlant-osd mkfs printed no id")?;
         let addr = format!("127.0.0.1:{}", free_port()?);
         let name = format!("osd.{id}");
         c.daemons.push(Daemon {
             name: name.clone(),
             program: prog("atlant-osd"),
-            args: ["run", "--device", &device, "--mon", &mon_addr, "--addr", &addr].map(String::from).to_vec(),
+            args: [
+                "run", "--device", &device, "--mon", &mon_addr, "--addr", &addr,
+            ]
+            .map(String::from)
+            .to_vec(),
             pid: None,
         });
         c.start(&name)?;
@@ -272,12 +353,26 @@ async fn create(o: &UpOptions, dir: &Path) -> anyhow::Result<DevCluster> {
             failure_domain: FailureDomain::Host,
         };
         mon.command(pool).await?;
-        mon.command(Command::CreateImage { pool: "rbd".into(), name: "vm1".into(), size_bytes: o.image_size }).await?;
+        mon.command(Command::CreateImage {
+            pool: "rbd".into(),
+            name: "vm1".into(),
+            size_bytes: o.image_size,
+        })
+        .await?;
     }
     c.daemons.push(Daemon {
         name: "nbd".into(),
         program: prog("atlant-nbd"),
-        args: ["--mon", &mon_addr, "--listen", &nbd_addr, "--socket", &nbd_socket.display().to_string()].map(String::from).to_vec(),
+        args: [
+            "--mon",
+            &mon_addr,
+            "--listen",
+            &nbd_addr,
+            "--socket",
+            &nbd_socket.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
         pid: None,
     });
     c.start("nbd")?;
@@ -291,7 +386,9 @@ pub async fn wait_healthy(c: &DevCluster, timeout: Duration) -> anyhow::Result<(
     let deadline = Instant::now() + timeout;
     let mut last = String::from("monitor unreachable");
     while Instant::now() < deadline {
-        if let Ok(proto::msg::ControlResponse::Status(r)) = mon.call(&proto::msg::ControlRequest::GetStatus).await {
+        if let Ok(proto::msg::ControlResponse::Status(r)) =
+            mon.call(&proto::msg::ControlRequest::GetStatus).await
+        {
             let v = crate::status::status_json(&r);
             if v["health"]["status"] == "HEALTH_OK" {
                 return Ok(());
@@ -300,7 +397,12 @@ pub async fn wait_healthy(c: &DevCluster, timeout: Duration) -> anyhow::Result<(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    bail!("cluster in {} not healthy after {:?}: {last}; logs in {}/log", c.dir.display(), timeout, c.dir.display())
+    bail!(
+        "cluster in {} not healthy after {:?}: {last}; logs in {}/log",
+        c.dir.display(),
+        timeout,
+        c.dir.display()
+    )
 }
 
 async fn wait_port(addr: &str, timeout: Duration) -> anyhow::Result<()> {
@@ -318,7 +420,15 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
     let mut c = DevCluster::load(dir)?;
     // The gateway first, then OSDs, monitors last (OSDs report their shutdown to them).
     let mut order: Vec<String> = c.daemons.iter().map(|d| d.name.clone()).collect();
-    order.sort_by_key(|n| if n == "nbd" { 0 } else if n.starts_with("osd.") { 1 } else { 2 });
+    order.sort_by_key(|n| {
+        if n == "nbd" {
+            0
+        } else if n.starts_with("osd.") {
+            1
+        } else {
+            2
+        }
+    });
     for n in order {
         c.stop(&n, Duration::from_secs(10))?;
     }

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use client::{Cluster, MonClient};
 use proto::map::{parse_size, FailureDomain};
-use proto::msg::{decode_control, encode_control, msg_type, ControlRequest, ControlResponse, ObjectEntry};
+use proto::msg::{
+    decode_control, encode_control, msg_type, ControlRequest, ControlResponse, ObjectEntry,
+};
 use proto::pg::pg_mapping;
 use proto::placement::object_pg;
 use proto::{Command, CommandResult, ObjectId, OsdId, Version};
@@ -21,7 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "atlant", version, about = "Atlant distributed block storage: admin CLI")]
+#[command(
+    name = "atlant",
+    version,
+    about = "Atlant distributed block storage: admin CLI"
+)]
 struct Cli {
     /// Monitor addresses (ip:port[,ip:port...]).
     #[arg(long, global = true)]
@@ -109,15 +115,21 @@ enum ImageCmd {
         size: String,
     },
     /// Lists images (of one pool if given).
-    Ls { pool: Option<String> },
-    Info { spec: String },
+    Ls {
+        pool: Option<String>,
+    },
+    Info {
+        spec: String,
+    },
     Resize {
         spec: String,
         #[arg(long)]
         size: String,
     },
     /// Removes an image and frees its data.
-    Rm { spec: String },
+    Rm {
+        spec: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -175,11 +187,17 @@ enum DebugCmd {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -204,20 +222,30 @@ fn mon_addrs(cli: &Cli) -> anyhow::Result<Vec<String>> {
             return Ok(client::parse_addrs(&m));
         }
     }
-    let path = cli.conf.clone().unwrap_or_else(|| PathBuf::from("/etc/atlant/atlant.toml"));
-    let raw = std::fs::read_to_string(&path)
-        .with_context(|| format!("no monitors given: use --mon, ATLANT_MON, or a config file ({} unreadable)", path.display()))?;
+    let path = cli
+        .conf
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/etc/atlant/atlant.toml"));
+    let raw = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no monitors given: use --mon, ATLANT_MON, or a config file ({} unreadable)",
+            path.display()
+        )
+    })?;
     #[derive(serde::Deserialize)]
     struct Conf {
         mon: String,
     }
-    let conf: Conf = toml::from_str(&raw).with_context(|| format!("{}: expected `mon = \"ip:port,...\"`", path.display()))?;
+    let conf: Conf = toml::from_str(&raw)
+        .with_context(|| format!("{}: expected `mon = \"ip:port,...\"`", path.display()))?;
     Ok(client::parse_addrs(&conf.mon))
 }
 
 fn split_spec(spec: &str) -> anyhow::Result<(String, String)> {
     match spec.split_once('/') {
-        Some((p, i)) if !p.is_empty() && !i.is_empty() && !i.contains('/') => Ok((p.into(), i.into())),
+        Some((p, i)) if !p.is_empty() && !i.is_empty() && !i.contains('/') => {
+            Ok((p.into(), i.into()))
+        }
         _ => bail!("image {spec:?} must be given as POOL/NAME"),
     }
 }
@@ -230,10 +258,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let json_out = cli.format == Format::Json;
     match &cli.cmd {
         Cmd::Dev(d) => return dev_cmd(d, json_out).await,
-        Cmd::Osd(OsdCmd::Create { device, host, size, weight, force }) => {
-            let exe = std::env::current_exe()?.parent().map(|p| p.join("atlant-osd")).context("no binary dir")?;
+        Cmd::Osd(OsdCmd::Create {
+            device,
+            host,
+            size,
+            weight,
+            force,
+        }) => {
+            let exe = std::env::current_exe()?
+                .parent()
+                .map(|p| p.join("atlant-osd"))
+                .context("no binary dir")?;
             let mut cmd = std::process::Command::new(exe);
-            cmd.args(["mkfs", "--device"]).arg(device).args(["--mon", &mon_addrs(&cli)?.join(","), "--host", host]);
+            cmd.args(["mkfs", "--device"]).arg(device).args([
+                "--mon",
+                &mon_addrs(&cli)?.join(","),
+                "--host",
+                host,
+            ]);
             if let Some(s) = size {
                 cmd.args(["--size", s]);
             }
@@ -251,7 +293,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let mon = MonClient::new(mon_addrs(&cli)?)?;
     match cli.cmd {
         Cmd::Status => {
-            let ControlResponse::Status(r) = mon.call(&ControlRequest::GetStatus).await? else { bail!("monitor sent no status") };
+            let ControlResponse::Status(r) = mon.call(&ControlRequest::GetStatus).await? else {
+                bail!("monitor sent no status")
+            };
             let v = status::status_json(&r);
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -260,7 +304,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Cmd::Osd(OsdCmd::Ls) => {
-            let ControlResponse::Status(r) = mon.call(&ControlRequest::GetStatus).await? else { bail!("monitor sent no status") };
+            let ControlResponse::Status(r) = mon.call(&ControlRequest::GetStatus).await? else {
+                bail!("monitor sent no status")
+            };
             let rows: Vec<_> = r
                 .map
                 .osds
@@ -275,13 +321,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<6} {:<10} {:<22} {:<5} {:<4} {:>8} {:>10} {:>10}", "ID", "HOST", "ADDR", "UP", "IN", "WEIGHT", "USED_MIB", "OBJECTS");
+                println!(
+                    "{:<6} {:<10} {:<22} {:<5} {:<4} {:>8} {:>10} {:>10}",
+                    "ID", "HOST", "ADDR", "UP", "IN", "WEIGHT", "USED_MIB", "OBJECTS"
+                );
                 for r in rows {
                     println!(
                         "{:<6} {:<10} {:<22} {:<5} {:<4} {:>8.4} {:>10} {:>10}",
-                        r["id"], r["host"].as_str().unwrap_or(""), r["addr"].as_str().unwrap_or(""),
-                        if r["up"] == true { "up" } else { "down" }, if r["in"] == true { "in" } else { "out" },
-                        r["weight"].as_f64().unwrap_or(0.0), r["used_bytes"].as_u64().unwrap_or(0) >> 20, r["objects"]
+                        r["id"],
+                        r["host"].as_str().unwrap_or(""),
+                        r["addr"].as_str().unwrap_or(""),
+                        if r["up"] == true { "up" } else { "down" },
+                        if r["in"] == true { "in" } else { "out" },
+                        r["weight"].as_f64().unwrap_or(0.0),
+                        r["used_bytes"].as_u64().unwrap_or(0) >> 20,
+                        r["objects"]
                     );
                 }
             }
@@ -299,25 +353,61 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .map(|(h, os)| json!({"host": h, "weight": w(os.iter().map(|o| o.weight as u64).sum()),
                         "osds": os.iter().map(|o| json!({"id": o.id.0, "weight": w(o.weight as u64), "up": o.up, "in": o.is_in})).collect::<Vec<_>>()}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&json!({"root": "default", "hosts": v}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"root": "default", "hosts": v}))?
+                );
             } else {
                 let total: u64 = map.osds.values().map(|o| o.weight as u64).sum();
                 println!("{:<8} {:>10}  {:<20} {}", "ID", "WEIGHT", "NAME", "STATUS");
                 println!("{:<8} {:>10.4}  {:<20}", "-", w(total), "root default");
                 for (h, os) in hosts {
-                    println!("{:<8} {:>10.4}  {:<20}", "-", w(os.iter().map(|o| o.weight as u64).sum()), format!("  host {h}"));
+                    println!(
+                        "{:<8} {:>10.4}  {:<20}",
+                        "-",
+                        w(os.iter().map(|o| o.weight as u64).sum()),
+                        format!("  host {h}")
+                    );
                     for o in os {
-                        let st = format!("{} {}", if o.up { "up" } else { "down" }, if o.is_in { "in" } else { "out" });
-                        println!("{:<8} {:>10.4}  {:<20} {}", o.id.0, w(o.weight as u64), format!("    {}", o.id), st);
+                        let st = format!(
+                            "{} {}",
+                            if o.up { "up" } else { "down" },
+                            if o.is_in { "in" } else { "out" }
+                        );
+                        println!(
+                            "{:<8} {:>10.4}  {:<20} {}",
+                            o.id.0,
+                            w(o.weight as u64),
+                            format!("    {}", o.id),
+                            st
+                        );
                     }
                 }
             }
         }
-        Cmd::Pool(PoolCmd::Create { name, size, min_size, pg_count, object_size, failure_domain }) => {
+        Cmd::Pool(PoolCmd::Create {
+            name,
+            size,
+            min_size,
+            pg_count,
+            object_size,
+            failure_domain,
+        }) => {
             let object_size = size_arg(&object_size)? as u32;
-            let cmd = Command::CreatePool { name: name.clone(), size, min_size, pg_count, object_size, failure_domain };
+            let cmd = Command::CreatePool {
+                name: name.clone(),
+                size,
+                min_size,
+                pg_count,
+                object_size,
+                failure_domain,
+            };
             let (epoch, r) = mon.command(cmd).await?;
-            report(json_out, json!({"pool": name, "result": format!("{r:?}"), "epoch": epoch}), &format!("pool {name} created (epoch {epoch})"))?;
+            report(
+                json_out,
+                json!({"pool": name, "result": format!("{r:?}"), "epoch": epoch}),
+                &format!("pool {name} created (epoch {epoch})"),
+            )?;
         }
         Cmd::Pool(PoolCmd::Ls) => {
             let map = mon.get_map().await?;
@@ -326,34 +416,75 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{:<4} {:<16} {:>4} {:>8} {:>8} {:>11} {}", "ID", "NAME", "SIZE", "MIN_SIZE", "PGS", "OBJECT_SIZE", "DOMAIN");
+                println!(
+                    "{:<4} {:<16} {:>4} {:>8} {:>8} {:>11} {}",
+                    "ID", "NAME", "SIZE", "MIN_SIZE", "PGS", "OBJECT_SIZE", "DOMAIN"
+                );
                 for p in map.pools.values() {
-                    println!("{:<4} {:<16} {:>4} {:>8} {:>8} {:>11} {}", p.id, p.name, p.size, p.min_size, p.pg_count, p.object_size, p.failure_domain);
+                    println!(
+                        "{:<4} {:<16} {:>4} {:>8} {:>8} {:>11} {}",
+                        p.id,
+                        p.name,
+                        p.size,
+                        p.min_size,
+                        p.pg_count,
+                        p.object_size,
+                        p.failure_domain
+                    );
                 }
             }
         }
         Cmd::Image(ImageCmd::Create { spec, size }) => {
             let (pool, name) = split_spec(&spec)?;
-            let (epoch, r) = mon.command(Command::CreateImage { pool, name, size_bytes: size_arg(&size)? }).await?;
-            let id = if let CommandResult::Image(id) = r { id } else { 0 };
-            report(json_out, json!({"image": spec, "id": id, "epoch": epoch}), &format!("image {spec} created (id {id}, epoch {epoch})"))?;
+            let (epoch, r) = mon
+                .command(Command::CreateImage {
+                    pool,
+                    name,
+                    size_bytes: size_arg(&size)?,
+                })
+                .await?;
+            let id = if let CommandResult::Image(id) = r {
+                id
+            } else {
+                0
+            };
+            report(
+                json_out,
+                json!({"image": spec, "id": id, "epoch": epoch}),
+                &format!("image {spec} created (id {id}, epoch {epoch})"),
+            )?;
         }
         Cmd::Image(ImageCmd::Ls { pool }) => {
             let map = mon.get_map().await?;
             let mut rows = Vec::new();
             for i in map.images.values() {
-                let pname = map.pools.get(&i.pool).map(|p| p.name.as_str()).unwrap_or("?");
+                let pname = map
+                    .pools
+                    .get(&i.pool)
+                    .map(|p| p.name.as_str())
+                    .unwrap_or("?");
                 if pool.as_deref().is_some_and(|p| p != pname) {
                     continue;
                 }
-                rows.push(json!({"pool": pname, "name": i.name, "id": i.id, "size_bytes": i.size_bytes}));
+                rows.push(
+                    json!({"pool": pname, "name": i.name, "id": i.id, "size_bytes": i.size_bytes}),
+                );
             }
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<16} {:<24} {:>6} {:>14}", "POOL", "NAME", "ID", "SIZE_BYTES");
+                println!(
+                    "{:<16} {:<24} {:>6} {:>14}",
+                    "POOL", "NAME", "ID", "SIZE_BYTES"
+                );
                 for r in rows {
-                    println!("{:<16} {:<24} {:>6} {:>14}", r["pool"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""), r["id"], r["size_bytes"]);
+                    println!(
+                        "{:<16} {:<24} {:>6} {:>14}",
+                        r["pool"].as_str().unwrap_or(""),
+                        r["name"].as_str().unwrap_or(""),
+                        r["id"],
+                        r["size_bytes"]
+                    );
                 }
             }
         }
@@ -367,7 +498,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for (k, val) in v.as_object().into_iter().flatten() {
-                    println!("{k:>12}: {}", val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
+                    println!(
+                        "{k:>12}: {}",
+                        val.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| val.to_string())
+                    );
                 }
             }
         }
@@ -386,8 +522,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     img.trim(start, old_size - start).await?;
                 }
             }
-            let (epoch, _) = mon.command(Command::ResizeImage { pool, name, size_bytes: new_size }).await?;
-            report(json_out, json!({"image": spec, "size_bytes": new_size, "epoch": epoch}), &format!("image {spec} resized to {new_size} bytes (epoch {epoch})"))?;
+            let (epoch, _) = mon
+                .command(Command::ResizeImage {
+                    pool,
+                    name,
+                    size_bytes: new_size,
+                })
+                .await?;
+            report(
+                json_out,
+                json!({"image": spec, "size_bytes": new_size, "epoch": epoch}),
+                &format!("image {spec} resized to {new_size} bytes (epoch {epoch})"),
+            )?;
         }
         Cmd::Image(ImageCmd::Rm { spec }) => {
             let (pool, name) = split_spec(&spec)?;
@@ -395,9 +541,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let img = client::Image::open(&cluster, &pool, &name)?;
             img.trim(0, img.size_bytes).await?;
             let (epoch, _) = mon.command(Command::RemoveImage { pool, name }).await?;
-            report(json_out, json!({"image": spec, "removed": true, "epoch": epoch}), &format!("image {spec} removed (epoch {epoch})"))?;
+            report(
+                json_out,
+                json!({"image": spec, "removed": true, "epoch": epoch}),
+                &format!("image {spec} removed (epoch {epoch})"),
+            )?;
         }
-        Cmd::Debug(DebugCmd::CheckReplicas { pool }) => return check_replicas(&mon, pool.as_deref(), json_out).await,
+        Cmd::Debug(DebugCmd::CheckReplicas { pool }) => {
+            return check_replicas(&mon, pool.as_deref(), json_out).await
+        }
         Cmd::Dev(_) | Cmd::Osd(OsdCmd::Create { .. }) => unreachable!("handled above"),
     }
     Ok(0)
@@ -412,10 +564,18 @@ fn report(json_out: bool, v: serde_json::Value, human: &str) -> anyhow::Result<(
     Ok(())
 }
 
-async fn check_replicas(mon: &Arc<MonClient>, pool: Option<&str>, json_out: bool) -> anyhow::Result<i32> {
+async fn check_replicas(
+    mon: &Arc<MonClient>,
+    pool: Option<&str>,
+    json_out: bool,
+) -> anyhow::Result<i32> {
     let map = mon.get_map().await?;
     let pool_id = match pool {
-        Some(p) => Some(map.pool_by_name(p).with_context(|| format!("pool {p:?} does not exist"))?.id),
+        Some(p) => Some(
+            map.pool_by_name(p)
+                .with_context(|| format!("pool {p:?} does not exist"))?
+                .id,
+        ),
         None => None,
     };
     let mut copies: BTreeMap<ObjectId, Vec<(OsdId, Version)>> = BTreeMap::new();
@@ -425,9 +585,21 @@ async fn check_replicas(mon: &Arc<MonClient>, pool: Option<&str>, json_out: bool
         }
         let conn = net::transport::connect(&o.addr).await?;
         let req = encode_control(&ControlRequest::ListObjects { pool: pool_id });
-        let f = conn.call(msg_type::CONTROL, req, Bytes::new(), Duration::from_secs(30)).await?;
-        let ControlResponse::Objects(list) = decode_control(&f.meta)? else { bail!("{} did not list its objects", o.id) };
-        for ObjectEntry { object, version, .. } in list {
+        let f = conn
+            .call(
+                msg_type::CONTROL,
+                req,
+                Bytes::new(),
+                Duration::from_secs(30),
+            )
+            .await?;
+        let ControlResponse::Objects(list) = decode_control(&f.meta)? else {
+            bail!("{} did not list its objects", o.id)
+        };
+        for ObjectEntry {
+            object, version, ..
+        } in list
+        {
             copies.entry(object).or_default().push((o.id, version));
         }
     }
@@ -459,17 +631,35 @@ async fn check_replicas(mon: &Arc<MonClient>, pool: Option<&str>, json_out: bool
     if json_out {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{} objects checked, {} problems", copies.len(), problems.len());
+        println!(
+            "{} objects checked, {} problems",
+            copies.len(),
+            problems.len()
+        );
         for p in problems.iter().take(50) {
             println!("  {p}");
         }
     }
-    Ok(if problems.is_empty() && distinct_ok { 0 } else { 1 })
+    Ok(if problems.is_empty() && distinct_ok {
+        0
+    } else {
+        1
+    })
 }
 
 async fn dev_cmd(d: &DevCmd, json_out: bool) -> anyhow::Result<i32> {
     match d {
-        DevCmd::Up { dir, mons, osds, osd_size, nbd_port, pg_count, image_size, no_image, timeout_secs } => {
+        DevCmd::Up {
+            dir,
+            mons,
+            osds,
+            osd_size,
+            nbd_port,
+            pg_count,
+            image_size,
+            no_image,
+            timeout_secs,
+        } => {
             let c = dev::up(dev::UpOptions {
                 dir: dir.clone(),
                 mons: *mons,
@@ -484,17 +674,32 @@ async fn dev_cmd(d: &DevCmd, json_out: bool) -> anyhow::Result<i32> {
             .await?;
             let env = c.dir.join("cluster.env");
             if json_out {
-                println!("{}", json!({"dir": c.dir, "env": env, "nbd": format!("nbd://{}/{}", c.nbd_addr, c.export)}));
+                println!(
+                    "{}",
+                    json!({"dir": c.dir, "env": env, "nbd": format!("nbd://{}/{}", c.nbd_addr, c.export)})
+                );
             } else {
                 println!("cluster is up in {}", c.dir.display());
-                println!("  source {}   # ATLANT_MON, NBD_URI, PIDs and restart commands", env.display());
-                println!("  export: nbd://{}/{}  (unix socket {})", c.nbd_addr, c.export, c.nbd_socket.display());
+                println!(
+                    "  source {}   # ATLANT_MON, NBD_URI, PIDs and restart commands",
+                    env.display()
+                );
+                println!(
+                    "  export: nbd://{}/{}  (unix socket {})",
+                    c.nbd_addr,
+                    c.export,
+                    c.nbd_socket.display()
+                );
             }
         }
         DevCmd::Down { dir } => {
             dev::down(dir)?;
             if !json_out {
-                println!("cluster in {} stopped (data kept; `atlant dev up --dir {}` starts it again)", dir.display(), dir.display());
+                println!(
+                    "cluster in {} stopped (data kept; `atlant dev up --dir {}` starts it again)",
+                    dir.display(),
+                    dir.display()
+                );
             }
         }
         DevCmd::Start { dir, name } => {

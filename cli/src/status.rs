@@ -20,8 +20,18 @@ pub fn status_json(r: &StatusReport) -> Value {
             pg_total += 1;
             *by_state.entry(m.state.name()).or_default() += 1;
             if !m.is_active() && inactive.len() < 5 {
-                let down: Vec<String> = m.interval_key.iter().filter(|(_, e)| *e == 0).map(|(o, _)| o.to_string()).collect();
-                inactive.push(format!("pg {} is {} (waiting for {})", m.pg, m.state.name(), down.join(",")));
+                let down: Vec<String> = m
+                    .interval_key
+                    .iter()
+                    .filter(|(_, e)| *e == 0)
+                    .map(|(o, _)| o.to_string())
+                    .collect();
+                inactive.push(format!(
+                    "pg {} is {} (waiting for {})",
+                    m.pg,
+                    m.state.name(),
+                    down.join(",")
+                ));
             }
         }
     }
@@ -32,30 +42,67 @@ pub fn status_json(r: &StatusReport) -> Value {
         level = level.max(1);
     }
     if up < total {
-        let down: Vec<String> = map.osds.values().filter(|o| !o.up).map(|o| o.id.to_string()).collect();
-        checks.push(format!("{} of {total} osds down: {}", total - up, down.join(", ")));
+        let down: Vec<String> = map
+            .osds
+            .values()
+            .filter(|o| !o.up)
+            .map(|o| o.id.to_string())
+            .collect();
+        checks.push(format!(
+            "{} of {total} osds down: {}",
+            total - up,
+            down.join(", ")
+        ));
         level = level.max(1);
     }
-    let n_inactive = pg_total - by_state.iter().filter(|(k, _)| k.starts_with("active")).map(|(_, v)| v).sum::<u64>();
+    let n_inactive = pg_total
+        - by_state
+            .iter()
+            .filter(|(k, _)| k.starts_with("active"))
+            .map(|(_, v)| v)
+            .sum::<u64>();
     if n_inactive > 0 {
         checks.push(format!("{n_inactive} pgs inactive: IO to them waits"));
         checks.extend(inactive);
         level = level.max(2);
     }
     if let Some(n) = by_state.get("active+undersized") {
-        checks.push(format!("{n} pgs undersized: fewer failure domains than the pool size"));
+        checks.push(format!(
+            "{n} pgs undersized: fewer failure domains than the pool size"
+        ));
         level = level.max(1);
     }
     for o in map.osds.values() {
-        let pct = r.osd_stats.get(&o.id.0).map(|s| if s.capacity_bytes > 0 { s.used_bytes as f64 * 100.0 / s.capacity_bytes as f64 } else { 0.0 }).unwrap_or(0.0);
+        let pct = r
+            .osd_stats
+            .get(&o.id.0)
+            .map(|s| {
+                if s.capacity_bytes > 0 {
+                    s.used_bytes as f64 * 100.0 / s.capacity_bytes as f64
+                } else {
+                    0.0
+                }
+            })
+            .unwrap_or(0.0);
         match o.fullness {
             proto::map::Fullness::Ok => {}
             proto::map::Fullness::Full => {
-                checks.push(format!("{} is full ({pct:.1}%): writes to its PGs are refused", o.id));
+                checks.push(format!(
+                    "{} is full ({pct:.1}%): writes to its PGs are refused",
+                    o.id
+                ));
                 level = level.max(2);
             }
             f => {
-                checks.push(format!("{} is {} ({pct:.1}%)", o.id, if f == proto::map::Fullness::Nearfull { "nearfull" } else { "backfillfull" }));
+                checks.push(format!(
+                    "{} is {} ({pct:.1}%)",
+                    o.id,
+                    if f == proto::map::Fullness::Nearfull {
+                        "nearfull"
+                    } else {
+                        "backfillfull"
+                    }
+                ));
                 level = level.max(1);
             }
         }
@@ -99,7 +146,11 @@ pub fn status_json(r: &StatusReport) -> Value {
 }
 
 pub fn print_human(v: &Value) {
-    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let s = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
     println!("  cluster: {}", s(&v["fsid"]));
     println!("   health: {}", s(&v["health"]["status"]));
     for c in v["health"]["checks"].as_array().into_iter().flatten() {
@@ -110,14 +161,39 @@ pub fn print_human(v: &Value) {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|m| format!("{}@{}{}", s(&m["name"]), s(&m["addr"]), if m["leader"] == true { " (leader)" } else { "" }))
+        .map(|m| {
+            format!(
+                "{}@{}{}",
+                s(&m["name"]),
+                s(&m["addr"]),
+                if m["leader"] == true { " (leader)" } else { "" }
+            )
+        })
         .collect();
     println!("     mons: {}", mons.join(", "));
-    println!("     osds: {} total, {} up, {} in", v["osds"]["total"], v["osds"]["up"], v["osds"]["in"]);
-    let states: Vec<String> = v["pgs"]["by_state"].as_object().into_iter().flatten().map(|(k, n)| format!("{n} {k}")).collect();
-    println!("      pgs: {} total: {}", v["pgs"]["total"], states.join(", "));
-    println!("    pools: {}", v["pools"].as_array().map(|a| a.len()).unwrap_or(0));
-    println!("   images: {}", v["images"].as_array().map(|a| a.len()).unwrap_or(0));
+    println!(
+        "     osds: {} total, {} up, {} in",
+        v["osds"]["total"], v["osds"]["up"], v["osds"]["in"]
+    );
+    let states: Vec<String> = v["pgs"]["by_state"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    println!(
+        "      pgs: {} total: {}",
+        v["pgs"]["total"],
+        states.join(", ")
+    );
+    println!(
+        "    pools: {}",
+        v["pools"].as_array().map(|a| a.len()).unwrap_or(0)
+    );
+    println!(
+        "   images: {}",
+        v["images"].as_array().map(|a| a.len()).unwrap_or(0)
+    );
     let gib = |x: &Value| x.as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64;
     println!(
         " capacity: {:.1} GiB used of {:.1} GiB ({:.1} GiB available)",

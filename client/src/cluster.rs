@@ -42,7 +42,11 @@ pub enum ClientError {
     #[error("io error on object {object}: {reason}")]
     Io { object: ObjectId, reason: String },
     #[error("object {object}: gave up after {secs} s: {last}")]
-    Timeout { object: ObjectId, secs: u64, last: String },
+    Timeout {
+        object: ObjectId,
+        secs: u64,
+        last: String,
+    },
 }
 
 pub struct Cluster {
@@ -103,19 +107,32 @@ impl Cluster {
         let mut rx = self.map.subscribe();
         let done = tokio::time::timeout(timeout, rx.wait_for(|m| m.epoch >= epoch)).await;
         if !matches!(done, Ok(Ok(_))) {
-            tracing::debug!(epoch, "map subscription behind; map now {}", self.map().epoch);
+            tracing::debug!(
+                epoch,
+                "map subscription behind; map now {}",
+                self.map().epoch
+            );
         }
         self.map()
     }
 
     async fn osd_conn(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<Conn>, String> {
-        let addr = map.osd(osd).map(|o| o.addr.as_str()).ok_or_else(|| format!("{osd} not in map"))?;
+        let addr = map
+            .osd(osd)
+            .map(|o| o.addr.as_str())
+            .ok_or_else(|| format!("{osd} not in map"))?;
         self.conns.get(osd, addr).await.map_err(|e| e.to_string())
     }
 
     /// Runs one object op to completion (see the module header for the resend rules).
-    pub async fn object_op(&self, req: &ObjectRequest) -> Result<(ObjectReply, Bytes), ClientError> {
-        let op_id = OpId { client: self.client_id, tid: self.next_tid.fetch_add(1, Ordering::Relaxed) };
+    pub async fn object_op(
+        &self,
+        req: &ObjectRequest,
+    ) -> Result<(ObjectReply, Bytes), ClientError> {
+        let op_id = OpId {
+            client: self.client_id,
+            tid: self.next_tid.fetch_add(1, Ordering::Relaxed),
+        };
         let start = Instant::now();
         let mut backoff = Duration::from_millis(5);
         let mut last = String::new();
@@ -126,14 +143,24 @@ impl Cluster {
                 tracing::warn!(object = %req.object, attempts, secs = start.elapsed().as_secs(), "op still waiting: {last}");
             }
             if start.elapsed() > self.op_deadline {
-                return Err(ClientError::Timeout { object: req.object, secs: start.elapsed().as_secs(), last });
+                return Err(ClientError::Timeout {
+                    object: req.object,
+                    secs: start.elapsed().as_secs(),
+                    last,
+                });
             }
             let map = self.map();
-            let pool = map.pools.get(&req.object.pool).ok_or_else(|| ClientError::NotFound(format!("pool {}", req.object.pool)))?;
+            let pool = map
+                .pools
+                .get(&req.object.pool)
+                .ok_or_else(|| ClientError::NotFound(format!("pool {}", req.object.pool)))?;
             let pg = object_pg(&req.object, pool);
             let mappings = self.mappings_of(&map, pool);
             let Some(mapping) = mappings.get(pg.seed as usize) else {
-                return Err(ClientError::Invalid(format!("pg {pg} outside pool {}", pool.name)));
+                return Err(ClientError::Invalid(format!(
+                    "pg {pg} outside pool {}",
+                    pool.name
+                )));
             };
             let Some(primary) = mapping.primary().filter(|_| mapping.is_active()) else {
                 last = format!("pg {pg} is {}", mapping.state.name());
@@ -162,7 +189,15 @@ impl Cluster {
                     continue;
                 }
             };
-            let frame = match conn.call(msg_type::OBJECT_OP, op.encode_meta(), req.data.clone(), OSD_CALL_TIMEOUT).await {
+            let frame = match conn
+                .call(
+                    msg_type::OBJECT_OP,
+                    op.encode_meta(),
+                    req.data.clone(),
+                    OSD_CALL_TIMEOUT,
+                )
+                .await
+            {
                 Ok(f) => f,
                 Err(e) => {
                     last = format!("{primary}: {e}");
@@ -173,7 +208,10 @@ impl Cluster {
             let reply = match ObjectReply::decode(&frame.meta, frame.data.len()) {
                 Ok(r) => r,
                 Err(e) => {
-                    return Err(ClientError::Io { object: req.object, reason: format!("bad reply from {primary}: {e}") })
+                    return Err(ClientError::Io {
+                        object: req.object,
+                        reason: format!("bad reply from {primary}: {e}"),
+                    })
                 }
             };
             match Status::from_u32(reply.status) {
@@ -190,12 +228,20 @@ impl Cluster {
                     last = format!("{primary}: {s:?}");
                     self.pause(&mut backoff, &map).await;
                 }
-                Some(Status::NoSpace) => return Err(ClientError::NoSpace(format!("{primary} refused the write"))),
+                Some(Status::NoSpace) => {
+                    return Err(ClientError::NoSpace(format!("{primary} refused the write")))
+                }
                 Some(Status::Invalid) => {
-                    return Err(ClientError::Invalid(format!("{primary} refused op on {}", req.object)))
+                    return Err(ClientError::Invalid(format!(
+                        "{primary} refused op on {}",
+                        req.object
+                    )))
                 }
                 other => {
-                    return Err(ClientError::Io { object: req.object, reason: format!("{primary} answered {other:?}") })
+                    return Err(ClientError::Io {
+                        object: req.object,
+                        reason: format!("{primary} answered {other:?}"),
+                    })
                 }
             }
         }
@@ -206,7 +252,11 @@ impl Cluster {
         if cache.0 != map.epoch {
             *cache = (map.epoch, HashMap::new());
         }
-        cache.1.entry(pool.id).or_insert_with(|| Arc::new(pool_mappings(map, pool))).clone()
+        cache
+            .1
+            .entry(pool.id)
+            .or_insert_with(|| Arc::new(pool_mappings(map, pool)))
+            .clone()
     }
 
     /// Makes every acknowledged write durable on every OSD (a no-op on OSDs in immediate
@@ -217,8 +267,15 @@ impl Cluster {
         let calls = map.osds.values().filter(|o| o.up).map(|o| {
             let req = req.clone();
             async move {
-                let conn = self.conns.get(o.id, &o.addr).await.map_err(|e| e.to_string())?;
-                let f = conn.call(msg_type::CONTROL, req, Bytes::new(), OSD_CALL_TIMEOUT).await.map_err(|e| e.to_string())?;
+                let conn = self
+                    .conns
+                    .get(o.id, &o.addr)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let f = conn
+                    .call(msg_type::CONTROL, req, Bytes::new(), OSD_CALL_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 match proto::msg::decode_control::<proto::msg::ControlResponse>(&f.meta) {
                     Ok(proto::msg::ControlResponse::Ok) => Ok(()),
                     Ok(other) => Err(format!("{}: {other:?}", o.id)),
@@ -227,14 +284,25 @@ impl Cluster {
             }
         });
         for r in futures::future::join_all(calls).await {
-            r.map_err(|reason| ClientError::Io { object: ObjectId { pool: 0, image: 0, index: 0 }, reason: format!("flush: {reason}") })?;
+            r.map_err(|reason| ClientError::Io {
+                object: ObjectId {
+                    pool: 0,
+                    image: 0,
+                    index: 0,
+                },
+                reason: format!("flush: {reason}"),
+            })?;
         }
         Ok(())
     }
 
     async fn pause(&self, backoff: &mut Duration, map: &ClusterMap) {
         // A newer map may already explain the failure; otherwise wait a little.
-        let _ = tokio::time::timeout(*backoff, self.map.subscribe().wait_for(|m| m.epoch > map.epoch)).await;
+        let _ = tokio::time::timeout(
+            *backoff,
+            self.map.subscribe().wait_for(|m| m.epoch > map.epoch),
+        )
+        .await;
         *backoff = (*backoff * 2).min(Duration::from_millis(500));
         if *backoff >= Duration::from_millis(160) {
             self.refresh_map().await;

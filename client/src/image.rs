@@ -38,7 +38,9 @@ impl Image {
     /// Opens `pool/name` from the cluster's current map.
     pub fn open(cluster: &Arc<Cluster>, pool: &str, name: &str) -> Result<Image, ClientError> {
         let map = cluster.map();
-        let (p, i) = map.resolve_image(pool, name).map_err(|e| ClientError::NotFound(e.to_string()))?;
+        let (p, i) = map
+            .resolve_image(pool, name)
+            .map_err(|e| ClientError::NotFound(e.to_string()))?;
         Ok(Image {
             cluster: Arc::clone(cluster),
             pool: p.id,
@@ -52,10 +54,18 @@ impl Image {
     fn pieces(&self, offset: u64, len: u64) -> Result<Vec<Piece>, ClientError> {
         let b = BLOCK_SIZE as u64;
         if offset % b != 0 || len % b != 0 {
-            return Err(ClientError::Invalid(format!("range {offset}+{len} is not 4 KiB-aligned")));
+            return Err(ClientError::Invalid(format!(
+                "range {offset}+{len} is not 4 KiB-aligned"
+            )));
         }
-        if offset.checked_add(len).is_none_or(|end| end > self.size_bytes) {
-            return Err(ClientError::Invalid(format!("range {offset}+{len} is past the end ({})", self.size_bytes)));
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.size_bytes)
+        {
+            return Err(ClientError::Invalid(format!(
+                "range {offset}+{len} is past the end ({})",
+                self.size_bytes
+            )));
         }
         let os = self.object_size as u64;
         let mut out = Vec::new();
@@ -65,7 +75,11 @@ impl Image {
             let in_obj = pos % os;
             let n = (os - in_obj).min(offset + len - pos);
             out.push(Piece {
-                object: ObjectId { pool: self.pool, image: self.id, index },
+                object: ObjectId {
+                    pool: self.pool,
+                    image: self.id,
+                    index,
+                },
                 offset: in_obj as u32,
                 length: n as u32,
                 at: (pos - offset) as usize,
@@ -96,7 +110,10 @@ impl Image {
                 }
                 attempts += 1;
                 if attempts >= 3 {
-                    return Err(ClientError::Io { object: p.object, reason: "read data failed its checksum".into() });
+                    return Err(ClientError::Io {
+                        object: p.object,
+                        reason: "read data failed its checksum".into(),
+                    });
                 }
             }
         }))

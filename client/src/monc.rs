@@ -32,7 +32,10 @@ pub struct MonClient {
 
 /// Splits `a,b,c` into addresses.
 pub fn parse_addrs(s: &str) -> Vec<String> {
-    s.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect()
+    s.split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect()
 }
 
 impl MonClient {
@@ -40,7 +43,10 @@ impl MonClient {
         if addrs.is_empty() {
             return Err(MonError::NoAddress);
         }
-        Ok(Arc::new(MonClient { addrs, conn: Mutex::new(None) }))
+        Ok(Arc::new(MonClient {
+            addrs,
+            conn: Mutex::new(None),
+        }))
     }
 
     pub fn addrs(&self) -> &[String] {
@@ -65,9 +71,18 @@ impl MonClient {
         let mut last = String::new();
         for _ in 0..self.addrs.len().max(2) {
             let c = self.connection().await?;
-            match c.call(msg_type::CONTROL, encode_control(req), Bytes::new(), CALL_TIMEOUT).await {
+            match c
+                .call(
+                    msg_type::CONTROL,
+                    encode_control(req),
+                    Bytes::new(),
+                    CALL_TIMEOUT,
+                )
+                .await
+            {
                 Ok(f) => {
-                    return decode_control(&f.meta).map_err(|e| MonError::Unexpected(e.to_string()));
+                    return decode_control(&f.meta)
+                        .map_err(|e| MonError::Unexpected(e.to_string()));
                 }
                 Err(e) => {
                     last = e.to_string();
@@ -77,7 +92,10 @@ impl MonClient {
                 }
             }
         }
-        Err(MonError::Unreachable { addrs: self.addrs.join(","), last })
+        Err(MonError::Unreachable {
+            addrs: self.addrs.join(","),
+            last,
+        })
     }
 
     pub async fn get_map(&self) -> Result<ClusterMap, MonError> {
@@ -139,14 +157,23 @@ impl MonClient {
         tx
     }
 
-    async fn subscription(&self, have: Epoch, tx: &watch::Sender<Arc<ClusterMap>>) -> Result<(), MonError> {
+    async fn subscription(
+        &self,
+        have: Epoch,
+        tx: &watch::Sender<Arc<ClusterMap>>,
+    ) -> Result<(), MonError> {
         let (conn, _) = connect_any(&self.addrs).await?;
-        let mut pushes = conn.take_pushes().ok_or_else(|| MonError::Unexpected("push channel taken".into()))?;
+        let mut pushes = conn
+            .take_pushes()
+            .ok_or_else(|| MonError::Unexpected("push channel taken".into()))?;
         let req = encode_control(&ControlRequest::Subscribe { have });
         let f = conn
             .call(msg_type::CONTROL, req, Bytes::new(), CALL_TIMEOUT)
             .await
-            .map_err(|e| MonError::Unreachable { addrs: conn.peer().to_string(), last: e.to_string() })?;
+            .map_err(|e| MonError::Unreachable {
+                addrs: conn.peer().to_string(),
+                last: e.to_string(),
+            })?;
         match decode_control::<ControlResponse>(&f.meta) {
             Ok(ControlResponse::Map(m)) => publish(tx, *m),
             Ok(ControlResponse::UpToDate { .. }) => {}
@@ -185,7 +212,10 @@ async fn connect_any(addrs: &[String]) -> Result<(Arc<Conn>, String), MonError> 
             Err(e @ NetError::Connect { .. }) | Err(e) => last = e.to_string(),
         }
     }
-    Err(MonError::Unreachable { addrs: addrs.join(","), last })
+    Err(MonError::Unreachable {
+        addrs: addrs.join(","),
+        last,
+    })
 }
 
 fn unexpected(r: ControlResponse) -> MonError {

@@ -27,10 +27,22 @@ pub struct MkfsConfig {
 /// Creates a monitor store holding the first map of a new cluster.
 pub fn mkfs(cfg: &MkfsConfig) -> anyhow::Result<u128> {
     proto::map::check_name("monitor", &cfg.name).map_err(anyhow::Error::msg)?;
-    cfg.addr.parse::<std::net::SocketAddr>().with_context(|| format!("monitor address {:?} is not ip:port", cfg.addr))?;
+    cfg.addr
+        .parse::<std::net::SocketAddr>()
+        .with_context(|| format!("monitor address {:?} is not ip:port", cfg.addr))?;
     let fsid = cfg.fsid.unwrap_or_else(rand::random);
-    let id = Identity { name: cfg.name.clone(), addr: cfg.addr.clone(), fsid };
-    let map = ClusterMap::new(fsid, vec![MonInfo { name: cfg.name.clone(), addr: cfg.addr.clone() }]);
+    let id = Identity {
+        name: cfg.name.clone(),
+        addr: cfg.addr.clone(),
+        fsid,
+    };
+    let map = ClusterMap::new(
+        fsid,
+        vec![MonInfo {
+            name: cfg.name.clone(),
+            addr: cfg.addr.clone(),
+        }],
+    );
     MonStore::create(&cfg.data, &id, &map)?;
     Ok(fsid)
 }
@@ -43,7 +55,9 @@ pub struct Config {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (store, id, map) = MonStore::open(&cfg.data)?;
     tracing::info!(name = %id.name, addr = %id.addr, epoch = map.epoch, fsid = %proto::uuid_hex(id.fsid), "monitor starting");
-    let listener = tokio::net::TcpListener::bind(&id.addr).await.with_context(|| format!("cannot listen on {}", id.addr))?;
+    let listener = tokio::net::TcpListener::bind(&id.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", id.addr))?;
     let svc = service::MapService::new(id.name.clone(), id.addr.clone(), store, map);
     net::transport::serve(listener, move |f, r| server::handle(Arc::clone(&svc), f, r)).await;
     Ok(())

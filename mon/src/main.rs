@@ -33,20 +33,38 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     match Cli::parse().cmd {
-        Cmd::Mkfs { data, name, addr, fsid } => {
+        Cmd::Mkfs {
+            data,
+            name,
+            addr,
+            fsid,
+        } => {
             let fsid = match fsid {
-                Some(s) => Some(u128::from_str_radix(&s, 16).map_err(|e| anyhow::anyhow!("--fsid {s:?}: {e}"))?),
+                Some(s) => Some(
+                    u128::from_str_radix(&s, 16)
+                        .map_err(|e| anyhow::anyhow!("--fsid {s:?}: {e}"))?,
+                ),
                 None => None,
             };
-            let fsid = mon::mkfs(&mon::MkfsConfig { data, name, addr, fsid })?;
+            let fsid = mon::mkfs(&mon::MkfsConfig {
+                data,
+                name,
+                addr,
+                fsid,
+            })?;
             println!("{}", proto::uuid_hex(fsid));
             Ok(())
         }
         Cmd::Run { data } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             rt.block_on(mon::run(mon::Config { data }))
         }
     }

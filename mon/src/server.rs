@@ -9,7 +9,13 @@ use std::sync::Arc;
 
 pub async fn handle(svc: Arc<MapService>, f: Frame, r: Responder) {
     if f.msg_type != msg_type::CONTROL {
-        reply(&r, &ControlResponse::Error(format!("monitor does not serve message type {}", f.msg_type)));
+        reply(
+            &r,
+            &ControlResponse::Error(format!(
+                "monitor does not serve message type {}",
+                f.msg_type
+            )),
+        );
         return;
     }
     let req: ControlRequest = match decode_control(&f.meta) {
@@ -32,7 +38,8 @@ pub async fn handle(svc: Arc<MapService>, f: Frame, r: Responder) {
                     continue;
                 }
                 sent = m.epoch;
-                let push = OutFrame::new(msg_type::MAP_PUSH, 0, 0, encode_control(&*m), Bytes::new());
+                let push =
+                    OutFrame::new(msg_type::MAP_PUSH, 0, 0, encode_control(&*m), Bytes::new());
                 if !r.sender.send(push) {
                     break;
                 }
@@ -58,9 +65,10 @@ pub async fn handle(svc: Arc<MapService>, f: Frame, r: Responder) {
             reply(&r, &resp);
         }
         ControlRequest::GetStatus => reply(&r, &ControlResponse::Status(Box::new(svc.status()))),
-        ControlRequest::ListObjects { .. } | ControlRequest::Flush => {
-            reply(&r, &ControlResponse::Error("this request is served by OSDs, not monitors".into()))
-        }
+        ControlRequest::ListObjects { .. } | ControlRequest::Flush => reply(
+            &r,
+            &ControlResponse::Error("this request is served by OSDs, not monitors".into()),
+        ),
     }
 }
 

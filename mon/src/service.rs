@@ -31,7 +31,13 @@ pub struct MapService {
 impl MapService {
     pub fn new(name: String, addr: String, store: MonStore, map: ClusterMap) -> Arc<Self> {
         let (current, _) = watch::channel(Arc::new(map));
-        Arc::new(MapService { name, addr, store: Mutex::new(store), current, stats: Mutex::new(BTreeMap::new()) })
+        Arc::new(MapService {
+            name,
+            addr,
+            store: Mutex::new(store),
+            current,
+            stats: Mutex::new(BTreeMap::new()),
+        })
     }
 
     pub fn map(&self) -> Arc<ClusterMap> {
@@ -63,10 +69,15 @@ impl MapService {
     /// change of its fullness (so primaries refuse writes before a replica overflows).
     pub fn report(&self, id: OsdId, up_from: Epoch, s: OsdStats) -> bool {
         let map = self.map();
-        let Some(osd) = map.osd(id).filter(|o| o.up_from == up_from) else { return false };
+        let Some(osd) = map.osd(id).filter(|o| o.up_from == up_from) else {
+            return false;
+        };
         let fullness = map.ratios.classify(s.used_bytes, s.capacity_bytes);
         let changed = osd.fullness != fullness;
-        self.stats.lock().unwrap_or_else(|p| p.into_inner()).insert(id.0, (up_from, s));
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.0, (up_from, s));
         if changed {
             if let Err(e) = self.apply(&Command::SetOsdFullness { id, fullness }) {
                 tracing::warn!(%id, "cannot record fullness {fullness:?}: {e}");
@@ -79,7 +90,16 @@ impl MapService {
         let map = (*self.map()).clone();
         let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         let osd_stats = stats.iter().map(|(id, (_, s))| (*id, s.clone())).collect();
-        let mons = vec![MonStatus { name: self.name.clone(), addr: self.addr.clone(), in_quorum: true, leader: true }];
-        StatusReport { map, mons, osd_stats }
+        let mons = vec![MonStatus {
+            name: self.name.clone(),
+            addr: self.addr.clone(),
+            in_quorum: true,
+            leader: true,
+        }];
+        StatusReport {
+            map,
+            mons,
+            osd_stats,
+        }
     }
 }

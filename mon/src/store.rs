@@ -25,8 +25,13 @@ const KEEP_MAPS: u64 = 500;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("monitor store {path}: {source}")]
-    Db { path: PathBuf, source: Box<redb::Error> },
-    #[error("monitor store {path} is damaged: {what}; refusing to start rather than serve a wrong map")]
+    Db {
+        path: PathBuf,
+        source: Box<redb::Error>,
+    },
+    #[error(
+        "monitor store {path} is damaged: {what}; refusing to start rather than serve a wrong map"
+    )]
     Damaged { path: PathBuf, what: String },
     #[error("monitor store {0} does not exist; create it with `atlant-mon mkfs`")]
     Missing(PathBuf),
@@ -78,20 +83,35 @@ impl MonStore {
     }
 
     fn damaged(&self, what: impl Into<String>) -> StoreError {
-        StoreError::Damaged { path: self.path.clone(), what: what.into() }
+        StoreError::Damaged {
+            path: self.path.clone(),
+            what: what.into(),
+        }
     }
 
     fn load(&self) -> Result<(Identity, ClusterMap), StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| db_err(p, e))?;
         let meta = txn.open_table(META).map_err(|e| db_err(p, e))?;
-        let raw = meta.get("identity").map_err(|e| db_err(p, e))?.ok_or_else(|| self.damaged("no identity record"))?;
-        let id: Identity = unseal(raw.value()).map_err(|e| self.damaged(format!("identity: {e}")))?;
+        let raw = meta
+            .get("identity")
+            .map_err(|e| db_err(p, e))?
+            .ok_or_else(|| self.damaged("no identity record"))?;
+        let id: Identity =
+            unseal(raw.value()).map_err(|e| self.damaged(format!("identity: {e}")))?;
         let maps = txn.open_table(MAPS).map_err(|e| db_err(p, e))?;
-        let (k, v) = maps.last().map_err(|e| db_err(p, e))?.ok_or_else(|| self.damaged("no map"))?;
-        let map: ClusterMap = unseal(v.value()).map_err(|e| self.damaged(format!("map at epoch {}: {e}", k.value())))?;
+        let (k, v) = maps
+            .last()
+            .map_err(|e| db_err(p, e))?
+            .ok_or_else(|| self.damaged("no map"))?;
+        let map: ClusterMap = unseal(v.value())
+            .map_err(|e| self.damaged(format!("map at epoch {}: {e}", k.value())))?;
         if map.epoch != k.value() {
-            return Err(self.damaged(format!("map stored under epoch {} says epoch {}", k.value(), map.epoch)));
+            return Err(self.damaged(format!(
+                "map stored under epoch {} says epoch {}",
+                k.value(),
+                map.epoch
+            )));
         }
         if map.fsid != id.fsid {
             return Err(self.damaged("map belongs to another cluster"));
@@ -109,14 +129,17 @@ impl MonStore {
         let txn = self.db.begin_write().map_err(|e| db_err(p, e))?;
         {
             let mut maps = txn.open_table(MAPS).map_err(|e| db_err(p, e))?;
-            maps.insert(map.epoch, seal(map).as_slice()).map_err(|e| db_err(p, e))?;
+            maps.insert(map.epoch, seal(map).as_slice())
+                .map_err(|e| db_err(p, e))?;
             if map.epoch > KEEP_MAPS {
                 let cut = map.epoch - KEEP_MAPS;
-                maps.retain_in(..cut, |_, _| false).map_err(|e| db_err(p, e))?;
+                maps.retain_in(..cut, |_, _| false)
+                    .map_err(|e| db_err(p, e))?;
             }
             let mut meta = txn.open_table(META).map_err(|e| db_err(p, e))?;
             if let Some(id) = id {
-                meta.insert("identity", seal(id).as_slice()).map_err(|e| db_err(p, e))?;
+                meta.insert("identity", seal(id).as_slice())
+                    .map_err(|e| db_err(p, e))?;
             }
         }
         txn.commit().map_err(|e| db_err(p, e))?;
@@ -130,13 +153,18 @@ impl MonStore {
         let maps = txn.open_table(MAPS).map_err(|e| db_err(p, e))?;
         match maps.get(epoch).map_err(|e| db_err(p, e))? {
             None => Ok(None),
-            Some(v) => unseal(v.value()).map(Some).map_err(|e| self.damaged(format!("map at epoch {epoch}: {e}"))),
+            Some(v) => unseal(v.value())
+                .map(Some)
+                .map_err(|e| self.damaged(format!("map at epoch {epoch}: {e}"))),
         }
     }
 }
 
 fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Db { path: path.to_path_buf(), source: Box::new(e.into()) }
+    StoreError::Db {
+        path: path.to_path_buf(),
+        source: Box::new(e.into()),
+    }
 }
 
 fn seal<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -153,7 +181,10 @@ fn seal<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 fn unseal<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
     if raw.len() < ENVELOPE_LEN {
-        return Err(format!("record of {} bytes is shorter than its header", raw.len()));
+        return Err(format!(
+            "record of {} bytes is shorter than its header",
+            raw.len()
+        ));
     }
     let u32_at = |i: usize| u32::from_le_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
     if u32_at(0) != MAGIC {
@@ -161,7 +192,9 @@ fn unseal<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
     }
     let format = u16::from_le_bytes([raw[4], raw[5]]);
     if format != FORMAT_VERSION {
-        return Err(format!("format version {format}, this build reads {FORMAT_VERSION}"));
+        return Err(format!(
+            "format version {format}, this build reads {FORMAT_VERSION}"
+        ));
     }
     let len = u32_at(8) as usize;
     let body = &raw[ENVELOPE_LEN..];
@@ -187,7 +220,11 @@ mod tests {
     #[test]
     fn maps_survive_reopen() {
         let d = tmpdir("reopen");
-        let id = Identity { name: "a".into(), addr: "127.0.0.1:1".into(), fsid: 9 };
+        let id = Identity {
+            name: "a".into(),
+            addr: "127.0.0.1:1".into(),
+            fsid: 9,
+        };
         let m = ClusterMap::new(9, vec![]);
         {
             let s = MonStore::create(&d, &id, &m).unwrap();
@@ -198,7 +235,10 @@ mod tests {
         let (_, id2, latest) = MonStore::open(&d).unwrap();
         assert_eq!(id2.name, "a");
         assert_eq!(latest.epoch, 2);
-        assert!(matches!(MonStore::create(&d, &id, &m), Err(StoreError::Exists(_))));
+        assert!(matches!(
+            MonStore::create(&d, &id, &m),
+            Err(StoreError::Exists(_))
+        ));
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -213,6 +253,8 @@ mod tests {
         assert!(unseal::<ClusterMap>(&raw[..5]).is_err());
         let mut v2 = seal(&m);
         v2[4] = 9;
-        assert!(unseal::<ClusterMap>(&v2).unwrap_err().contains("format version"));
+        assert!(unseal::<ClusterMap>(&v2)
+            .unwrap_err()
+            .contains("format version"));
     }
 }

@@ -38,15 +38,28 @@ pub trait Backend: Send + Sync + 'static {
     fn read(&self, offset: u64, len: u64) -> impl Future<Output = Result<Bytes, IoError>> + Send;
     /// Durable before it returns when `fua` is set (in Atlant every acknowledged write is
     /// durable on all replicas anyway).
-    fn write(&self, offset: u64, data: Bytes, fua: bool) -> impl Future<Output = Result<(), IoError>> + Send;
+    fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), IoError>> + Send;
     fn trim(&self, offset: u64, len: u64) -> impl Future<Output = Result<(), IoError>> + Send;
-    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> impl Future<Output = Result<(), IoError>> + Send;
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), IoError>> + Send;
     fn flush(&self) -> impl Future<Output = Result<(), IoError>> + Send;
 }
 
 /// Resolves export names (`pool/image`) to backends.
 pub trait ExportProvider: Send + Sync + 'static {
     type Backend: Backend;
-    fn open(&self, name: &str) -> impl Future<Output = Result<Arc<Self::Backend>, OpenError>> + Send;
+    fn open(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Arc<Self::Backend>, OpenError>> + Send;
     fn list(&self) -> impl Future<Output = Vec<String>> + Send;
 }

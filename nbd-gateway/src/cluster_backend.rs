@@ -56,18 +56,25 @@ impl ExportProvider for ClusterProvider {
     type Backend = ClusterBackend;
 
     async fn open(&self, name: &str) -> Result<Arc<ClusterBackend>, OpenError> {
-        let Some((pool, image)) = name.split_once('/') else { return Err(OpenError::NotFound(name.to_string())) };
+        let Some((pool, image)) = name.split_once('/') else {
+            return Err(OpenError::NotFound(name.to_string()));
+        };
         // A newly created image may not be in our map yet: look once more after a refresh.
         let map = self.cluster.map();
         if map.resolve_image(pool, image).is_err() {
             if let Ok(fresh) = self.cluster.mon().get_map().await {
-                self.cluster.wait_for_epoch(fresh.epoch, std::time::Duration::from_secs(2)).await;
+                self.cluster
+                    .wait_for_epoch(fresh.epoch, std::time::Duration::from_secs(2))
+                    .await;
             }
         }
         match Image::open(&self.cluster, pool, image) {
             Ok(image) => Ok(Arc::new(ClusterBackend { image })),
             Err(ClientError::NotFound(_)) => Err(OpenError::NotFound(name.to_string())),
-            Err(e) => Err(OpenError::Failed { name: name.to_string(), reason: e.to_string() }),
+            Err(e) => Err(OpenError::Failed {
+                name: name.to_string(),
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -75,7 +82,11 @@ impl ExportProvider for ClusterProvider {
         let map = self.cluster.map();
         map.images
             .values()
-            .filter_map(|i| map.pools.get(&i.pool).map(|p| format!("{}/{}", p.name, i.name)))
+            .filter_map(|i| {
+                map.pools
+                    .get(&i.pool)
+                    .map(|p| format!("{}/{}", p.name, i.name))
+            })
             .collect()
     }
 }

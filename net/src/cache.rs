@@ -12,7 +12,9 @@ pub struct ConnCache<K> {
 
 impl<K: Hash + Eq + Copy> Default for ConnCache<K> {
     fn default() -> Self {
-        ConnCache { conns: Mutex::new(HashMap::new()) }
+        ConnCache {
+            conns: Mutex::new(HashMap::new()),
+        }
     }
 }
 

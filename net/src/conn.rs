@@ -58,7 +58,10 @@ impl Sender {
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::UnboundedReceiver<OutFrame>) -> std::io::Result<()> {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    w: W,
+    mut rx: mpsc::UnboundedReceiver<OutFrame>,
+) -> std::io::Result<()> {
     let mut w = BufWriter::with_capacity(256 << 10, w);
     while let Some(f) = rx.recv().await {
         let mut next = Some(f);
@@ -89,14 +92,23 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
                     }
                 }
                 Ok(None) => break,
-                Err(err) => return Err(NetError::Frame { peer: peer.to_string(), err }),
+                Err(err) => {
+                    return Err(NetError::Frame {
+                        peer: peer.to_string(),
+                        err,
+                    })
+                }
             }
         }
         if buf.capacity() - buf.len() < 64 << 10 {
             buf.reserve(256 << 10);
         }
         match r.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return Err(NetError::Closed { peer: peer.to_string() }),
+            Ok(0) | Err(_) => {
+                return Err(NetError::Closed {
+                    peer: peer.to_string(),
+                })
+            }
             Ok(_) => {}
         }
     }
@@ -146,7 +158,10 @@ impl Conn {
         tokio::spawn(async move {
             let result = read_frames(r, &peer, |f| {
                 if f.is_response() {
-                    let waiter = pending.lock().ok().and_then(|mut p| p.remove(&f.request_id));
+                    let waiter = pending
+                        .lock()
+                        .ok()
+                        .and_then(|mut p| p.remove(&f.request_id));
                     if let Some(w) = waiter {
                         let _ = w.send(f);
                     }
@@ -182,7 +197,13 @@ impl Conn {
     }
 
     /// Sends a request and waits for its response.
-    pub async fn call(&self, msg_type: u16, meta: Vec<u8>, data: Bytes, timeout: Duration) -> Result<Frame, NetError> {
+    pub async fn call(
+        &self,
+        msg_type: u16,
+        meta: Vec<u8>,
+        data: Bytes,
+        timeout: Duration,
+    ) -> Result<Frame, NetError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -201,7 +222,10 @@ impl Conn {
             Ok(Err(_)) => Err(self.closed_err()),
             Err(_) => {
                 self.forget(id);
-                Err(NetError::Timeout { peer: self.peer.clone(), ms: timeout.as_millis() as u64 })
+                Err(NetError::Timeout {
+                    peer: self.peer.clone(),
+                    ms: timeout.as_millis() as u64,
+                })
             }
         }
     }
@@ -213,7 +237,9 @@ impl Conn {
     }
 
     fn closed_err(&self) -> NetError {
-        NetError::Closed { peer: self.peer.clone() }
+        NetError::Closed {
+            peer: self.peer.clone(),
+        }
     }
 }
 
@@ -225,7 +251,13 @@ pub struct Responder {
 
 impl Responder {
     pub fn reply(&self, msg_type: u16, meta: Vec<u8>, data: Bytes) -> bool {
-        self.sender.send(OutFrame::new(msg_type, FLAG_RESPONSE, self.request_id, meta, data))
+        self.sender.send(OutFrame::new(
+            msg_type,
+            FLAG_RESPONSE,
+            self.request_id,
+            meta,
+            data,
+        ))
     }
 }
 
@@ -239,7 +271,10 @@ where
     let (r, w) = tokio::io::split(stream);
     let sender = spawn_writer(w, peer.clone());
     let result = read_frames(r, &peer, |f| {
-        let responder = Responder { sender: sender.clone(), request_id: f.request_id };
+        let responder = Responder {
+            sender: sender.clone(),
+            request_id: f.request_id,
+        };
         tokio::spawn(handle(f, responder));
         true
     })

@@ -18,7 +18,10 @@ pub fn probe(root: &Path) -> RdmaSupport {
     let dir = root.join("sys/class/infiniband");
     match std::fs::read_dir(&dir) {
         Ok(entries) => {
-            let mut names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            let mut names: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
             names.sort();
             if names.is_empty() {
                 RdmaSupport::Absent(format!("{} is empty", dir.display()))

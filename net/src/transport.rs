@@ -13,7 +13,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Opens a connection to `addr` (`ip:port`).
 pub async fn connect(addr: &str) -> Result<Arc<Conn>, NetError> {
-    let err = |reason: String| NetError::Connect { addr: addr.to_string(), reason };
+    let err = |reason: String| NetError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| err("timed out".into()))?

@@ -53,7 +53,11 @@ fn prepare(path: &Path) -> std::io::Result<()> {
             return Ok(());
         }
     }
-    eprintln!("preparing {} ({} MiB of data)", path.display(), FILE_SIZE >> 20);
+    eprintln!(
+        "preparing {} ({} MiB of data)",
+        path.display(),
+        FILE_SIZE >> 20
+    );
     let mut f = std::fs::File::create(path)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut chunk = vec![0u8; 1 << 20];
@@ -108,7 +112,11 @@ async fn run(dev: Arc<dyn BlockDevice>, op: Op, depth: usize, duration: Duration
         ops,
         iops: ops as f64 / elapsed.as_secs_f64(),
         mean_us: latencies_ns.iter().sum::<u64>() as f64 / n / 1000.0,
-        p99_us: latencies_ns.get((ops as usize * 99 / 100).min(ops.saturating_sub(1) as usize)).copied().unwrap_or(0) as f64 / 1000.0,
+        p99_us: latencies_ns
+            .get((ops as usize * 99 / 100).min(ops.saturating_sub(1) as usize))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0,
         cpu_us_per_op: cpu.as_secs_f64() * 1e6 / n,
     }
 }
@@ -124,8 +132,13 @@ fn main() -> std::io::Result<()> {
     let only_workload = args.next().filter(|w| w != "all");
     let path = Path::new(&path);
     prepare(path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    println!("{:<7} {:<14} {:>3} {:>9} {:>10} {:>10} {:>12}", "device", "op", "qd", "iops", "mean_us", "p99_us", "cpu_us/op");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "{:<7} {:<14} {:>3} {:>9} {:>10} {:>10} {:>12}",
+        "device", "op", "qd", "iops", "mean_us", "p99_us", "cpu_us/op"
+    );
     let devices: [(&str, OpenFn); 2] = [
         ("file", |p| Ok(Arc::new(FileDevice::open(p)?))),
         ("uring", |p| Ok(Arc::new(UringDevice::open(p)?))),
@@ -141,12 +154,23 @@ fn main() -> std::io::Result<()> {
                 continue;
             }
         };
-        for (op, label) in [(Op::DurableWrite, "randwrite-dsync"), (Op::Read, "randread")] {
+        for (op, label) in [
+            (Op::DurableWrite, "randwrite-dsync"),
+            (Op::Read, "randread"),
+        ] {
             for depth in [1, 32] {
-                if only_workload.as_ref().is_some_and(|w| *w != format!("{label}-qd{depth}")) {
+                if only_workload
+                    .as_ref()
+                    .is_some_and(|w| *w != format!("{label}-qd{depth}"))
+                {
                     continue;
                 }
-                let r = runtime.block_on(run(Arc::clone(&dev), op, depth, Duration::from_secs(seconds)));
+                let r = runtime.block_on(run(
+                    Arc::clone(&dev),
+                    op,
+                    depth,
+                    Duration::from_secs(seconds),
+                ));
                 println!(
                     "{name:<7} {label:<14} {depth:>3} {:>9.0} {:>10.1} {:>10.1} {:>12.2}   ({} ops)",
                     r.iops, r.mean_us, r.p99_us, r.cpu_us_per_op, r.ops
@@ -155,7 +179,12 @@ fn main() -> std::io::Result<()> {
         }
     }
     println!("\nfio, same workloads:");
-    for (rw, depth) in [("randwrite", 1), ("randwrite", 32), ("randread", 1), ("randread", 32)] {
+    for (rw, depth) in [
+        ("randwrite", 1),
+        ("randwrite", 32),
+        ("randread", 1),
+        ("randread", 32),
+    ] {
         println!(
             "fio --name={rw}-qd{depth} --filename={} --size={} --ioengine=io_uring --direct=1 --sync=dsync --rw={rw} --bs=4k --iodepth={depth} --runtime={seconds} --time_based",
             path.display(),

@@ -12,7 +12,10 @@ use bytes::Bytes;
 use net::conn::Responder;
 use net::{Conn, ConnCache};
 use proto::frame::Frame;
-use proto::msg::{decode_control, encode_control, msg_type, ControlRequest, ControlResponse, ObjectOp, ObjectReply, Status};
+use proto::msg::{
+    decode_control, encode_control, msg_type, ControlRequest, ControlResponse, ObjectOp,
+    ObjectReply, Status,
+};
 use proto::{ClusterMap, Epoch, ObjectId, OsdId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,7 +64,11 @@ impl Osd {
     /// True once the map shows this process's incarnation up.
     pub fn is_serving(&self) -> bool {
         let up_from = self.up_from.load(Ordering::SeqCst);
-        up_from != 0 && self.current_map().osd(self.id).is_some_and(|o| o.up && o.up_from == up_from)
+        up_from != 0
+            && self
+                .current_map()
+                .osd(self.id)
+                .is_some_and(|o| o.up && o.up_from == up_from)
     }
 
     pub async fn lock_object(&self, object: &ObjectId) -> MutexGuard<'_, ()> {
@@ -89,7 +96,10 @@ impl Osd {
 
     /// A connection to a peer OSD at its address in `map`.
     pub async fn peer(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<Conn>, String> {
-        let addr = map.osd(osd).map(|o| o.addr.as_str()).ok_or_else(|| format!("{osd} is not in the map"))?;
+        let addr = map
+            .osd(osd)
+            .map(|o| o.addr.as_str())
+            .ok_or_else(|| format!("{osd} is not in the map"))?;
         self.peers.get(osd, addr).await.map_err(|e| e.to_string())
     }
 }
@@ -108,14 +118,19 @@ pub async fn handle(osd: Arc<Osd>, f: Frame, r: Responder) {
                 }
                 Err(e) => {
                     tracing::warn!("malformed object op: {e}");
-                    (ObjectReply::status(Status::Invalid, osd.epoch()), Bytes::new())
+                    (
+                        ObjectReply::status(Status::Invalid, osd.epoch()),
+                        Bytes::new(),
+                    )
                 }
             };
             r.reply(msg_type::OBJECT_REPLY, reply.encode_meta(), data);
         }
         msg_type::CONTROL => {
             let resp = match decode_control::<ControlRequest>(&f.meta) {
-                Ok(ControlRequest::ListObjects { pool }) => ControlResponse::Objects(osd.store.list(pool)),
+                Ok(ControlRequest::ListObjects { pool }) => {
+                    ControlResponse::Objects(osd.store.list(pool))
+                }
                 Ok(ControlRequest::Flush) => match osd.store.flush().await {
                     Ok(()) => ControlResponse::Ok,
                     Err(e) => ControlResponse::Error(e.to_string()),

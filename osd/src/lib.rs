@@ -40,41 +40,74 @@ pub struct MkfsConfig {
 pub async fn mkfs(cfg: MkfsConfig) -> anyhow::Result<OsdId> {
     if let Some(size) = cfg.size_bytes {
         let exists = cfg.device.exists();
-        if !exists || std::fs::metadata(&cfg.device).map(|m| m.is_file() && m.len() == 0).unwrap_or(false) {
-            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&cfg.device)
+        if !exists
+            || std::fs::metadata(&cfg.device)
+                .map(|m| m.is_file() && m.len() == 0)
+                .unwrap_or(false)
+        {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&cfg.device)
                 .with_context(|| format!("cannot create {}", cfg.device.display()))?;
-            f.set_len(size).with_context(|| format!("cannot size {}", cfg.device.display()))?;
+            f.set_len(size)
+                .with_context(|| format!("cannot size {}", cfg.device.display()))?;
         }
     }
-    let dev = FileDevice::open(&cfg.device).with_context(|| format!("cannot open {}", cfg.device.display()))?;
+    let dev = FileDevice::open(&cfg.device)
+        .with_context(|| format!("cannot open {}", cfg.device.display()))?;
     let (buf, r) = dev.read(0, AlignedBuf::zeroed(BLOCK)).await;
     r.with_context(|| format!("cannot read {}", cfg.device.display()))?;
     if buf.starts_with(&store::layout::SUPERBLOCK_MAGIC.to_le_bytes()) && !cfg.force {
         let who = match Superblock::decode(&buf) {
-            Ok(old) => format!("the store of osd.{} (cluster {})", old.osd_id, proto::uuid_hex(old.fsid)),
+            Ok(old) => format!(
+                "the store of osd.{} (cluster {})",
+                old.osd_id,
+                proto::uuid_hex(old.fsid)
+            ),
             Err(e) => format!("an Atlant store ({e})"),
         };
-        bail!("{} already holds {who}; refusing to format it without --force", cfg.device.display());
+        bail!(
+            "{} already holds {who}; refusing to format it without --force",
+            cfg.device.display()
+        );
     }
     // Lays the device out first so a device too small fails before anything is registered.
-    let probe = Superblock::plan(0, 0, 0, dev.size()).with_context(|| format!("{}", cfg.device.display()))?;
+    let probe = Superblock::plan(0, 0, 0, dev.size())
+        .with_context(|| format!("{}", cfg.device.display()))?;
     let capacity = probe.data_blocks * BLOCK as u64;
-    let weight = cfg.weight.unwrap_or(((capacity as u128 * WEIGHT_ONE as u128) >> 40).max(1) as u32);
+    let weight = cfg
+        .weight
+        .unwrap_or(((capacity as u128 * WEIGHT_ONE as u128) >> 40).max(1) as u32);
     let mon = MonClient::new(cfg.mon.clone())?;
     let map = mon.get_map().await?;
     let store_uuid: u128 = rand::random();
     let (_, result) = mon
-        .command(Command::CreateOsd { host: cfg.host.clone(), weight, store_uuid, capacity_bytes: capacity })
+        .command(Command::CreateOsd {
+            host: cfg.host.clone(),
+            weight,
+            store_uuid,
+            capacity_bytes: capacity,
+        })
         .await?;
-    let CommandResult::Osd(id) = result else { bail!("monitor answered {result:?} to CreateOsd") };
+    let CommandResult::Osd(id) = result else {
+        bail!("monitor answered {result:?} to CreateOsd")
+    };
     let sb = Superblock::plan(map.fsid, store_uuid, id.0, dev.size())?;
-    Store::format(&dev, &sb).await.with_context(|| format!("{id} is registered but formatting {} failed", cfg.device.display()))?;
+    Store::format(&dev, &sb).await.with_context(|| {
+        format!(
+            "{id} is registered but formatting {} failed",
+            cfg.device.display()
+        )
+    })?;
     Ok(id)
 }
 
 /// Checks a store offline and prints the report; Ok(true) when it is clean.
 pub async fn fsck(device: &std::path::Path) -> anyhow::Result<bool> {
-    let dev = FileDevice::open(device).with_context(|| format!("cannot open {}", device.display()))?;
+    let dev =
+        FileDevice::open(device).with_context(|| format!("cannot open {}", device.display()))?;
     let report = store::fsck::fsck(&dev).await;
     println!("{report}");
     Ok(report.ok())
@@ -96,16 +129,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(objects = store.list(None).len(), open_ms = store.open_ms, durability = ?cfg.durability, "store opened");
     let id = OsdId(sb.osd_id);
     match net::rdma::probe(std::path::Path::new("/")) {
-        net::rdma::RdmaSupport::Devices(d) => tracing::info!("RDMA devices {d:?} found; verbs transport not built yet, using TCP"),
+        net::rdma::RdmaSupport::Devices(d) => {
+            tracing::info!("RDMA devices {d:?} found; verbs transport not built yet, using TCP")
+        }
         net::rdma::RdmaSupport::Absent(why) => tracing::info!("no RDMA ({why}); using TCP"),
     }
     let mon = MonClient::new(cfg.mon.clone())?;
     let map = mon.wait_for_map(client::cluster::MON_WAIT).await?;
     if map.fsid != sb.fsid {
-        bail!("{} belongs to cluster {}, the monitors serve cluster {}", cfg.device.display(), proto::uuid_hex(sb.fsid), proto::uuid_hex(map.fsid));
+        bail!(
+            "{} belongs to cluster {}, the monitors serve cluster {}",
+            cfg.device.display(),
+            proto::uuid_hex(sb.fsid),
+            proto::uuid_hex(map.fsid)
+        );
     }
     match map.osd(id) {
-        None => bail!("{id} (from {}) is not in the cluster map", cfg.device.display()),
+        None => bail!(
+            "{id} (from {}) is not in the cluster map",
+            cfg.device.display()
+        ),
         Some(o) if o.store_uuid != sb.store_uuid => bail!(
             "{} holds store {} but the map records store {} for {id}; this is not {id}'s device",
             cfg.device.display(),
@@ -130,13 +173,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
-    let listener = tokio::net::TcpListener::bind(&cfg.addr).await.with_context(|| format!("cannot listen on {}", cfg.addr))?;
+    let listener = tokio::net::TcpListener::bind(&cfg.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.addr))?;
     let addr = listener.local_addr()?.to_string();
     {
         let osd = Arc::clone(&osd);
-        tokio::spawn(net::transport::serve(listener, move |f, r| daemon::handle(Arc::clone(&osd), f, r)));
+        tokio::spawn(net::transport::serve(listener, move |f, r| {
+            daemon::handle(Arc::clone(&osd), f, r)
+        }));
     }
-    let (epoch, _) = mon.command(Command::BootOsd { id, store_uuid: sb.store_uuid, addr: addr.clone() }).await?;
+    let (epoch, _) = mon
+        .command(Command::BootOsd {
+            id,
+            store_uuid: sb.store_uuid,
+            addr: addr.clone(),
+        })
+        .await?;
     osd.up_from.store(epoch, Ordering::SeqCst);
     let mut rx = sender.subscribe();
     let _ = rx.wait_for(|m| m.epoch >= epoch).await;
@@ -151,9 +204,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             let mut last_class = None;
             loop {
                 let stats = store.stats();
-                let class = map_rx.borrow().ratios.classify(stats.used_bytes, stats.capacity_bytes);
+                let class = map_rx
+                    .borrow()
+                    .ratios
+                    .classify(stats.used_bytes, stats.capacity_bytes);
                 if last_sent.elapsed() >= interval || last_class != Some(class) {
-                    let req = proto::msg::ControlRequest::OsdReport { id, up_from: epoch, stats };
+                    let req = proto::msg::ControlRequest::OsdReport {
+                        id,
+                        up_from: epoch,
+                        stats,
+                    };
                     match mon.call(&req).await {
                         Ok(_) => last_class = Some(class),
                         Err(e) => tracing::debug!("usage report failed: {e}"),
@@ -182,15 +242,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     if let Some(reason) = reason {
         tracing::error!(%id, "device failed: {reason}; marking this OSD down and out and stopping");
-        let cmd = mon.command(Command::MarkOsdFailed { id, up_from: epoch, reason: reason.clone() });
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), cmd).await.unwrap_or_else(|_| Err(client::MonError::NoAddress)) {
+        let cmd = mon.command(Command::MarkOsdFailed {
+            id,
+            up_from: epoch,
+            reason: reason.clone(),
+        });
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), cmd)
+            .await
+            .unwrap_or_else(|_| Err(client::MonError::NoAddress))
+        {
             tracing::warn!("could not report the failure: {e}");
         }
         bail!("{id} stopped: device failed: {reason}");
     }
     tracing::info!(%id, "stopping: marking this incarnation down");
     let down = mon.command(Command::MarkOsdDown { id, up_from: epoch });
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(3), down).await.unwrap_or_else(|_| Err(client::MonError::NoAddress)) {
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(3), down)
+        .await
+        .unwrap_or_else(|_| Err(client::MonError::NoAddress))
+    {
         tracing::warn!("could not mark down: {e}");
     }
     Ok(())
@@ -198,7 +268,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut t), Ok(mut i)) => {
             tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
         }

@@ -54,18 +54,42 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     match Cli::parse().cmd {
-        Cmd::Mkfs { device, mon, host, size, weight, force } => {
-            let size_bytes = size.map(|s| proto::map::parse_size(&s)).transpose().map_err(anyhow::Error::msg)?;
+        Cmd::Mkfs {
+            device,
+            mon,
+            host,
+            size,
+            weight,
+            force,
+        } => {
+            let size_bytes = size
+                .map(|s| proto::map::parse_size(&s))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             let weight = match weight {
-                Some(w) if !(w > 0.0 && w < 65536.0) => anyhow::bail!("--weight {w} must be in (0, 65536)"),
+                Some(w) if !(w > 0.0 && w < 65536.0) => {
+                    anyhow::bail!("--weight {w} must be in (0, 65536)")
+                }
                 Some(w) => Some((w * proto::map::WEIGHT_ONE as f64).round().max(1.0) as u32),
                 None => None,
             };
-            let cfg = osd::MkfsConfig { device, mon: client::parse_addrs(&mon), host, size_bytes, weight, force };
+            let cfg = osd::MkfsConfig {
+                device,
+                mon: client::parse_addrs(&mon),
+                host,
+                size_bytes,
+                weight,
+                force,
+            };
             let id = rt.block_on(osd::mkfs(cfg))?;
             println!("{}", id.0);
             Ok(())
@@ -76,7 +100,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Run { device, mon, addr, durability } => rt.block_on(osd::run(osd::Config {
+        Cmd::Run {
+            device,
+            mon,
+            addr,
+            durability,
+        } => rt.block_on(osd::run(osd::Config {
             device,
             durability,
             mon: client::parse_addrs(&mon),

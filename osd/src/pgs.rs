@@ -26,7 +26,10 @@ impl PgInfo {
     /// Assigns the next version of this interval (primary only).
     pub fn next_version(&mut self) -> Version {
         self.next_seq += 1;
-        Version { epoch: self.interval_start, seq: self.next_seq }
+        Version {
+            epoch: self.interval_start,
+            seq: self.next_seq,
+        }
     }
 
     pub fn completed(&self, id: &OpId) -> Option<Version> {
@@ -71,9 +74,20 @@ impl PgTable {
                         let start = if old.is_some() {
                             map.epoch
                         } else {
-                            mapping.interval_key.iter().map(|(_, e)| *e).max().unwrap_or(map.epoch)
+                            mapping
+                                .interval_key
+                                .iter()
+                                .map(|(_, e)| *e)
+                                .max()
+                                .unwrap_or(map.epoch)
                         };
-                        PgInfo { mapping, interval_start: start, next_seq: 0, recent: HashMap::new(), recent_order: VecDeque::new() }
+                        PgInfo {
+                            mapping,
+                            interval_start: start,
+                            next_seq: 0,
+                            recent: HashMap::new(),
+                            recent_order: VecDeque::new(),
+                        }
                     }
                 };
                 next.insert(pg, info);

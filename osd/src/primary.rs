@@ -15,8 +15,8 @@ use crate::store::StoreError;
 use bytes::Bytes;
 use futures::future::join_all;
 use proto::checksum::{block_crcs, verify_blocks};
-use proto::msg::{msg_type, op, ObjectOp, ObjectReply, Status};
 use proto::map::Fullness;
+use proto::msg::{msg_type, op, ObjectOp, ObjectReply, Status};
 use proto::placement::object_pg;
 use proto::{ClusterMap, OsdId, Version};
 use std::time::Duration;
@@ -35,8 +35,13 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
     if op.op == op::PUSH {
         return refuse(Status::Invalid, map.epoch);
     }
-    let Some(pool) = map.pools.get(&op.object.pool) else { return refuse(Status::Invalid, map.epoch) };
-    if object_pg(&op.object, pool) != op.pg || op.object_size != pool.object_size || pool.object_size > osd.store.max_object_size() {
+    let Some(pool) = map.pools.get(&op.object.pool) else {
+        return refuse(Status::Invalid, map.epoch);
+    };
+    if object_pg(&op.object, pool) != op.pg
+        || op.object_size != pool.object_size
+        || pool.object_size > osd.store.max_object_size()
+    {
         return refuse(Status::Invalid, map.epoch);
     }
     let _guard = osd.lock_object(&op.object).await;
@@ -69,14 +74,24 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
         } else {
             // Capacity guard: a write that any member cannot take is refused before anything
             // is applied anywhere. Trims free space and always pass.
-            let full = info.mapping.osds.iter().find(|o| map.osd(**o).is_some_and(|i| i.fullness == Fullness::Full));
+            let full = info
+                .mapping
+                .osds
+                .iter()
+                .find(|o| map.osd(**o).is_some_and(|i| i.fullness == Fullness::Full));
             if op.op == op::WRITE {
                 if let Some(full) = full {
                     tracing::warn!(pg = %op.pg, %full, "refusing a write: a member is full");
                     return refuse(Status::NoSpace, map.epoch);
                 }
             }
-            let members: Vec<OsdId> = info.mapping.osds.iter().copied().filter(|o| *o != osd.id).collect();
+            let members: Vec<OsdId> = info
+                .mapping
+                .osds
+                .iter()
+                .copied()
+                .filter(|o| *o != osd.id)
+                .collect();
             (members, info.next_version())
         }
     };
@@ -105,7 +120,15 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
 
 async fn read(osd: &Osd, op: &ObjectOp, epoch: u64) -> (ObjectReply, Bytes) {
     match osd.store.read(op.object, op.offset, op.length).await {
-        Ok((data, crcs, version)) => (ObjectReply { status: Status::Ok as u32, epoch, version, crcs }, data),
+        Ok((data, crcs, version)) => (
+            ObjectReply {
+                status: Status::Ok as u32,
+                epoch,
+                version,
+                crcs,
+            },
+            data,
+        ),
         Err(e) => {
             tracing::error!(object = %op.object, "read failed: {e}");
             (ObjectReply::status(store_status(&e), epoch), Bytes::new())
@@ -123,13 +146,24 @@ pub fn store_status(e: &StoreError) -> Status {
 }
 
 /// Applies the write locally and on every replica; Ok only when all have it durably.
-async fn replicate(osd: &Osd, map: &ClusterMap, op: &ObjectOp, data: Bytes, replicas: &[OsdId], version: Version) -> Result<(), Status> {
+async fn replicate(
+    osd: &Osd,
+    map: &ClusterMap,
+    op: &ObjectOp,
+    data: Bytes,
+    replicas: &[OsdId],
+    version: Version,
+) -> Result<(), Status> {
     let prev = osd.store.version(&op.object);
     let local = async {
         let r = if op.op == op::WRITE {
-            osd.store.write(op.object, op.offset, data.clone(), &op.crcs, version).await
+            osd.store
+                .write(op.object, op.offset, data.clone(), &op.crcs, version)
+                .await
         } else {
-            osd.store.trim(op.object, op.offset, op.length, version).await
+            osd.store
+                .trim(op.object, op.offset, op.length, version)
+                .await
         };
         r.map_err(|e| {
             tracing::error!(object = %op.object, "local write failed: {e}");
@@ -141,7 +175,11 @@ async fn replicate(osd: &Osd, map: &ClusterMap, op: &ObjectOp, data: Bytes, repl
     rop.version = version;
     rop.prev = prev;
     let meta = rop.encode_meta();
-    let sends = join_all(replicas.iter().map(|r| send(osd, map, *r, meta.clone(), data.clone())));
+    let sends = join_all(
+        replicas
+            .iter()
+            .map(|r| send(osd, map, *r, meta.clone(), data.clone())),
+    );
     let (local, remote) = tokio::join!(local, sends);
     local?;
     if op.flags & proto::msg::FLAG_FUA != 0 {
@@ -155,7 +193,11 @@ async fn replicate(osd: &Osd, map: &ClusterMap, op: &ObjectOp, data: Bytes, repl
             Ok(Status::NeedFull) => push_full(osd, map, op, *replica, version).await?,
             Ok(s) => {
                 tracing::warn!(object = %op.object, %replica, "replica refused write: {s:?}");
-                return Err(if s == Status::NoSpace { s } else { Status::PgInactive });
+                return Err(if s == Status::NoSpace {
+                    s
+                } else {
+                    Status::PgInactive
+                });
             }
             Err(e) => {
                 tracing::warn!(object = %op.object, %replica, "replica unreachable: {e}");
@@ -166,17 +208,36 @@ async fn replicate(osd: &Osd, map: &ClusterMap, op: &ObjectOp, data: Bytes, repl
     Ok(())
 }
 
-async fn send(osd: &Osd, map: &ClusterMap, replica: OsdId, meta: Vec<u8>, data: Bytes) -> Result<Status, String> {
+async fn send(
+    osd: &Osd,
+    map: &ClusterMap,
+    replica: OsdId,
+    meta: Vec<u8>,
+    data: Bytes,
+) -> Result<Status, String> {
     let conn = osd.peer(map, replica).await?;
-    let f = conn.call(msg_type::REPLICA_OP, meta, data, REPLICA_TIMEOUT).await.map_err(|e| e.to_string())?;
+    let f = conn
+        .call(msg_type::REPLICA_OP, meta, data, REPLICA_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
     let reply = ObjectReply::decode(&f.meta, f.data.len()).map_err(|e| e.to_string())?;
     Status::from_u32(reply.status).ok_or_else(|| format!("unknown status {}", reply.status))
 }
 
 /// Sends the whole local object at `version` to a replica.
-async fn push_full(osd: &Osd, map: &ClusterMap, op: &ObjectOp, replica: OsdId, version: Version) -> Result<(), Status> {
+async fn push_full(
+    osd: &Osd,
+    map: &ClusterMap,
+    op: &ObjectOp,
+    replica: OsdId,
+    version: Version,
+) -> Result<(), Status> {
     let size = op.object_size;
-    let (data, _, _) = osd.store.read(op.object, 0, size).await.map_err(|e| store_status(&e))?;
+    let (data, _, _) = osd
+        .store
+        .read(op.object, 0, size)
+        .await
+        .map_err(|e| store_status(&e))?;
     let push = ObjectOp {
         op: op::PUSH,
         flags: 0,

@@ -22,7 +22,9 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
     let epoch = osd.epoch();
     {
         let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(info) = pgs.pgs.get(&op.pg) else { return reply(Status::NotPrimary, epoch) };
+        let Some(info) = pgs.pgs.get(&op.pg) else {
+            return reply(Status::NotPrimary, epoch);
+        };
         if op.epoch < info.interval_start {
             return reply(Status::StaleEpoch, epoch);
         }
@@ -37,13 +39,25 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
     }
     let result = match op.op {
         op::WRITE | op::TRIM if local != op.prev => return reply(Status::NeedFull, epoch),
-        op::WRITE => osd.store.write(op.object, op.offset, data, &op.crcs, op.version).await,
-        op::TRIM => osd.store.trim(op.object, op.offset, op.length, op.version).await,
+        op::WRITE => {
+            osd.store
+                .write(op.object, op.offset, data, &op.crcs, op.version)
+                .await
+        }
+        op::TRIM => {
+            osd.store
+                .trim(op.object, op.offset, op.length, op.version)
+                .await
+        }
         op::PUSH if local > op.version => {
             tracing::warn!(object = %op.object, %local, pushed = %op.version, "refusing a push older than the local copy");
             return reply(Status::Invalid, epoch);
         }
-        op::PUSH => osd.store.write_full(op.object, data, &op.crcs, op.version).await,
+        op::PUSH => {
+            osd.store
+                .write_full(op.object, data, &op.crcs, op.version)
+                .await
+        }
         _ => return reply(Status::Invalid, epoch),
     };
     let result = match result {

@@ -24,8 +24,22 @@ fn fixture() -> PathBuf {
 fn writes() -> Vec<(ObjectId, u32, Vec<u8>, Version)> {
     (0..6u64)
         .map(|i| {
-            let data: Vec<u8> = (0..8192).map(|k| (i as u8).wrapping_mul(31).wrapping_add((k / 7) as u8)).collect();
-            (ObjectId { pool: 1, image: 42, index: i }, (i as u32 % 3) * 4096, data, Version { epoch: 3, seq: i + 1 })
+            let data: Vec<u8> = (0..8192)
+                .map(|k| (i as u8).wrapping_mul(31).wrapping_add((k / 7) as u8))
+                .collect();
+            (
+                ObjectId {
+                    pool: 1,
+                    image: 42,
+                    index: i,
+                },
+                (i as u32 % 3) * 4096,
+                data,
+                Version {
+                    epoch: 3,
+                    seq: i + 1,
+                },
+            )
         })
         .collect()
 }
@@ -52,11 +66,28 @@ async fn write_fixture() {
     let dev = SimDevice::new(DEVICE);
     let sb = Superblock::plan(0xfeed, 0xbeef, 7, DEVICE).unwrap();
     Store::format(&*dev, &sb).await.unwrap();
-    let store = Store::open(dev.clone(), Durability::Immediate).await.unwrap();
+    let store = Store::open(dev.clone(), Durability::Immediate)
+        .await
+        .unwrap();
     for (o, off, data, v) in writes() {
-        store.write(o, off, Bytes::from(data.clone()), &block_crcs(&data), v).await.unwrap();
+        store
+            .write(o, off, Bytes::from(data.clone()), &block_crcs(&data), v)
+            .await
+            .unwrap();
     }
-    store.trim(ObjectId { pool: 1, image: 42, index: 5 }, 4096 * 3, 4096, Version { epoch: 3, seq: 100 }).await.unwrap();
+    store
+        .trim(
+            ObjectId {
+                pool: 1,
+                image: 42,
+                index: 5,
+            },
+            4096 * 3,
+            4096,
+            Version { epoch: 3, seq: 100 },
+        )
+        .await
+        .unwrap();
     drop(store);
     let mut out = Vec::new();
     for at in (0..DEVICE).step_by(4096) {
@@ -77,15 +108,24 @@ async fn format_2_fixture_still_reads() {
     let dev = SimDevice::new(DEVICE);
     for chunk in raw.chunks(8 + 4096) {
         let at = u64::from_le_bytes(chunk[..8].try_into().unwrap());
-        dev.write(at, AlignedBuf::from_slice(&chunk[8..]), true).await.1.unwrap();
+        dev.write(at, AlignedBuf::from_slice(&chunk[8..]), true)
+            .await
+            .1
+            .unwrap();
     }
     let report = osd::store::fsck::fsck(&*dev).await;
     assert!(report.ok(), "{report}");
-    let store: Arc<Store> = Store::open(dev.clone(), Durability::Immediate).await.unwrap();
+    let store: Arc<Store> = Store::open(dev.clone(), Durability::Immediate)
+        .await
+        .unwrap();
     assert_eq!(store.superblock.osd_id, 7);
     assert_eq!(store.superblock.fsid, 0xfeed);
     for i in 0..6u64 {
-        let o = ObjectId { pool: 1, image: 42, index: i };
+        let o = ObjectId {
+            pool: 1,
+            image: 42,
+            index: i,
+        };
         let (data, _, version) = store.read(o, 0, 32768).await.unwrap();
         let (want, v) = expected(o);
         assert_eq!(&data[..], &want[..], "object {i}");

@@ -56,7 +56,8 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(name: &str, size: u64) -> TempFile {
-        let path = std::env::temp_dir().join(format!("atlant-device-{name}-{}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("atlant-device-{name}-{}", std::process::id()));
         let f = std::fs::File::create(&path).expect("create temp file");
         f.set_len(size).expect("size temp file");
         TempFile(path)
@@ -104,7 +105,10 @@ async fn assert_matches(dev: &dyn BlockDevice, model: &[u8], what: &str) {
         let buf = read_ok(dev, at as u64, len).await;
         if buf[..] != model[at..at + len] {
             let first = (0..len).find(|&i| buf[i] != model[at + i]).unwrap_or(0);
-            panic!("{what}: device differs from the model at byte {}", at + first);
+            panic!(
+                "{what}: device differs from the model at byte {}",
+                at + first
+            );
         }
     }
 }
@@ -126,17 +130,29 @@ async fn check_invalid_requests(dev: &dyn BlockDevice) {
         (size, 4096, "offset at the end"),
         (size - BLOCK, 8192, "extent crossing the end"),
         (size + (1 << 30), 4096, "offset far past the end"),
-        (u64::MAX - (BLOCK - 1), 4096, "offset + length overflowing u64"),
+        (
+            u64::MAX - (BLOCK - 1),
+            4096,
+            "offset + length overflowing u64",
+        ),
     ];
     for (offset, len, what) in cases {
         let (buf, r) = dev.read(offset, AlignedBuf::zeroed(len)).await;
         assert_invalid(r, &format!("read {what} ({offset}+{len})"));
         assert_eq!(buf.len(), len, "read {what}: buffer handed back");
         for durable in [false, true] {
-            let (buf, r) = dev.write(offset, AlignedBuf::from_slice(&vec![0xee; len]), durable).await;
-            assert_invalid(r, &format!("write (durable {durable}) {what} ({offset}+{len})"));
+            let (buf, r) = dev
+                .write(offset, AlignedBuf::from_slice(&vec![0xee; len]), durable)
+                .await;
+            assert_invalid(
+                r,
+                &format!("write (durable {durable}) {what} ({offset}+{len})"),
+            );
             assert_eq!(buf.len(), len, "write {what}: buffer handed back");
-            assert!(buf.iter().all(|&b| b == 0xee), "write {what}: buffer contents handed back");
+            assert!(
+                buf.iter().all(|&b| b == 0xee),
+                "write {what}: buffer contents handed back"
+            );
         }
     }
 }
@@ -150,19 +166,31 @@ async fn check_sequential(dev: &dyn BlockDevice, model: &mut [u8], rng: &mut Std
                 let (offset, len) = extent(rng, size, 16);
                 let data = random_bytes(rng, len);
                 let durable = rng.random_bool(0.5);
-                let (buf, r) = dev.write(offset, AlignedBuf::from_slice(&data), durable).await;
+                let (buf, r) = dev
+                    .write(offset, AlignedBuf::from_slice(&data), durable)
+                    .await;
                 if let Err(e) = r {
                     panic!("step {step}: write {offset}+{len} durable {durable}: {e}");
                 }
-                assert_eq!(&buf[..], &data[..], "step {step}: the written buffer comes back unchanged");
+                assert_eq!(
+                    &buf[..],
+                    &data[..],
+                    "step {step}: the written buffer comes back unchanged"
+                );
                 model[offset as usize..offset as usize + len].copy_from_slice(&data);
             }
             6..=8 => {
                 let (offset, len) = extent(rng, size, 16);
                 let buf = read_ok(dev, offset, len).await;
-                assert!(buf[..] == *span(model, offset, len), "step {step}: read {offset}+{len} differs from the model");
+                assert!(
+                    buf[..] == *span(model, offset, len),
+                    "step {step}: read {offset}+{len} differs from the model"
+                );
             }
-            _ => dev.flush().await.unwrap_or_else(|e| panic!("step {step}: flush: {e}")),
+            _ => dev
+                .flush()
+                .await
+                .unwrap_or_else(|e| panic!("step {step}: flush: {e}")),
         }
     }
 }
@@ -188,16 +216,34 @@ async fn check_concurrent(dev: &dyn BlockDevice, model: &mut [u8], rng: &mut Std
     let size = dev.size();
     for round in 0..4 {
         let extents = disjoint_extents(rng, size, IN_FLIGHT);
-        let writes: Vec<(u64, Vec<u8>, bool)> = extents.iter().map(|&(o, l)| (o, random_bytes(rng, l), rng.random_bool(0.5))).collect();
-        let results = join_all(writes.iter().map(|(offset, data, durable)| dev.write(*offset, AlignedBuf::from_slice(data), *durable))).await;
+        let writes: Vec<(u64, Vec<u8>, bool)> = extents
+            .iter()
+            .map(|&(o, l)| (o, random_bytes(rng, l), rng.random_bool(0.5)))
+            .collect();
+        let results = join_all(writes.iter().map(|(offset, data, durable)| {
+            dev.write(*offset, AlignedBuf::from_slice(data), *durable)
+        }))
+        .await;
         for ((offset, data, _), (_, r)) in writes.iter().zip(results) {
             r.unwrap_or_else(|e| panic!("round {round}: concurrent write at {offset}: {e}"));
             model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
         }
         // Half the extents are read, the other half rewritten, all in flight together.
         let extents = disjoint_extents(rng, size, IN_FLIGHT);
-        let plan: Vec<(u64, usize, Option<Vec<u8>>)> =
-            extents.iter().map(|&(o, l)| (o, l, if rng.random_bool(0.5) { Some(random_bytes(rng, l)) } else { None })).collect();
+        let plan: Vec<(u64, usize, Option<Vec<u8>>)> = extents
+            .iter()
+            .map(|&(o, l)| {
+                (
+                    o,
+                    l,
+                    if rng.random_bool(0.5) {
+                        Some(random_bytes(rng, l))
+                    } else {
+                        None
+                    },
+                )
+            })
+            .collect();
         let results = join_all(plan.iter().map(|(offset, len, data)| match data {
             Some(d) => dev.write(*offset, AlignedBuf::from_slice(d), true),
             None => dev.read(*offset, AlignedBuf::zeroed(*len)),
@@ -207,7 +253,10 @@ async fn check_concurrent(dev: &dyn BlockDevice, model: &mut [u8], rng: &mut Std
             r.unwrap_or_else(|e| panic!("round {round}: concurrent io at {offset}+{len}: {e}"));
             match data {
                 Some(d) => model[*offset as usize..*offset as usize + len].copy_from_slice(d),
-                None => assert!(buf[..] == *span(model, *offset, *len), "round {round}: concurrent read at {offset}+{len} differs"),
+                None => assert!(
+                    buf[..] == *span(model, *offset, *len),
+                    "round {round}: concurrent read at {offset}+{len} differs"
+                ),
             }
         }
     }
@@ -224,16 +273,32 @@ async fn check_many_tasks(dev: &Arc<dyn BlockDevice>, model: &mut [u8], seed: u6
             let dev = Arc::clone(dev);
             tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(seed ^ task);
-                let offsets: Vec<u64> = (0..16).map(|_| (rng.random_range(0..blocks / TASKS) * TASKS + task) * BLOCK).collect();
+                let offsets: Vec<u64> = (0..16)
+                    .map(|_| (rng.random_range(0..blocks / TASKS) * TASKS + task) * BLOCK)
+                    .collect();
                 let mut offsets = offsets;
                 offsets.sort_unstable();
                 offsets.dedup();
-                let data: Vec<Vec<u8>> = offsets.iter().map(|_| random_bytes(&mut rng, BLOCK as usize)).collect();
-                let writes = join_all(offsets.iter().zip(&data).map(|(&o, d)| dev.write(o, AlignedBuf::from_slice(d), o % 2 == 0))).await;
+                let data: Vec<Vec<u8>> = offsets
+                    .iter()
+                    .map(|_| random_bytes(&mut rng, BLOCK as usize))
+                    .collect();
+                let writes = join_all(
+                    offsets
+                        .iter()
+                        .zip(&data)
+                        .map(|(&o, d)| dev.write(o, AlignedBuf::from_slice(d), o % 2 == 0)),
+                )
+                .await;
                 for (_, r) in writes {
                     r.expect("write from a task");
                 }
-                let reads = join_all(offsets.iter().map(|&o| dev.read(o, AlignedBuf::zeroed(BLOCK as usize)))).await;
+                let reads = join_all(
+                    offsets
+                        .iter()
+                        .map(|&o| dev.read(o, AlignedBuf::zeroed(BLOCK as usize))),
+                )
+                .await;
                 for ((buf, r), d) in reads.into_iter().zip(&data) {
                     r.expect("read from a task");
                     assert!(buf[..] == d[..], "a task reads back what it wrote");
@@ -256,7 +321,10 @@ async fn check_fresh_reads_zero(dev: &dyn BlockDevice, rng: &mut StdRng) {
     extents.extend((0..16).map(|_| extent(rng, size, 32)));
     for (offset, len) in extents {
         let buf = read_ok(dev, offset, len).await;
-        assert!(buf.iter().all(|&b| b == 0), "never-written {offset}+{len} is not zero");
+        assert!(
+            buf.iter().all(|&b| b == 0),
+            "never-written {offset}+{len} is not zero"
+        );
     }
 }
 
@@ -287,7 +355,10 @@ async fn check_path(kind: Kind, path: &Path, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed + 1);
     let (offset, len) = extent(&mut rng, dev.size(), 8);
     let data = random_bytes(&mut rng, len);
-    dev.write(offset, AlignedBuf::from_slice(&data), false).await.1.expect("last write");
+    dev.write(offset, AlignedBuf::from_slice(&data), false)
+        .await
+        .1
+        .expect("last write");
     model[offset as usize..offset as usize + len].copy_from_slice(&data);
     drop(dev);
 
@@ -297,7 +368,12 @@ async fn check_path(kind: Kind, path: &Path, seed: u64) {
     drop(dev);
 
     if let Some(other) = open(kind.other(), path) {
-        assert_matches(other.as_ref(), &model, &format!("{:?} reading {kind:?}'s writes", kind.other())).await;
+        assert_matches(
+            other.as_ref(),
+            &model,
+            &format!("{:?} reading {kind:?}'s writes", kind.other()),
+        )
+        .await;
     }
 }
 
@@ -346,10 +422,16 @@ impl LoopDevice {
             .output()
             .map_err(|e| format!("losetup: {e}"))?;
         if !out.status.success() {
-            return Err(format!("losetup failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            return Err(format!(
+                "losetup failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
         }
         let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        Ok(LoopDevice { device, _backing: backing })
+        Ok(LoopDevice {
+            device,
+            _backing: backing,
+        })
     }
 }
 
@@ -357,7 +439,10 @@ impl Drop for LoopDevice {
     fn drop(&mut self) {
         match Command::new("losetup").arg("-d").arg(&self.device).status() {
             Ok(s) if s.success() => {}
-            other => eprintln!("warning: losetup -d {} failed: {other:?}", self.device.display()),
+            other => eprintln!(
+                "warning: losetup -d {} failed: {other:?}",
+                self.device.display()
+            ),
         }
     }
 }
@@ -384,10 +469,19 @@ async fn loop_device_conforms() {
 #[tokio::test]
 async fn sim_flush_keeps_the_latest_write() {
     let sim = SimDevice::new(1 << 20);
-    sim.write(0, AlignedBuf::from_slice(&[1; 4096]), false).await.1.expect("write");
-    sim.write(0, AlignedBuf::from_slice(&[2; 4096]), true).await.1.expect("durable write");
+    sim.write(0, AlignedBuf::from_slice(&[1; 4096]), false)
+        .await
+        .1
+        .expect("write");
+    sim.write(0, AlignedBuf::from_slice(&[2; 4096]), true)
+        .await
+        .1
+        .expect("durable write");
     sim.flush().await.expect("flush");
     let (after, _) = sim.crash(&mut StdRng::seed_from_u64(1));
     let buf = read_ok(after.as_ref(), 0, 4096).await;
-    assert!(buf.iter().all(|&b| b == 2), "the flush made an older non-durable write stable over a later durable one");
+    assert!(
+        buf.iter().all(|&b| b == 2),
+        "the flush made an older non-durable write stable over a later durable one"
+    );
 }

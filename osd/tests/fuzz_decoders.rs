@@ -4,28 +4,50 @@
 //! `FUZZ_CASES` sets the number of cases per target (default 2000: the smoke run in
 //! `make test`; `make test-long` runs far more).
 
-use osd::store::layout::{reseal_block, CheckpointEntry, CheckpointHeader, JournalBlock, Record, Superblock, BLOCK, KIND_TRIM, KIND_WRITE};
+use osd::store::layout::{
+    reseal_block, CheckpointEntry, CheckpointHeader, JournalBlock, Record, Superblock, BLOCK,
+    KIND_TRIM, KIND_WRITE,
+};
 use proptest::prelude::*;
 use proto::{ObjectId, Version};
 
 fn cases() -> u32 {
-    std::env::var("FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(2000)
+    std::env::var("FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000)
 }
 
 fn valid_journal_block() -> Vec<u8> {
     let w = Record {
         kind: KIND_WRITE,
         id: 5,
-        object: ObjectId { pool: 1, image: 2, index: 3 },
+        object: ObjectId {
+            pool: 1,
+            image: 2,
+            index: 3,
+        },
         version: Version { epoch: 4, seq: 5 },
         first_block: 1,
         nblocks: 2,
         phys: vec![7, 8],
         crcs: vec![9, 10],
     };
-    let t = Record { kind: KIND_TRIM, id: 6, phys: vec![], crcs: vec![], ..w.clone() };
+    let t = Record {
+        kind: KIND_TRIM,
+        id: 6,
+        phys: vec![],
+        crcs: vec![],
+        ..w.clone()
+    };
     let mut b = vec![0u8; BLOCK];
-    JournalBlock { seq: 1, generation: 2, durable_upto: 4, records: vec![w, t] }.encode(&mut b);
+    JournalBlock {
+        seq: 1,
+        generation: 2,
+        durable_upto: 4,
+        records: vec![w, t],
+    }
+    .encode(&mut b);
     b
 }
 
@@ -33,7 +55,11 @@ fn valid_checkpoint_body() -> Vec<u8> {
     let mut body = Vec::new();
     for i in 0..3u64 {
         CheckpointEntry {
-            object: ObjectId { pool: 1, image: 2, index: i },
+            object: ObjectId {
+                pool: 1,
+                image: 2,
+                index: i,
+            },
             version: Version { epoch: 1, seq: i },
             last_record_id: i,
             blocks: vec![(0, i as u32, 1), (3, 100 + i as u32, 2)],

@@ -56,7 +56,11 @@ fn contents(history: &[(Version, Op)]) -> (Vec<u8>, Version) {
 }
 
 fn oid(i: u64) -> ObjectId {
-    ObjectId { pool: 1, image: 9, index: i }
+    ObjectId {
+        pool: 1,
+        image: 9,
+        index: i,
+    }
 }
 
 async fn format(dev: &dyn BlockDevice) {
@@ -75,15 +79,28 @@ impl Run {
     fn random_op(&mut self) -> (u64, Version, Op) {
         let i = self.rng.random_range(0..OBJECTS);
         let first = self.rng.random_range(0..OBJECT_SIZE / BLOCK);
-        let n = self.rng.random_range(1..=(OBJECT_SIZE / BLOCK - first).min(6));
+        let n = self
+            .rng
+            .random_range(1..=(OBJECT_SIZE / BLOCK - first).min(6));
         self.seq += 1;
-        let v = Version { epoch: 1, seq: self.seq };
+        let v = Version {
+            epoch: 1,
+            seq: self.seq,
+        };
         let op = if self.rng.random_range(0..5) == 0 {
-            Op::Trim { offset: first * BLOCK, len: n * BLOCK }
+            Op::Trim {
+                offset: first * BLOCK,
+                len: n * BLOCK,
+            }
         } else {
             let fill: u8 = self.rng.random();
-            let data: Vec<u8> = (0..n * BLOCK).map(|k| fill.wrapping_add((k / 512) as u8)).collect();
-            Op::Write { offset: first * BLOCK, data }
+            let data: Vec<u8> = (0..n * BLOCK)
+                .map(|k| fill.wrapping_add((k / 512) as u8))
+                .collect();
+            Op::Write {
+                offset: first * BLOCK,
+                data,
+            }
         };
         (i, v, op)
     }
@@ -99,7 +116,11 @@ impl Run {
             }
         }
         for (i, v, op) in &ops {
-            self.model.entry(*i).or_default().history.push((*v, op.clone()));
+            self.model
+                .entry(*i)
+                .or_default()
+                .history
+                .push((*v, op.clone()));
         }
         let futs = ops.iter().map(|(i, v, op)| {
             let store = Arc::clone(store);
@@ -108,9 +129,13 @@ impl Run {
                 match op {
                     Op::Write { offset, data } => {
                         let crcs = block_crcs(&data);
-                        store.write(oid(i), offset as u32, Bytes::from(data), &crcs, v).await
+                        store
+                            .write(oid(i), offset as u32, Bytes::from(data), &crcs, v)
+                            .await
                     }
-                    Op::Trim { offset, len } => store.trim(oid(i), offset as u32, len as u32, v).await,
+                    Op::Trim { offset, len } => {
+                        store.trim(oid(i), offset as u32, len as u32, v).await
+                    }
                 }
             }
         });
@@ -143,8 +168,15 @@ impl Run {
     /// object may hold any prefix from its durable point on; the model adopts it.
     async fn verify(&mut self, store: &Store, recovered: bool, ctx: &str) {
         for (i, m) in self.model.iter_mut() {
-            let (data, _, version) = store.read(oid(*i), 0, OBJECT_SIZE as u32).await.unwrap_or_else(|e| panic!("{ctx}: read {i}: {e}"));
-            let lo = if recovered { m.durable } else { m.history.len() };
+            let (data, _, version) = store
+                .read(oid(*i), 0, OBJECT_SIZE as u32)
+                .await
+                .unwrap_or_else(|e| panic!("{ctx}: read {i}: {e}"));
+            let lo = if recovered {
+                m.durable
+            } else {
+                m.history.len()
+            };
             let hi = m.history.len();
             let found = (lo..=hi).rev().find(|p| {
                 let (want, v) = contents(&m.history[..*p]);
@@ -167,7 +199,12 @@ impl Run {
 }
 
 async fn crash_run(seed: u64, crashes: usize, durability: Durability) -> (usize, usize) {
-    let mut run = Run { rng: StdRng::seed_from_u64(seed), model: BTreeMap::new(), seq: 0, durability };
+    let mut run = Run {
+        rng: StdRng::seed_from_u64(seed),
+        model: BTreeMap::new(),
+        seq: 0,
+        durability,
+    };
     let mut dev = SimDevice::new(8 << 20);
     format(&*dev).await;
     let mut store = Store::open(dev.clone(), durability).await.unwrap();
@@ -176,7 +213,9 @@ async fn crash_run(seed: u64, crashes: usize, durability: Durability) -> (usize,
         let ctx = format!("seed {seed} {durability:?} crash {c}");
         // Some operations, with flushes, then a power cut somewhere in the next ones.
         for _ in 0..run.rng.random_range(0..8) {
-            run.step(&store).await.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            run.step(&store)
+                .await
+                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
             if run.rng.random_range(0..4) == 0 {
                 run.flush(&store).await.unwrap();
             }
@@ -195,18 +234,26 @@ async fn crash_run(seed: u64, crashes: usize, durability: Durability) -> (usize,
         torn += stats.torn;
         lost += stats.lost;
         dev = next;
-        store = Store::open(dev.clone(), durability).await.unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+        store = Store::open(dev.clone(), durability)
+            .await
+            .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
         run.verify(&store, true, &ctx).await;
     }
     (torn, lost)
 }
 
 fn crashes() -> usize {
-    std::env::var("STORE_CRASHES").ok().and_then(|s| s.parse().ok()).unwrap_or(1200)
+    std::env::var("STORE_CRASHES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1200)
 }
 
 fn seed() -> u64 {
-    std::env::var("STORE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed)
+    std::env::var("STORE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,14 +275,20 @@ async fn crash_points_lazy() {
 async fn real_device_run(path: &std::path::Path, steps: usize) {
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(path).unwrap());
     format(&*dev).await;
-    let mut run = Run { rng: StdRng::seed_from_u64(seed()), model: BTreeMap::new(), seq: 0, durability: Durability::Immediate };
+    let mut run = Run {
+        rng: StdRng::seed_from_u64(seed()),
+        model: BTreeMap::new(),
+        seq: 0,
+        durability: Durability::Immediate,
+    };
     let mut store = Store::open_path(path, Durability::Immediate).await.unwrap();
     for s in 0..steps {
         run.step(&store).await.unwrap();
         if run.rng.random_range(0..20) == 0 {
             drop(store);
             store = Store::open_path(path, Durability::Immediate).await.unwrap();
-            run.verify(&store, false, &format!("{} step {s}", path.display())).await;
+            run.verify(&store, false, &format!("{} step {s}", path.display()))
+                .await;
         }
     }
     run.verify(&store, false, "end").await;
@@ -246,7 +299,10 @@ async fn model_on_a_real_file() {
     let dir = std::env::temp_dir().join(format!("atlant-store-file-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("dev.img");
-    std::fs::File::create(&path).unwrap().set_len(32 << 20).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
     real_device_run(&path, 600).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -256,8 +312,14 @@ async fn model_on_a_loop_device() {
     let dir = std::env::temp_dir().join(format!("atlant-store-loop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let backing = dir.join("backing.img");
-    std::fs::File::create(&backing).unwrap().set_len(32 << 20).unwrap();
-    let out = std::process::Command::new("losetup").args(["--find", "--show", "--direct-io=on"]).arg(&backing).output();
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show", "--direct-io=on"])
+        .arg(&backing)
+        .output();
     let loopdev = match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
         other => {
@@ -266,7 +328,9 @@ async fn model_on_a_loop_device() {
         }
     };
     real_device_run(std::path::Path::new(&loopdev), 400).await;
-    let _ = std::process::Command::new("losetup").args(["-d", &loopdev]).status();
+    let _ = std::process::Command::new("losetup")
+        .args(["-d", &loopdev])
+        .status();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -274,19 +338,38 @@ async fn model_on_a_loop_device() {
 async fn a_flipped_bit_on_disk_is_a_checksum_error_not_bad_bytes() {
     let dev = SimDevice::new(8 << 20);
     format(&*dev).await;
-    let store = Store::open(dev.clone(), Durability::Immediate).await.unwrap();
+    let store = Store::open(dev.clone(), Durability::Immediate)
+        .await
+        .unwrap();
     let data = vec![0x5au8; OBJECT_SIZE];
-    store.write(oid(0), 0, Bytes::from(data.clone()), &block_crcs(&data), Version { epoch: 1, seq: 1 }).await.unwrap();
+    store
+        .write(
+            oid(0),
+            0,
+            Bytes::from(data.clone()),
+            &block_crcs(&data),
+            Version { epoch: 1, seq: 1 },
+        )
+        .await
+        .unwrap();
     // Finds the block holding object offset 4096 by its content and flips a bit in it.
     let sb = store.superblock.clone();
     let mut flipped = false;
     for b in 0..sb.data_blocks as u32 {
-        let (buf, r) = dev.read(sb.data_block_offset(b), osd::store::device::AlignedBuf::zeroed(4096)).await;
+        let (buf, r) = dev
+            .read(
+                sb.data_block_offset(b),
+                osd::store::device::AlignedBuf::zeroed(4096),
+            )
+            .await;
         r.unwrap();
         if buf.iter().all(|&x| x == 0x5a) {
             let mut bad = osd::store::device::AlignedBuf::from_slice(&buf);
             bad[100] ^= 1;
-            dev.write(sb.data_block_offset(b), bad, true).await.1.unwrap();
+            dev.write(sb.data_block_offset(b), bad, true)
+                .await
+                .1
+                .unwrap();
             flipped = true;
             break;
         }
@@ -312,12 +395,26 @@ async fn a_flipped_bit_on_disk_is_a_checksum_error_not_bad_bytes() {
 async fn a_full_store_refuses_writes_and_keeps_serving_reads() {
     let dev = SimDevice::new(6 << 20);
     format(&*dev).await;
-    let store = Store::open(dev.clone(), Durability::Immediate).await.unwrap();
+    let store = Store::open(dev.clone(), Durability::Immediate)
+        .await
+        .unwrap();
     let data = vec![7u8; OBJECT_SIZE];
     let crcs = block_crcs(&data);
     let mut written = Vec::new();
     for i in 0.. {
-        match store.write(oid(i), 0, Bytes::from(data.clone()), &crcs, Version { epoch: 1, seq: i + 1 }).await {
+        match store
+            .write(
+                oid(i),
+                0,
+                Bytes::from(data.clone()),
+                &crcs,
+                Version {
+                    epoch: 1,
+                    seq: i + 1,
+                },
+            )
+            .await
+        {
             Ok(()) => written.push(i),
             Err(StoreError::NoSpace(_)) => break,
             Err(e) => panic!("{e}"),
@@ -329,23 +426,59 @@ async fn a_full_store_refuses_writes_and_keeps_serving_reads() {
         assert_eq!(&d[..], &data[..]);
     }
     // Trimming frees space: one more object fits afterwards, also across a reopen.
-    store.trim(oid(written[0]), 0, OBJECT_SIZE as u32, Version { epoch: 1, seq: 1000 }).await.unwrap();
+    store
+        .trim(
+            oid(written[0]),
+            0,
+            OBJECT_SIZE as u32,
+            Version {
+                epoch: 1,
+                seq: 1000,
+            },
+        )
+        .await
+        .unwrap();
     let used_before = store.stats().used_bytes;
     drop(store);
     let store = Store::open(dev, Durability::Immediate).await.unwrap();
     assert!(store.stats().used_bytes <= used_before);
-    store.write(oid(10_000), 0, Bytes::from(data.clone()), &crcs, Version { epoch: 1, seq: 1001 }).await.unwrap();
+    store
+        .write(
+            oid(10_000),
+            0,
+            Bytes::from(data.clone()),
+            &crcs,
+            Version {
+                epoch: 1,
+                seq: 1001,
+            },
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn a_device_error_fails_the_store_with_a_reason() {
     let dev = SimDevice::new(8 << 20);
     format(&*dev).await;
-    let store = Store::open(dev.clone(), Durability::Immediate).await.unwrap();
+    let store = Store::open(dev.clone(), Durability::Immediate)
+        .await
+        .unwrap();
     dev.power_cut_after(1);
     let data = vec![1u8; BLOCK];
-    let r = store.write(oid(0), 0, Bytes::from(data.clone()), &block_crcs(&data), Version { epoch: 1, seq: 1 }).await;
+    let r = store
+        .write(
+            oid(0),
+            0,
+            Bytes::from(data.clone()),
+            &block_crcs(&data),
+            Version { epoch: 1, seq: 1 },
+        )
+        .await;
     assert!(matches!(r, Err(StoreError::DeviceFailed(_))), "{r:?}");
     assert!(store.failure().is_some());
-    assert!(matches!(store.read(oid(0), 0, 4096).await, Err(StoreError::DeviceFailed(_))));
+    assert!(matches!(
+        store.read(oid(0), 0, 4096).await,
+        Err(StoreError::DeviceFailed(_))
+    ));
 }

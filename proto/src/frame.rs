@@ -63,7 +63,11 @@ pub enum FrameError {
     #[error("frame metadata checksum mismatch")]
     MetaChecksum,
     #[error("frame {what} length {len} exceeds the limit {limit}")]
-    TooLarge { what: &'static str, len: u32, limit: u32 },
+    TooLarge {
+        what: &'static str,
+        len: u32,
+        limit: u32,
+    },
 }
 
 /// A decoded frame. `meta` and `data` are slices of the receive buffer.
@@ -83,8 +87,17 @@ impl Frame {
 }
 
 /// Builds the header for a frame with the given sections.
-pub fn encode_header(msg_type: u16, flags: u32, request_id: u64, meta: &[u8], data_len: usize) -> [u8; HEADER_LEN] {
-    assert!(meta.len() <= MAX_META_LEN as usize && data_len <= MAX_DATA_LEN as usize, "frame too large");
+pub fn encode_header(
+    msg_type: u16,
+    flags: u32,
+    request_id: u64,
+    meta: &[u8],
+    data_len: usize,
+) -> [u8; HEADER_LEN] {
+    assert!(
+        meta.len() <= MAX_META_LEN as usize && data_len <= MAX_DATA_LEN as usize,
+        "frame too large"
+    );
     let mut h = FrameHeader {
         magic: MAGIC.into(),
         version: PROTOCOL_VERSION.into(),
@@ -107,7 +120,13 @@ pub fn encode_header(msg_type: u16, flags: u32, request_id: u64, meta: &[u8], da
 /// header, meta and data as separate slices instead).
 pub fn encode(msg_type: u16, flags: u32, request_id: u64, meta: &[u8], data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + data.len());
-    out.extend_from_slice(&encode_header(msg_type, flags, request_id, meta, data.len()));
+    out.extend_from_slice(&encode_header(
+        msg_type,
+        flags,
+        request_id,
+        meta,
+        data.len(),
+    ));
     out.extend_from_slice(meta);
     out.extend_from_slice(data);
     out
@@ -129,10 +148,18 @@ pub fn decode_header(bytes: &[u8; HEADER_LEN]) -> Result<FrameHeader, FrameError
         return Err(FrameError::HeaderChecksum);
     }
     if h.meta_len.get() > MAX_META_LEN {
-        return Err(FrameError::TooLarge { what: "metadata", len: h.meta_len.get(), limit: MAX_META_LEN });
+        return Err(FrameError::TooLarge {
+            what: "metadata",
+            len: h.meta_len.get(),
+            limit: MAX_META_LEN,
+        });
     }
     if h.data_len.get() > MAX_DATA_LEN {
-        return Err(FrameError::TooLarge { what: "data", len: h.data_len.get(), limit: MAX_DATA_LEN });
+        return Err(FrameError::TooLarge {
+            what: "data",
+            len: h.data_len.get(),
+            limit: MAX_DATA_LEN,
+        });
     }
     Ok(h)
 }
@@ -158,7 +185,13 @@ pub fn try_decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         return Err(FrameError::MetaChecksum);
     }
     let data = buf.split_to(h.data_len.get() as usize).freeze();
-    Ok(Some(Frame { msg_type: h.msg_type.get(), flags: h.flags.get(), request_id: h.request_id.get(), meta, data }))
+    Ok(Some(Frame {
+        msg_type: h.msg_type.get(),
+        flags: h.flags.get(),
+        request_id: h.request_id.get(),
+        meta,
+        data,
+    }))
 }
 
 #[cfg(test)]
@@ -212,22 +245,37 @@ mod tests {
         h.data_len = (MAX_DATA_LEN + 1).into();
         h.header_crc = crc32c(&h.as_bytes()[..36]).into();
         let mut buf = BytesMut::from(h.as_bytes());
-        assert!(matches!(try_decode(&mut buf), Err(FrameError::TooLarge { what: "data", .. })));
+        assert!(matches!(
+            try_decode(&mut buf),
+            Err(FrameError::TooLarge { what: "data", .. })
+        ));
         let mut h2 = h;
         h2.data_len = 0.into();
         h2.meta_len = u32::MAX.into();
         h2.header_crc = crc32c(&h2.as_bytes()[..36]).into();
         let mut buf = BytesMut::from(h2.as_bytes());
-        assert!(matches!(try_decode(&mut buf), Err(FrameError::TooLarge { what: "metadata", .. })));
+        assert!(matches!(
+            try_decode(&mut buf),
+            Err(FrameError::TooLarge {
+                what: "metadata",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn wrong_version_and_magic_are_named() {
         let mut wire = encode(1, 0, 1, &[], &[]);
         wire[4] = 9;
-        assert!(matches!(try_decode(&mut BytesMut::from(&wire[..])), Err(FrameError::BadVersion(9))));
+        assert!(matches!(
+            try_decode(&mut BytesMut::from(&wire[..])),
+            Err(FrameError::BadVersion(9))
+        ));
         let mut wire = encode(1, 0, 1, &[], &[]);
         wire[0] = b'X';
-        assert!(matches!(try_decode(&mut BytesMut::from(&wire[..])), Err(FrameError::BadMagic(_))));
+        assert!(matches!(
+            try_decode(&mut BytesMut::from(&wire[..])),
+            Err(FrameError::BadMagic(_))
+        ));
     }
 }

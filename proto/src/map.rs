@@ -74,7 +74,11 @@ pub struct FullRatios {
 
 impl Default for FullRatios {
     fn default() -> Self {
-        FullRatios { nearfull: 850, backfillfull: 900, full: 950 }
+        FullRatios {
+            nearfull: 850,
+            backfillfull: 900,
+            full: 950,
+        }
     }
 }
 
@@ -108,7 +112,9 @@ impl std::str::FromStr for FailureDomain {
         match s {
             "host" => Ok(Self::Host),
             "osd" => Ok(Self::Osd),
-            _ => Err(format!("unknown failure domain {s:?} (expected host or osd)")),
+            _ => Err(format!(
+                "unknown failure domain {s:?} (expected host or osd)"
+            )),
         }
     }
 }
@@ -160,18 +166,39 @@ pub struct ClusterMap {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Records a newly formatted store and assigns it an OSD id. The OSD starts down and in.
-    CreateOsd { host: String, weight: u32, store_uuid: u128, capacity_bytes: u64 },
+    CreateOsd {
+        host: String,
+        weight: u32,
+        store_uuid: u128,
+        capacity_bytes: u64,
+    },
     /// A daemon started on the store: a new incarnation that is up from this epoch.
-    BootOsd { id: OsdId, store_uuid: u128, addr: String },
+    BootOsd {
+        id: OsdId,
+        store_uuid: u128,
+        addr: String,
+    },
     /// The daemon of incarnation `up_from` stopped (or was seen dead): mark it down.
     /// A stale report about an older incarnation is refused.
-    MarkOsdDown { id: OsdId, up_from: Epoch },
+    MarkOsdDown {
+        id: OsdId,
+        up_from: Epoch,
+    },
     /// The OSD's device failed (IO errors, checksum errors past the limit): mark it down and
     /// out at once, so its data is re-replicated without waiting for `down_out_interval`.
-    MarkOsdFailed { id: OsdId, up_from: Epoch, reason: String },
+    MarkOsdFailed {
+        id: OsdId,
+        up_from: Epoch,
+        reason: String,
+    },
     /// Records an OSD's fullness (the monitor derives it from the OSD's usage reports).
-    SetOsdFullness { id: OsdId, fullness: Fullness },
-    SetFullRatios { ratios: FullRatios },
+    SetOsdFullness {
+        id: OsdId,
+        fullness: Fullness,
+    },
+    SetFullRatios {
+        ratios: FullRatios,
+    },
     CreatePool {
         name: String,
         size: u8,
@@ -180,9 +207,20 @@ pub enum Command {
         object_size: u32,
         failure_domain: FailureDomain,
     },
-    CreateImage { pool: String, name: String, size_bytes: u64 },
-    ResizeImage { pool: String, name: String, size_bytes: u64 },
-    RemoveImage { pool: String, name: String },
+    CreateImage {
+        pool: String,
+        name: String,
+        size_bytes: u64,
+    },
+    ResizeImage {
+        pool: String,
+        name: String,
+        size_bytes: u64,
+    },
+    RemoveImage {
+        pool: String,
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,7 +242,11 @@ pub enum MapError {
     #[error("osd.{id}: store uuid {got:032x} does not match the map's {want:032x}; this device is not the store of osd.{id}")]
     StoreMismatch { id: u32, got: u128, want: u128 },
     #[error("osd.{id}: report about incarnation {reported} is stale (current {current})")]
-    StaleIncarnation { id: u32, reported: Epoch, current: Epoch },
+    StaleIncarnation {
+        id: u32,
+        reported: Epoch,
+        current: Epoch,
+    },
 }
 
 impl ClusterMap {
@@ -233,13 +275,19 @@ impl ClusterMap {
     }
 
     pub fn image_by_name(&self, pool: PoolId, name: &str) -> Option<&Image> {
-        self.images.values().find(|i| i.pool == pool && i.name == name)
+        self.images
+            .values()
+            .find(|i| i.pool == pool && i.name == name)
     }
 
     /// Looks up `pool/image`.
     pub fn resolve_image(&self, pool: &str, image: &str) -> Result<(&Pool, &Image), MapError> {
-        let p = self.pool_by_name(pool).ok_or_else(|| not_found("pool", pool))?;
-        let i = self.image_by_name(p.id, image).ok_or_else(|| not_found("image", image))?;
+        let p = self
+            .pool_by_name(pool)
+            .ok_or_else(|| not_found("pool", pool))?;
+        let i = self
+            .image_by_name(p.id, image)
+            .ok_or_else(|| not_found("image", image))?;
         Ok((p, i))
     }
 
@@ -254,7 +302,12 @@ impl ClusterMap {
 
     fn apply_in_place(&mut self, cmd: &Command) -> Result<CommandResult, MapError> {
         match cmd {
-            Command::CreateOsd { host, weight, store_uuid, capacity_bytes } => {
+            Command::CreateOsd {
+                host,
+                weight,
+                store_uuid,
+                capacity_bytes,
+            } => {
                 check_name("host", host)?;
                 if *weight == 0 {
                     return Err(MapError::Invalid("osd weight must be > 0".into()));
@@ -284,14 +337,27 @@ impl ClusterMap {
                 );
                 Ok(CommandResult::Osd(OsdId(id)))
             }
-            Command::BootOsd { id, store_uuid, addr } => {
+            Command::BootOsd {
+                id,
+                store_uuid,
+                addr,
+            } => {
                 let epoch = self.epoch;
-                let osd = self.osds.get_mut(&id.0).ok_or_else(|| not_found("osd", &id.0.to_string()))?;
+                let osd = self
+                    .osds
+                    .get_mut(&id.0)
+                    .ok_or_else(|| not_found("osd", &id.0.to_string()))?;
                 if osd.store_uuid != *store_uuid {
-                    return Err(MapError::StoreMismatch { id: id.0, got: *store_uuid, want: osd.store_uuid });
+                    return Err(MapError::StoreMismatch {
+                        id: id.0,
+                        got: *store_uuid,
+                        want: osd.store_uuid,
+                    });
                 }
                 if addr.parse::<std::net::SocketAddr>().is_err() {
-                    return Err(MapError::Invalid(format!("osd address {addr:?} is not ip:port")));
+                    return Err(MapError::Invalid(format!(
+                        "osd address {addr:?} is not ip:port"
+                    )));
                 }
                 osd.up = true;
                 osd.addr = addr.clone();
@@ -299,30 +365,55 @@ impl ClusterMap {
                 Ok(CommandResult::Done)
             }
             Command::MarkOsdDown { id, up_from } => {
-                let osd = self.osds.get_mut(&id.0).ok_or_else(|| not_found("osd", &id.0.to_string()))?;
+                let osd = self
+                    .osds
+                    .get_mut(&id.0)
+                    .ok_or_else(|| not_found("osd", &id.0.to_string()))?;
                 if osd.up_from != *up_from || !osd.up {
-                    return Err(MapError::StaleIncarnation { id: id.0, reported: *up_from, current: osd.up_from });
+                    return Err(MapError::StaleIncarnation {
+                        id: id.0,
+                        reported: *up_from,
+                        current: osd.up_from,
+                    });
                 }
                 osd.up = false;
                 Ok(CommandResult::Done)
             }
-            Command::MarkOsdFailed { id, up_from, reason: _ } => {
-                let osd = self.osds.get_mut(&id.0).ok_or_else(|| not_found("osd", &id.0.to_string()))?;
+            Command::MarkOsdFailed {
+                id,
+                up_from,
+                reason: _,
+            } => {
+                let osd = self
+                    .osds
+                    .get_mut(&id.0)
+                    .ok_or_else(|| not_found("osd", &id.0.to_string()))?;
                 if osd.up_from != *up_from {
-                    return Err(MapError::StaleIncarnation { id: id.0, reported: *up_from, current: osd.up_from });
+                    return Err(MapError::StaleIncarnation {
+                        id: id.0,
+                        reported: *up_from,
+                        current: osd.up_from,
+                    });
                 }
                 osd.up = false;
                 osd.is_in = false;
                 Ok(CommandResult::Done)
             }
             Command::SetOsdFullness { id, fullness } => {
-                let osd = self.osds.get_mut(&id.0).ok_or_else(|| not_found("osd", &id.0.to_string()))?;
+                let osd = self
+                    .osds
+                    .get_mut(&id.0)
+                    .ok_or_else(|| not_found("osd", &id.0.to_string()))?;
                 osd.fullness = *fullness;
                 Ok(CommandResult::Done)
             }
             Command::SetFullRatios { ratios } => {
                 let r = ratios;
-                if !(r.nearfull <= r.backfillfull && r.backfillfull <= r.full && r.full <= 1000 && r.nearfull > 0) {
+                if !(r.nearfull <= r.backfillfull
+                    && r.backfillfull <= r.full
+                    && r.full <= 1000
+                    && r.nearfull > 0)
+                {
                     return Err(MapError::Invalid(format!(
                         "ratios must satisfy 0 < nearfull <= backfillfull <= full <= 1 (got {} {} {})",
                         r.nearfull as f64 / 1000.0,
@@ -333,21 +424,40 @@ impl ClusterMap {
                 self.ratios = *r;
                 Ok(CommandResult::Done)
             }
-            Command::CreatePool { name, size, min_size, pg_count, object_size, failure_domain } => {
+            Command::CreatePool {
+                name,
+                size,
+                min_size,
+                pg_count,
+                object_size,
+                failure_domain,
+            } => {
                 check_name("pool", name)?;
                 if self.pool_by_name(name).is_some() {
-                    return Err(MapError::Exists { what: "pool".into(), name: name.clone() });
+                    return Err(MapError::Exists {
+                        what: "pool".into(),
+                        name: name.clone(),
+                    });
                 }
                 if *size == 0 || *size > MAX_POOL_SIZE {
-                    return Err(MapError::Invalid(format!("pool size {size} not in 1..={MAX_POOL_SIZE}")));
+                    return Err(MapError::Invalid(format!(
+                        "pool size {size} not in 1..={MAX_POOL_SIZE}"
+                    )));
                 }
                 if *min_size == 0 || min_size > size {
-                    return Err(MapError::Invalid(format!("min_size {min_size} not in 1..={size}")));
+                    return Err(MapError::Invalid(format!(
+                        "min_size {min_size} not in 1..={size}"
+                    )));
                 }
                 if *pg_count == 0 || *pg_count > MAX_PG_COUNT {
-                    return Err(MapError::Invalid(format!("pg_count {pg_count} not in 1..={MAX_PG_COUNT}")));
+                    return Err(MapError::Invalid(format!(
+                        "pg_count {pg_count} not in 1..={MAX_PG_COUNT}"
+                    )));
                 }
-                if !object_size.is_power_of_two() || *object_size < MIN_OBJECT_SIZE || *object_size > MAX_OBJECT_SIZE {
+                if !object_size.is_power_of_two()
+                    || *object_size < MIN_OBJECT_SIZE
+                    || *object_size > MAX_OBJECT_SIZE
+                {
                     return Err(MapError::Invalid(format!(
                         "object size {object_size} must be a power of two in {MIN_OBJECT_SIZE}..={MAX_OBJECT_SIZE}"
                     )));
@@ -368,22 +478,42 @@ impl ClusterMap {
                 );
                 Ok(CommandResult::Pool(id))
             }
-            Command::CreateImage { pool, name, size_bytes } => {
+            Command::CreateImage {
+                pool,
+                name,
+                size_bytes,
+            } => {
                 check_name("image", name)?;
-                let p = self.pool_by_name(pool).ok_or_else(|| not_found("pool", pool))?.clone();
+                let p = self
+                    .pool_by_name(pool)
+                    .ok_or_else(|| not_found("pool", pool))?
+                    .clone();
                 if self.image_by_name(p.id, name).is_some() {
-                    return Err(MapError::Exists { what: "image".into(), name: format!("{pool}/{name}") });
+                    return Err(MapError::Exists {
+                        what: "image".into(),
+                        name: format!("{pool}/{name}"),
+                    });
                 }
                 check_image_size(*size_bytes)?;
                 let id = self.next_image_id;
                 self.next_image_id += 1;
                 self.images.insert(
                     id,
-                    Image { id, pool: p.id, name: name.clone(), size_bytes: *size_bytes, object_size: p.object_size },
+                    Image {
+                        id,
+                        pool: p.id,
+                        name: name.clone(),
+                        size_bytes: *size_bytes,
+                        object_size: p.object_size,
+                    },
                 );
                 Ok(CommandResult::Image(id))
             }
-            Command::ResizeImage { pool, name, size_bytes } => {
+            Command::ResizeImage {
+                pool,
+                name,
+                size_bytes,
+            } => {
                 check_image_size(*size_bytes)?;
                 let id = self.resolve_image(pool, name)?.1.id;
                 if let Some(i) = self.images.get_mut(&id) {
@@ -401,7 +531,10 @@ impl ClusterMap {
 }
 
 fn not_found(what: &str, name: &str) -> MapError {
-    MapError::NotFound { what: what.into(), name: name.into() }
+    MapError::NotFound {
+        what: what.into(),
+        name: name.into(),
+    }
 }
 
 /// Names of hosts, pools and images: 1..=64 characters of `[A-Za-z0-9_.-]`, not starting
@@ -409,7 +542,9 @@ fn not_found(what: &str, name: &str) -> MapError {
 pub fn check_name(what: &str, name: &str) -> Result<(), MapError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
         && !name.starts_with(['.', '-']);
     if ok {
         Ok(())
@@ -448,7 +583,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             (&s[..i], m)
         }
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}"))?;
     if !(v >= 0.0) || !v.is_finite() {
         return Err(format!("invalid size {s:?}"));
     }
@@ -480,10 +618,21 @@ mod tests {
         let (m2, r) = m.apply(&pool_cmd("rbd")).unwrap();
         assert_eq!(r, CommandResult::Pool(1));
         assert_eq!(m2.epoch, m.epoch + 1);
-        assert!(matches!(m2.apply(&pool_cmd("rbd")), Err(MapError::Exists { .. })));
-        let bad = Command::CreateImage { pool: "rbd".into(), name: "x".into(), size_bytes: 1000 };
+        assert!(matches!(
+            m2.apply(&pool_cmd("rbd")),
+            Err(MapError::Exists { .. })
+        ));
+        let bad = Command::CreateImage {
+            pool: "rbd".into(),
+            name: "x".into(),
+            size_bytes: 1000,
+        };
         assert!(matches!(m2.apply(&bad), Err(MapError::Invalid(_))));
-        let missing = Command::CreateImage { pool: "nope".into(), name: "x".into(), size_bytes: 4096 };
+        let missing = Command::CreateImage {
+            pool: "nope".into(),
+            name: "x".into(),
+            size_bytes: 4096,
+        };
         assert!(matches!(m2.apply(&missing), Err(MapError::NotFound { .. })));
     }
 
@@ -491,9 +640,18 @@ mod tests {
     fn ids_are_never_reused() {
         let m = ClusterMap::new(7, vec![]);
         let (m, _) = m.apply(&pool_cmd("rbd")).unwrap();
-        let mk = |n: &str| Command::CreateImage { pool: "rbd".into(), name: n.into(), size_bytes: 1 << 20 };
+        let mk = |n: &str| Command::CreateImage {
+            pool: "rbd".into(),
+            name: n.into(),
+            size_bytes: 1 << 20,
+        };
         let (m, a) = m.apply(&mk("a")).unwrap();
-        let (m, _) = m.apply(&Command::RemoveImage { pool: "rbd".into(), name: "a".into() }).unwrap();
+        let (m, _) = m
+            .apply(&Command::RemoveImage {
+                pool: "rbd".into(),
+                name: "a".into(),
+            })
+            .unwrap();
         let (_, b) = m.apply(&mk("a")).unwrap();
         assert_ne!(a, b);
     }
@@ -501,26 +659,55 @@ mod tests {
     #[test]
     fn boot_needs_the_recorded_store_and_makes_a_new_incarnation() {
         let m = ClusterMap::new(7, vec![]);
-        let create = Command::CreateOsd { host: "h1".into(), weight: WEIGHT_ONE, store_uuid: 42, capacity_bytes: 1 << 30 };
+        let create = Command::CreateOsd {
+            host: "h1".into(),
+            weight: WEIGHT_ONE,
+            store_uuid: 42,
+            capacity_bytes: 1 << 30,
+        };
         let (m, r) = m.apply(&create).unwrap();
         assert_eq!(r, CommandResult::Osd(OsdId(0)));
         assert!(matches!(m.apply(&create), Err(MapError::Exists { .. })));
-        let wrong = Command::BootOsd { id: OsdId(0), store_uuid: 43, addr: "127.0.0.1:1".into() };
-        assert!(matches!(m.apply(&wrong), Err(MapError::StoreMismatch { .. })));
-        let boot = Command::BootOsd { id: OsdId(0), store_uuid: 42, addr: "127.0.0.1:1".into() };
+        let wrong = Command::BootOsd {
+            id: OsdId(0),
+            store_uuid: 43,
+            addr: "127.0.0.1:1".into(),
+        };
+        assert!(matches!(
+            m.apply(&wrong),
+            Err(MapError::StoreMismatch { .. })
+        ));
+        let boot = Command::BootOsd {
+            id: OsdId(0),
+            store_uuid: 42,
+            addr: "127.0.0.1:1".into(),
+        };
         let (m, _) = m.apply(&boot).unwrap();
         let first = m.osd(OsdId(0)).unwrap().up_from;
         assert_eq!(first, m.epoch);
         let (m, _) = m.apply(&boot).unwrap();
         assert!(m.osd(OsdId(0)).unwrap().up_from > first);
-        let stale = Command::MarkOsdDown { id: OsdId(0), up_from: first };
-        assert!(matches!(m.apply(&stale), Err(MapError::StaleIncarnation { .. })));
-        let down = Command::MarkOsdDown { id: OsdId(0), up_from: m.osd(OsdId(0)).unwrap().up_from };
+        let stale = Command::MarkOsdDown {
+            id: OsdId(0),
+            up_from: first,
+        };
+        assert!(matches!(
+            m.apply(&stale),
+            Err(MapError::StaleIncarnation { .. })
+        ));
+        let down = Command::MarkOsdDown {
+            id: OsdId(0),
+            up_from: m.osd(OsdId(0)).unwrap().up_from,
+        };
         let (m, _) = m.apply(&down).unwrap();
         assert!(!m.osd(OsdId(0)).unwrap().up);
         let (m, _) = m.apply(&boot).unwrap();
         let up_from = m.osd(OsdId(0)).unwrap().up_from;
-        let failed = Command::MarkOsdFailed { id: OsdId(0), up_from, reason: "EIO".into() };
+        let failed = Command::MarkOsdFailed {
+            id: OsdId(0),
+            up_from,
+            reason: "EIO".into(),
+        };
         let (m, _) = m.apply(&failed).unwrap();
         let o = m.osd(OsdId(0)).unwrap();
         assert!(!o.up && !o.is_in, "a failed device is down and out at once");
@@ -535,10 +722,27 @@ mod tests {
         assert_eq!(r.classify(95, 100), Fullness::Full);
         assert_eq!(r.classify(1, 0), Fullness::Full);
         let m = ClusterMap::new(7, vec![]);
-        let bad = FullRatios { nearfull: 900, backfillfull: 800, full: 950 };
-        assert!(matches!(m.apply(&Command::SetFullRatios { ratios: bad }), Err(MapError::Invalid(_))));
-        let ok = FullRatios { nearfull: 500, backfillfull: 600, full: 700 };
-        assert_eq!(m.apply(&Command::SetFullRatios { ratios: ok }).unwrap().0.ratios, ok);
+        let bad = FullRatios {
+            nearfull: 900,
+            backfillfull: 800,
+            full: 950,
+        };
+        assert!(matches!(
+            m.apply(&Command::SetFullRatios { ratios: bad }),
+            Err(MapError::Invalid(_))
+        ));
+        let ok = FullRatios {
+            nearfull: 500,
+            backfillfull: 600,
+            full: 700,
+        };
+        assert_eq!(
+            m.apply(&Command::SetFullRatios { ratios: ok })
+                .unwrap()
+                .0
+                .ratios,
+            ok
+        );
     }
 
     #[test]

@@ -134,7 +134,14 @@ impl Status {
 
     /// Whether the client should refresh its map and resend.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Status::StaleEpoch | Status::NotPrimary | Status::PgInactive | Status::Checksum | Status::ShuttingDown)
+        matches!(
+            self,
+            Status::StaleEpoch
+                | Status::NotPrimary
+                | Status::PgInactive
+                | Status::Checksum
+                | Status::ShuttingDown
+        )
     }
 }
 
@@ -144,8 +151,14 @@ pub enum DecodeError {
     BadLength { got: usize, want: usize },
     #[error("unknown object op {0}")]
     UnknownOp(u8),
-    #[error("object op range {offset}+{length} is not 4 KiB-aligned inside object size {object_size}")]
-    BadRange { offset: u32, length: u32, object_size: u32 },
+    #[error(
+        "object op range {offset}+{length} is not 4 KiB-aligned inside object size {object_size}"
+    )]
+    BadRange {
+        offset: u32,
+        length: u32,
+        object_size: u32,
+    },
     #[error("data section is {got} bytes, the op names {want}")]
     DataLength { got: usize, want: usize },
     #[error("control message: {0}")]
@@ -206,8 +219,11 @@ impl ObjectOp {
     /// Decodes and validates an op: known code, 4 KiB-aligned range inside the object, and
     /// a crc per block of a data section of exactly `length` bytes.
     pub fn decode(meta: &[u8], data_len: usize) -> Result<ObjectOp, DecodeError> {
-        let (h, rest) = ObjectOpHeader::read_from_prefix(meta)
-            .map_err(|_| DecodeError::BadLength { got: meta.len(), want: OBJECT_OP_HEADER_LEN })?;
+        let (h, rest) =
+            ObjectOpHeader::read_from_prefix(meta).map_err(|_| DecodeError::BadLength {
+                got: meta.len(),
+                want: OBJECT_OP_HEADER_LEN,
+            })?;
         if !matches!(h.op, op::READ | op::WRITE | op::TRIM | op::PUSH) {
             return Err(DecodeError::UnknownOp(h.op));
         }
@@ -217,31 +233,60 @@ impl ObjectOp {
             && object_size >= BLOCK_SIZE
             && (offset as u64 + length as u64) <= object_size as u64;
         if !aligned || !inside {
-            return Err(DecodeError::BadRange { offset, length, object_size });
+            return Err(DecodeError::BadRange {
+                offset,
+                length,
+                object_size,
+            });
         }
         let carries = matches!(h.op, op::WRITE | op::PUSH);
         let blocks = (length / BLOCK_SIZE) as usize;
         let want_meta = OBJECT_OP_HEADER_LEN + if carries { 4 * blocks } else { 0 };
         if meta.len() != want_meta {
-            return Err(DecodeError::BadLength { got: meta.len(), want: want_meta });
+            return Err(DecodeError::BadLength {
+                got: meta.len(),
+                want: want_meta,
+            });
         }
         let want_data = if carries { length as usize } else { 0 };
         if data_len != want_data {
-            return Err(DecodeError::DataLength { got: data_len, want: want_data });
+            return Err(DecodeError::DataLength {
+                got: data_len,
+                want: want_data,
+            });
         }
-        let crcs = rest.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let crcs = rest
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         Ok(ObjectOp {
             op: h.op,
             flags: h.flags,
-            object: ObjectId { pool: h.pool.get(), image: h.image.get(), index: h.index.get() },
-            pg: PgId { pool: h.pool.get(), seed: h.pg_seed.get() },
+            object: ObjectId {
+                pool: h.pool.get(),
+                image: h.image.get(),
+                index: h.index.get(),
+            },
+            pg: PgId {
+                pool: h.pool.get(),
+                seed: h.pg_seed.get(),
+            },
             object_size,
             epoch: h.epoch.get(),
-            op_id: OpId { client: h.client.get(), tid: h.tid.get() },
+            op_id: OpId {
+                client: h.client.get(),
+                tid: h.tid.get(),
+            },
             offset,
             length,
-            version: Version { epoch: h.version_epoch.get(), seq: h.version_seq.get() },
-            prev: Version { epoch: h.prev_epoch.get(), seq: h.prev_seq.get() },
+            version: Version {
+                epoch: h.version_epoch.get(),
+                seq: h.version_seq.get(),
+            },
+            prev: Version {
+                epoch: h.prev_epoch.get(),
+                seq: h.prev_seq.get(),
+            },
             crcs,
         })
     }
@@ -258,7 +303,12 @@ pub struct ObjectReply {
 
 impl ObjectReply {
     pub fn status(status: Status, epoch: Epoch) -> Self {
-        ObjectReply { status: status as u32, epoch, version: Version::NONE, crcs: Vec::new() }
+        ObjectReply {
+            status: status as u32,
+            epoch,
+            version: Version::NONE,
+            crcs: Vec::new(),
+        }
     }
 
     pub fn encode_meta(&self) -> Vec<u8> {
@@ -278,16 +328,28 @@ impl ObjectReply {
     }
 
     pub fn decode(meta: &[u8], data_len: usize) -> Result<ObjectReply, DecodeError> {
-        let (h, rest) = ObjectReplyHeader::read_from_prefix(meta)
-            .map_err(|_| DecodeError::BadLength { got: meta.len(), want: OBJECT_REPLY_HEADER_LEN })?;
+        let (h, rest) =
+            ObjectReplyHeader::read_from_prefix(meta).map_err(|_| DecodeError::BadLength {
+                got: meta.len(),
+                want: OBJECT_REPLY_HEADER_LEN,
+            })?;
         if rest.len() % 4 != 0 || rest.len() / 4 * BLOCK_SIZE as usize != data_len {
-            return Err(DecodeError::DataLength { got: data_len, want: rest.len() / 4 * BLOCK_SIZE as usize });
+            return Err(DecodeError::DataLength {
+                got: data_len,
+                want: rest.len() / 4 * BLOCK_SIZE as usize,
+            });
         }
         Ok(ObjectReply {
             status: h.status.get(),
             epoch: h.epoch.get(),
-            version: Version { epoch: h.version_epoch.get(), seq: h.version_seq.get() },
-            crcs: rest.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            version: Version {
+                epoch: h.version_epoch.get(),
+                seq: h.version_seq.get(),
+            },
+            crcs: rest
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
         })
     }
 }
@@ -312,17 +374,27 @@ pub struct ObjectEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlRequest {
     /// The current map if it is newer than `have`.
-    GetMap { have: Epoch },
+    GetMap {
+        have: Epoch,
+    },
     /// Keeps the connection as a subscription: the map now (if newer than `have`), then
     /// every new map as a `MAP_PUSH` frame.
-    Subscribe { have: Epoch },
+    Subscribe {
+        have: Epoch,
+    },
     Command(Command),
     /// An OSD's periodic report.
-    OsdReport { id: OsdId, up_from: Epoch, stats: OsdStats },
+    OsdReport {
+        id: OsdId,
+        up_from: Epoch,
+        stats: OsdStats,
+    },
     /// The map and the latest reports, for `atlant status`.
     GetStatus,
     /// OSD: the objects it stores (optionally of one pool).
-    ListObjects { pool: Option<u32> },
+    ListObjects {
+        pool: Option<u32>,
+    },
     /// OSD: makes every write it acknowledged durable (OSDs in lazy durability mode).
     Flush,
 }
@@ -373,7 +445,11 @@ mod tests {
         ObjectOp {
             op,
             flags: FLAG_FUA,
-            object: ObjectId { pool: 1, image: 2, index: 3 },
+            object: ObjectId {
+                pool: 1,
+                image: 2,
+                index: 3,
+            },
             pg: PgId { pool: 1, seed: 9 },
             object_size: 128 << 10,
             epoch: 17,
@@ -382,7 +458,11 @@ mod tests {
             length,
             version: Version { epoch: 3, seq: 4 },
             prev: Version { epoch: 3, seq: 3 },
-            crcs: if matches!(op, op::WRITE | op::PUSH) { (0..blocks as u32).collect() } else { vec![] },
+            crcs: if matches!(op, op::WRITE | op::PUSH) {
+                (0..blocks as u32).collect()
+            } else {
+                vec![]
+            },
         }
     }
 
@@ -400,17 +480,32 @@ mod tests {
     fn object_op_rejects_bad_ranges_and_lengths() {
         let op = sample(op::WRITE, 4096);
         let meta = op.encode_meta();
-        assert!(matches!(ObjectOp::decode(&meta[..50], 4096), Err(DecodeError::BadLength { .. })));
-        assert!(matches!(ObjectOp::decode(&meta, 100), Err(DecodeError::DataLength { .. })));
+        assert!(matches!(
+            ObjectOp::decode(&meta[..50], 4096),
+            Err(DecodeError::BadLength { .. })
+        ));
+        assert!(matches!(
+            ObjectOp::decode(&meta, 100),
+            Err(DecodeError::DataLength { .. })
+        ));
         let mut past_end = sample(op::READ, 4096);
         past_end.offset = 128 << 10;
-        assert!(matches!(ObjectOp::decode(&past_end.encode_meta(), 0), Err(DecodeError::BadRange { .. })));
+        assert!(matches!(
+            ObjectOp::decode(&past_end.encode_meta(), 0),
+            Err(DecodeError::BadRange { .. })
+        ));
         let mut unaligned = sample(op::READ, 4096);
         unaligned.offset = 100;
-        assert!(matches!(ObjectOp::decode(&unaligned.encode_meta(), 0), Err(DecodeError::BadRange { .. })));
+        assert!(matches!(
+            ObjectOp::decode(&unaligned.encode_meta(), 0),
+            Err(DecodeError::BadRange { .. })
+        ));
         let mut unknown = sample(op::READ, 4096);
         unknown.op = 99;
-        assert!(matches!(ObjectOp::decode(&unknown.encode_meta(), 0), Err(DecodeError::UnknownOp(99))));
+        assert!(matches!(
+            ObjectOp::decode(&unknown.encode_meta(), 0),
+            Err(DecodeError::UnknownOp(99))
+        ));
     }
 
     proptest! {
@@ -425,14 +520,23 @@ mod tests {
 
     #[test]
     fn reply_round_trip() {
-        let r = ObjectReply { status: Status::Ok as u32, epoch: 4, version: Version { epoch: 2, seq: 9 }, crcs: vec![1, 2] };
+        let r = ObjectReply {
+            status: Status::Ok as u32,
+            epoch: 4,
+            version: Version { epoch: 2, seq: 9 },
+            crcs: vec![1, 2],
+        };
         assert_eq!(ObjectReply::decode(&r.encode_meta(), 8192).unwrap(), r);
         assert!(ObjectReply::decode(&r.encode_meta(), 4096).is_err());
     }
 
     #[test]
     fn control_round_trip() {
-        let req = ControlRequest::Command(Command::CreateImage { pool: "rbd".into(), name: "vm1".into(), size_bytes: 1 << 30 });
+        let req = ControlRequest::Command(Command::CreateImage {
+            pool: "rbd".into(),
+            name: "vm1".into(),
+            size_bytes: 1 << 30,
+        });
         let back: ControlRequest = decode_control(&encode_control(&req)).unwrap();
         assert_eq!(back, req);
     }

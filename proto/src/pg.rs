@@ -60,14 +60,20 @@ pub fn pg_mapping(map: &ClusterMap, pool: &Pool, seed: u32) -> PgMapping {
 /// Every PG of a pool (placement set up once for the pool, not once per PG).
 pub fn pool_mappings(map: &ClusterMap, pool: &Pool) -> Vec<PgMapping> {
     let placement = PoolPlacement::new(map, pool);
-    (0..pool.pg_count).map(|seed| mapping_of(map, pool, seed, placement.pg_osds(seed))).collect()
+    (0..pool.pg_count)
+        .map(|seed| mapping_of(map, pool, seed, placement.pg_osds(seed)))
+        .collect()
 }
 
 fn mapping_of(map: &ClusterMap, pool: &Pool, seed: u32, osds: Vec<OsdId>) -> PgMapping {
     let interval_key: Vec<(OsdId, Epoch)> = osds
         .iter()
         .map(|id| {
-            let up_from = map.osd(*id).filter(|o| o.up).map(|o| o.up_from).unwrap_or(0);
+            let up_from = map
+                .osd(*id)
+                .filter(|o| o.up)
+                .map(|o| o.up_from)
+                .unwrap_or(0);
             (*id, up_from)
         })
         .collect();
@@ -80,5 +86,13 @@ fn mapping_of(map: &ClusterMap, pool: &Pool, seed: u32, osds: Vec<OsdId>) -> PgM
     } else {
         PgState::ActiveClean
     };
-    PgMapping { pg: PgId { pool: pool.id, seed }, osds, state, interval_key }
+    PgMapping {
+        pg: PgId {
+            pool: pool.id,
+            seed,
+        },
+        osds,
+        state,
+        interval_key,
+    }
 }

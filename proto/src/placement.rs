@@ -101,7 +101,10 @@ use std::collections::BTreeMap;
 
 /// The PG of an object: stable hash of the object id modulo the pool's PG count.
 pub fn object_pg(obj: &ObjectId, pool: &Pool) -> PgId {
-    PgId { pool: pool.id, seed: (obj.stable_hash() % pool.pg_count as u64) as u32 }
+    PgId {
+        pool: pool.id,
+        seed: (obj.stable_hash() % pool.pg_count as u64) as u32,
+    }
 }
 
 /// The ordered placement set of a PG over the OSDs that are `in` with weight > 0, whether up
@@ -165,13 +168,21 @@ impl PoolPlacement {
                 FailureDomain::Host => DomainKey::Host(&osd.host),
                 FailureDomain::Osd => DomainKey::Osd(osd.id),
             };
-            groups.entry(key).or_default().push((osd.id, (osd.weight >> scale).max(1)));
+            groups
+                .entry(key)
+                .or_default()
+                .push((osd.id, (osd.weight >> scale).max(1)));
         }
         let mut domains: Vec<Domain> = groups
             .into_values()
             .map(|osds| {
                 let weight = osds.iter().map(|&(_, w)| u64::from(w)).sum();
-                Domain { osds, weight, certain: false, boost_bound_q16: 0 }
+                Domain {
+                    osds,
+                    weight,
+                    certain: false,
+                    boost_bound_q16: 0,
+                }
             })
             .collect();
         let take = usize::from(pool.size).min(domains.len());
@@ -185,7 +196,9 @@ impl PoolPlacement {
         let mut race_weight: u64 = domains.iter().map(|d| d.weight).sum();
         let mut capped = 0;
         for &d in &by_weight {
-            if race_slots == 0 || (race_slots as u128) * u128::from(domains[d].weight) < u128::from(race_weight) {
+            if race_slots == 0
+                || (race_slots as u128) * u128::from(domains[d].weight) < u128::from(race_weight)
+            {
                 break;
             }
             domains[d].certain = true;
@@ -198,7 +211,11 @@ impl PoolPlacement {
         // unpicked weight U is at least W' minus the j heaviest other racers, and the boost
         // only grows as U shrinks. Each of those racers weighs less than W'/k', so
         // U > rem·W'/k' > rem·w and the denominator stays positive.
-        let heaviest: Vec<usize> = by_weight[capped..].iter().copied().take(race_slots).collect();
+        let heaviest: Vec<usize> = by_weight[capped..]
+            .iter()
+            .copied()
+            .take(race_slots)
+            .collect();
         let mut max_rate_bound = 0u128;
         for d in by_weight[capped..].iter().copied() {
             let w = u128::from(domains[d].weight);
@@ -219,7 +236,14 @@ impl PoolPlacement {
             max_rate_bound = max_rate_bound.max(((w << 24) * domains[d].boost_bound_q16) >> 16);
         }
         let rate_shift = (128 - max_rate_bound.leading_zeros()).saturating_sub(63);
-        PoolPlacement { pool: pool.id, domains, take, race_slots, race_weight, rate_shift }
+        PoolPlacement {
+            pool: pool.id,
+            domains,
+            take,
+            race_slots,
+            race_weight,
+            rate_shift,
+        }
     }
 
     /// The ordered set of PG `seed` (first = primary); see the module header.
@@ -253,19 +277,33 @@ impl PoolPlacement {
         // Orders the members by a second, unweighted hash: each member is equally likely to
         // be first, so an OSD is primary in a share λ/k = w/W of the PGs, and the members
         // that stay when a set changes keep their relative order.
-        let mut keyed: Vec<(u64, OsdId)> =
-            members.into_iter().map(|id| (uniform(self.pool, seed, STREAM_ORDER, id), id)).collect();
+        let mut keyed: Vec<(u64, OsdId)> = members
+            .into_iter()
+            .map(|id| (uniform(self.pool, seed, STREAM_ORDER, id), id))
+            .collect();
         keyed.sort_unstable();
         keyed.into_iter().map(|(_, id)| id).collect()
     }
 
     /// A domain's straw: its OSD with the least `E_o / w_o` (ties to the lower id).
     fn domain_draw(&self, domain: usize, seed: u32) -> Racer {
-        let mut best = Racer { domain, e: u64::MAX, w: 1, osd: OsdId(u32::MAX), left: 0 };
+        let mut best = Racer {
+            domain,
+            e: u64::MAX,
+            w: 1,
+            osd: OsdId(u32::MAX),
+            left: 0,
+        };
         for &(id, w) in &self.domains[domain].osds {
             let e = neg_ln_q40(uniform(self.pool, seed, STREAM_SET, id));
             if cmp_ratio(e, w, best.e, best.w).then(id.cmp(&best.osd)) == Ordering::Less {
-                best = Racer { domain, e, w, osd: id, left: 0 };
+                best = Racer {
+                    domain,
+                    e,
+                    w,
+                    osd: id,
+                    left: 0,
+                };
             }
         }
         best
@@ -281,7 +319,8 @@ impl PoolPlacement {
             keys.select_nth_unstable_by(self.race_slots - 1, |a, b| cmp_ratio(a.0, a.1, b.0, b.1));
         racers.retain(|r| {
             let lhs = (u128::from(r.e) * u128::from(w_t)) << 16;
-            let rhs = (u128::from(e_t) * u128::from(r.w)).checked_mul(self.domains[r.domain].boost_bound_q16);
+            let rhs = (u128::from(e_t) * u128::from(r.w))
+                .checked_mul(self.domains[r.domain].boost_bound_q16);
             rhs.is_none_or(|rhs| lhs <= rhs)
         });
     }
@@ -291,7 +330,8 @@ impl PoolPlacement {
         for r in racers.iter_mut() {
             // The domain's Exp(1) threshold W_d · e/w (Q40). It fits u64: e/w is the domain's
             // least, so W_d · e/w ≤ (W_d / heaviest OSD weight) · max e ≤ #OSDs · 2^46.
-            let left = u128::from(r.e) * u128::from(self.domains[r.domain].weight) / u128::from(r.w);
+            let left =
+                u128::from(r.e) * u128::from(self.domains[r.domain].weight) / u128::from(r.w);
             r.left = u64::try_from(left).unwrap_or(u64::MAX);
         }
         let mut unpicked_weight = self.race_weight;
@@ -329,7 +369,9 @@ impl PoolPlacement {
                 // Every other racer burnt rate × (the winner's time) of its threshold.
                 for (r, &rate) in racers.iter_mut().zip(rates.iter()) {
                     let burnt = rate * u128::from(won.left) / won_rate;
-                    r.left = r.left.saturating_sub(u64::try_from(burnt).unwrap_or(u64::MAX));
+                    r.left = r
+                        .left
+                        .saturating_sub(u64::try_from(burnt).unwrap_or(u64::MAX));
                 }
             }
         }
@@ -473,7 +515,15 @@ mod tests {
     }
 
     fn pool(size: u8, failure_domain: FailureDomain) -> Pool {
-        Pool { id: 1, name: "rbd".into(), size, min_size: 1, pg_count: 64, object_size: 128 << 10, failure_domain }
+        Pool {
+            id: 1,
+            name: "rbd".into(),
+            size,
+            min_size: 1,
+            pg_count: 64,
+            object_size: 128 << 10,
+            failure_domain,
+        }
     }
 
     #[test]
@@ -496,7 +546,9 @@ mod tests {
         }
         assert_eq!(neg_ln_q40(1 << 48), 0);
         assert!(worst < 1e-9, "worst error {worst}");
-        assert!(((LN2_Q64 >> 40) as f64 - std::f64::consts::LN_2 * (1u64 << 24) as f64).abs() <= 1.0);
+        assert!(
+            ((LN2_Q64 >> 40) as f64 - std::f64::consts::LN_2 * (1u64 << 24) as f64).abs() <= 1.0
+        );
     }
 
     /// A fixed 3-host cluster: the sets are stable (pinned below), use 3 distinct hosts, and
@@ -518,7 +570,10 @@ mod tests {
         for seed in 0..64 {
             let set = placement.pg_osds(seed);
             assert_eq!(set, pg_osds(&map, &pool, seed));
-            let mut hosts: Vec<&str> = set.iter().map(|o| map.osd(*o).unwrap().host.as_str()).collect();
+            let mut hosts: Vec<&str> = set
+                .iter()
+                .map(|o| map.osd(*o).unwrap().host.as_str())
+                .collect();
             hosts.sort();
             assert_eq!(hosts, ["a", "b", "c"], "pg {seed}: {set:?}");
             for o in &set {
@@ -547,18 +602,27 @@ mod tests {
                 let heavy = rand(case * 8 + 1 + h * 977) % 5 == 0;
                 for _ in 0..1 + rand(case * 8 + 2 + h * 977) % 4 {
                     let w = WEIGHT_ONE / 2
-                        + (rand(case * 1000 + u64::from(id)) % u64::from(if heavy { 16 } else { 4 } * WEIGHT_ONE))
+                        + (rand(case * 1000 + u64::from(id))
+                            % u64::from(if heavy { 16 } else { 4 } * WEIGHT_ONE))
                             as u32;
                     osds.push((id, HOSTS[h as usize % HOSTS.len()], w));
                     id += 1;
                 }
             }
             let map = map_of(&osds);
-            let fd = if case % 3 == 0 { FailureDomain::Osd } else { FailureDomain::Host };
+            let fd = if case % 3 == 0 {
+                FailureDomain::Osd
+            } else {
+                FailureDomain::Host
+            };
             let placement = PoolPlacement::new(&map, &pool(1 + (case % 5) as u8, fd));
             for seed in 0..256 {
                 let fast = placement.place(seed, true);
-                assert_eq!(fast, placement.place(seed, false), "case {case} seed {seed}");
+                assert_eq!(
+                    fast,
+                    placement.place(seed, false),
+                    "case {case} seed {seed}"
+                );
             }
             pruned_any |= placement.domains.len() > 8;
         }
@@ -566,13 +630,17 @@ mod tests {
     }
 
     const HOSTS: [&str; 30] = [
-        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r", "s", "t", "u", "v",
-        "w", "x", "y", "z", "aa", "bb", "cc", "dd",
+        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r",
+        "s", "t", "u", "v", "w", "x", "y", "z", "aa", "bb", "cc", "dd",
     ];
 
     #[test]
     fn undersized_and_empty_maps() {
-        let map = map_of(&[(0, "a", WEIGHT_ONE), (1, "a", WEIGHT_ONE), (2, "b", WEIGHT_ONE)]);
+        let map = map_of(&[
+            (0, "a", WEIGHT_ONE),
+            (1, "a", WEIGHT_ONE),
+            (2, "b", WEIGHT_ONE),
+        ]);
         for seed in 0..32 {
             let set = pg_osds(&map, &pool(3, FailureDomain::Host), seed);
             assert_eq!(set.len(), 2);
@@ -587,7 +655,14 @@ mod tests {
     fn objects_map_into_the_pool_pg_range() {
         let pool = pool(3, FailureDomain::Host);
         for index in 0..1000 {
-            let pg = object_pg(&ObjectId { pool: 1, image: 7, index }, &pool);
+            let pg = object_pg(
+                &ObjectId {
+                    pool: 1,
+                    image: 7,
+                    index,
+                },
+                &pool,
+            );
             assert!(pg.seed < pool.pg_count);
             assert_eq!(pg.pool, pool.id);
         }

@@ -34,7 +34,10 @@ struct Cluster {
 }
 
 fn osd_strategy() -> impl Strategy<Value = Osd> {
-    (WEIGHT_ONE / 2..=4 * WEIGHT_ONE, 0..7u8).prop_map(|(weight, o)| Osd { weight, is_in: o != 0 })
+    (WEIGHT_ONE / 2..=4 * WEIGHT_ONE, 0..7u8).prop_map(|(weight, o)| Osd {
+        weight,
+        is_in: o != 0,
+    })
 }
 
 fn cluster_strategy(domains: &'static [FailureDomain]) -> impl Strategy<Value = Cluster> {
@@ -43,7 +46,11 @@ fn cluster_strategy(domains: &'static [FailureDomain]) -> impl Strategy<Value = 
         1..=4u8,
         prop::sample::select(domains),
     )
-        .prop_map(|(hosts, size, failure_domain)| Cluster { hosts, size, failure_domain })
+        .prop_map(|(hosts, size, failure_domain)| Cluster {
+            hosts,
+            size,
+            failure_domain,
+        })
 }
 
 /// Host names do not sort like host indexes, so name order and id order differ.
@@ -78,7 +85,15 @@ fn build_map(hosts: &[Vec<Osd>]) -> ClusterMap {
 }
 
 fn pool(size: u8, failure_domain: FailureDomain) -> Pool {
-    Pool { id: 3, name: "rbd".into(), size, min_size: 1, pg_count: 1 << 16, object_size: 128 << 10, failure_domain }
+    Pool {
+        id: 3,
+        name: "rbd".into(),
+        size,
+        min_size: 1,
+        pg_count: 1 << 16,
+        object_size: 128 << 10,
+        failure_domain,
+    }
 }
 
 fn domain_of(map: &ClusterMap, fd: FailureDomain, osd: OsdId) -> String {
@@ -103,14 +118,19 @@ fn max_share(map: &ClusterMap, fd: FailureDomain, size: u8) -> f64 {
     let w = domain_weights(map, fd);
     let total: u64 = w.values().sum();
     let k = usize::from(size).min(w.len()) as f64;
-    w.values().map(|&d| k * d as f64 / total as f64).fold(0.0, f64::max)
+    w.values()
+        .map(|&d| k * d as f64 / total as f64)
+        .fold(0.0, f64::max)
 }
 
 /// Clusters that break a test's precondition are skipped (`prop_assume!`), hence the room
 /// for rejects; failing cases are kept beside this file. `PROPTEST_CASES` overrides the case
 /// count for a longer run.
 fn config(cases: u32) -> Config {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
     Config {
         cases,
         max_global_rejects: 1 << 16,
@@ -142,34 +162,52 @@ fn place_all(map: &ClusterMap, pool: &Pool, pgs: u32) -> Vec<Vec<OsdId>> {
 fn sets_are_valid_and_deterministic() {
     let mut runner = TestRunner::new(config(64));
     runner
-        .run(&cluster_strategy(&[FailureDomain::Host, FailureDomain::Osd]), |c| {
-            let map = build_map(&c.hosts);
-            let pool = pool(c.size, c.failure_domain);
-            let domains = domain_weights(&map, c.failure_domain).len();
-            let placement = PoolPlacement::new(&map, &pool);
-            for seed in 0..512 {
-                let set = placement.pg_osds(seed);
-                prop_assert_eq!(set.len(), usize::from(c.size).min(domains));
-                let distinct: BTreeSet<OsdId> = set.iter().copied().collect();
-                prop_assert_eq!(distinct.len(), set.len(), "duplicate OSD in {:?}", set);
-                for o in &set {
-                    let info = map.osd(*o).expect("member exists");
-                    prop_assert!(info.is_in && info.weight > 0, "{} is out or weightless", o);
+        .run(
+            &cluster_strategy(&[FailureDomain::Host, FailureDomain::Osd]),
+            |c| {
+                let map = build_map(&c.hosts);
+                let pool = pool(c.size, c.failure_domain);
+                let domains = domain_weights(&map, c.failure_domain).len();
+                let placement = PoolPlacement::new(&map, &pool);
+                for seed in 0..512 {
+                    let set = placement.pg_osds(seed);
+                    prop_assert_eq!(set.len(), usize::from(c.size).min(domains));
+                    let distinct: BTreeSet<OsdId> = set.iter().copied().collect();
+                    prop_assert_eq!(distinct.len(), set.len(), "duplicate OSD in {:?}", set);
+                    for o in &set {
+                        let info = map.osd(*o).expect("member exists");
+                        prop_assert!(info.is_in && info.weight > 0, "{} is out or weightless", o);
+                    }
+                    let doms: BTreeSet<String> = set
+                        .iter()
+                        .map(|o| domain_of(&map, c.failure_domain, *o))
+                        .collect();
+                    prop_assert_eq!(
+                        doms.len(),
+                        set.len(),
+                        "two members in one domain: {:?}",
+                        set
+                    );
+                    if seed % 16 == 0 {
+                        // Same inputs, same answer, through either entry point and a fresh map.
+                        prop_assert_eq!(&set, &pg_osds(&map, &pool, seed));
+                        prop_assert_eq!(&set, &pg_osds(&build_map(&c.hosts), &pool, seed));
+                    }
                 }
-                let doms: BTreeSet<String> = set.iter().map(|o| domain_of(&map, c.failure_domain, *o)).collect();
-                prop_assert_eq!(doms.len(), set.len(), "two members in one domain: {:?}", set);
-                if seed % 16 == 0 {
-                    // Same inputs, same answer, through either entry point and a fresh map.
-                    prop_assert_eq!(&set, &pg_osds(&map, &pool, seed));
-                    prop_assert_eq!(&set, &pg_osds(&build_map(&c.hosts), &pool, seed));
+                for index in 0..256u64 {
+                    let pg = object_pg(
+                        &ObjectId {
+                            pool: pool.id,
+                            image: 9,
+                            index,
+                        },
+                        &pool,
+                    );
+                    prop_assert!(pg.seed < pool.pg_count);
                 }
-            }
-            for index in 0..256u64 {
-                let pg = object_pg(&ObjectId { pool: pool.id, image: 9, index }, &pool);
-                prop_assert!(pg.seed < pool.pg_count);
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .unwrap();
 }
 
@@ -203,67 +241,94 @@ fn shares_follow_weights() {
     let stats = RefCell::new(ShareStats::default());
     let mut runner = TestRunner::new(statistical_config(48));
     runner
-        .run(&cluster_strategy(&[FailureDomain::Host, FailureDomain::Host, FailureDomain::Osd]), |c| {
-            let map = build_map(&c.hosts);
-            prop_assume!(max_share(&map, c.failure_domain, c.size) <= 1.0);
-            let pool = pool(c.size, c.failure_domain);
-            let mut count: BTreeMap<OsdId, u64> = BTreeMap::new();
-            let mut primary: BTreeMap<OsdId, u64> = BTreeMap::new();
-            for set in place_all(&map, &pool, PGS) {
-                if let Some(p) = set.first() {
-                    *primary.entry(*p).or_insert(0) += 1;
+        .run(
+            &cluster_strategy(&[FailureDomain::Host, FailureDomain::Host, FailureDomain::Osd]),
+            |c| {
+                let map = build_map(&c.hosts);
+                prop_assume!(max_share(&map, c.failure_domain, c.size) <= 1.0);
+                let pool = pool(c.size, c.failure_domain);
+                let mut count: BTreeMap<OsdId, u64> = BTreeMap::new();
+                let mut primary: BTreeMap<OsdId, u64> = BTreeMap::new();
+                for set in place_all(&map, &pool, PGS) {
+                    if let Some(p) = set.first() {
+                        *primary.entry(*p).or_insert(0) += 1;
+                    }
+                    for o in set {
+                        *count.entry(o).or_insert(0) += 1;
+                    }
                 }
-                for o in set {
-                    *count.entry(o).or_insert(0) += 1;
+                let eligible: Vec<&OsdInfo> = map
+                    .osds
+                    .values()
+                    .filter(|o| o.is_in && o.weight > 0)
+                    .collect();
+                let total: u64 = eligible.iter().map(|o| u64::from(o.weight)).sum();
+                let k =
+                    usize::from(c.size).min(domain_weights(&map, c.failure_domain).len()) as f64;
+                let mut stats = stats.borrow_mut();
+                stats.clusters += 1;
+                let mut z2_sum = 0.0;
+                for o in &eligible {
+                    let lambda = k * f64::from(o.weight) / total as f64;
+                    let expected = f64::from(PGS) * lambda;
+                    let got = count.get(&o.id).copied().unwrap_or(0) as f64;
+                    let sigma = (f64::from(PGS) * lambda * (1.0 - lambda)).sqrt().max(1.0);
+                    let z = (got - expected) / sigma;
+                    let rel = (got - expected).abs() / expected;
+                    z2_sum += z * z;
+                    // One primary per PG: the same test with p = w/W.
+                    let p = f64::from(o.weight) / total as f64;
+                    let primary_expected = f64::from(PGS) * p;
+                    let primary_got = primary.get(&o.id).copied().unwrap_or(0) as f64;
+                    let primary_z = (primary_got - primary_expected)
+                        / (f64::from(PGS) * p * (1.0 - p)).sqrt().max(1.0);
+                    stats.worst_primary_z = stats.worst_primary_z.max(primary_z.abs());
+                    if primary_expected >= 4096.0 {
+                        let rel = (primary_got - primary_expected).abs() / primary_expected;
+                        stats.worst_primary_rel = stats.worst_primary_rel.max(rel);
+                    }
+                    prop_assert!(
+                        primary_z.abs() <= 5.0,
+                        "{}: primary of {} PGs, expected {:.0} (z = {:.2})",
+                        o.id,
+                        primary_got,
+                        primary_expected,
+                        primary_z
+                    );
+                    stats.worst_z = stats.worst_z.max(z.abs());
+                    if expected >= 2048.0 {
+                        stats.worst_rel_medium = stats.worst_rel_medium.max(rel);
+                    }
+                    prop_assert!(
+                        z.abs() <= 5.0,
+                        "{}: {} slots, expected {:.0} (z = {:.2})",
+                        o.id,
+                        got,
+                        expected,
+                        z
+                    );
+                    if expected >= 8192.0 {
+                        stats.worst_rel_large = stats.worst_rel_large.max(rel);
+                        prop_assert!(
+                            rel <= 0.06,
+                            "{}: {} slots, expected {:.0}",
+                            o.id,
+                            got,
+                            expected
+                        );
+                    }
                 }
-            }
-            let eligible: Vec<&OsdInfo> = map.osds.values().filter(|o| o.is_in && o.weight > 0).collect();
-            let total: u64 = eligible.iter().map(|o| u64::from(o.weight)).sum();
-            let k = usize::from(c.size).min(domain_weights(&map, c.failure_domain).len()) as f64;
-            let mut stats = stats.borrow_mut();
-            stats.clusters += 1;
-            let mut z2_sum = 0.0;
-            for o in &eligible {
-                let lambda = k * f64::from(o.weight) / total as f64;
-                let expected = f64::from(PGS) * lambda;
-                let got = count.get(&o.id).copied().unwrap_or(0) as f64;
-                let sigma = (f64::from(PGS) * lambda * (1.0 - lambda)).sqrt().max(1.0);
-                let z = (got - expected) / sigma;
-                let rel = (got - expected).abs() / expected;
-                z2_sum += z * z;
-                // One primary per PG: the same test with p = w/W.
-                let p = f64::from(o.weight) / total as f64;
-                let primary_expected = f64::from(PGS) * p;
-                let primary_got = primary.get(&o.id).copied().unwrap_or(0) as f64;
-                let primary_z = (primary_got - primary_expected) / (f64::from(PGS) * p * (1.0 - p)).sqrt().max(1.0);
-                stats.worst_primary_z = stats.worst_primary_z.max(primary_z.abs());
-                if primary_expected >= 4096.0 {
-                    let rel = (primary_got - primary_expected).abs() / primary_expected;
-                    stats.worst_primary_rel = stats.worst_primary_rel.max(rel);
-                }
+                let n = eligible.len() as f64;
+                let mean_z2 = z2_sum / n;
                 prop_assert!(
-                    primary_z.abs() <= 5.0,
-                    "{}: primary of {} PGs, expected {:.0} (z = {:.2})",
-                    o.id,
-                    primary_got,
-                    primary_expected,
-                    primary_z
+                    mean_z2 <= 1.0 + 6.0 * (2.0 / n).sqrt(),
+                    "mean z² {:.2} over {} OSDs",
+                    mean_z2,
+                    n
                 );
-                stats.worst_z = stats.worst_z.max(z.abs());
-                if expected >= 2048.0 {
-                    stats.worst_rel_medium = stats.worst_rel_medium.max(rel);
-                }
-                prop_assert!(z.abs() <= 5.0, "{}: {} slots, expected {:.0} (z = {:.2})", o.id, got, expected, z);
-                if expected >= 8192.0 {
-                    stats.worst_rel_large = stats.worst_rel_large.max(rel);
-                    prop_assert!(rel <= 0.06, "{}: {} slots, expected {:.0}", o.id, got, expected);
-                }
-            }
-            let n = eligible.len() as f64;
-            let mean_z2 = z2_sum / n;
-            prop_assert!(mean_z2 <= 1.0 + 6.0 * (2.0 / n).sqrt(), "mean z² {:.2} over {} OSDs", mean_z2, n);
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .unwrap();
     eprintln!("shares_follow_weights: {:?}", stats.borrow());
 }
@@ -305,7 +370,11 @@ fn adding_an_osd_moves_about_its_share() {
             let mut after = before.clone();
             let new_id = after.next_osd_id;
             after.next_osd_id += 1;
-            let host = if new_host { host_name(c.hosts.len()) } else { host_name(host.index(c.hosts.len())) };
+            let host = if new_host {
+                host_name(c.hosts.len())
+            } else {
+                host_name(host.index(c.hosts.len()))
+            };
             after.osds.insert(
                 new_id,
                 OsdInfo {
@@ -329,13 +398,26 @@ fn adding_an_osd_moves_about_its_share() {
             let pool = pool(c.size, fd);
             let old = place_all(&before, &pool, PGS);
             let now = place_all(&after, &pool, PGS);
-            let moved: usize = old.iter().zip(&now).map(|(o, n)| n.iter().filter(|x| !o.contains(x)).count()).sum();
+            let moved: usize = old
+                .iter()
+                .zip(&now)
+                .map(|(o, n)| n.iter().filter(|x| !o.contains(x)).count())
+                .sum();
             let slots = f64::from(PGS) * f64::from(c.size);
-            let total: u64 = after.osds.values().filter(|o| o.is_in).map(|o| u64::from(o.weight)).sum();
+            let total: u64 = after
+                .osds
+                .values()
+                .filter(|o| o.is_in)
+                .map(|o| u64::from(o.weight))
+                .sum();
             let ideal = slots * f64::from(w) / total as f64;
             let ratio = moved as f64 / ideal;
             let mut stats = stats.borrow_mut();
-            let bucket = if share <= LIGHT { &mut stats.light } else { &mut stats.heavy };
+            let bucket = if share <= LIGHT {
+                &mut stats.light
+            } else {
+                &mut stats.heavy
+            };
             bucket.0 += 1;
             bucket.1 = bucket.1.max(ratio);
             bucket.2 += ratio;
@@ -363,8 +445,28 @@ fn adding_an_osd_moves_about_its_share() {
 #[test]
 fn near_cap_shares_are_exact() {
     const PGS: u32 = 1 << 18;
-    let heavy = || vec![Osd { weight: 4 * WEIGHT_ONE, is_in: true }, Osd { weight: 2 * WEIGHT_ONE, is_in: true }];
-    let hosts = vec![heavy(), heavy(), heavy(), heavy(), vec![Osd { weight: WEIGHT_ONE, is_in: true }]];
+    let heavy = || {
+        vec![
+            Osd {
+                weight: 4 * WEIGHT_ONE,
+                is_in: true,
+            },
+            Osd {
+                weight: 2 * WEIGHT_ONE,
+                is_in: true,
+            },
+        ]
+    };
+    let hosts = vec![
+        heavy(),
+        heavy(),
+        heavy(),
+        heavy(),
+        vec![Osd {
+            weight: WEIGHT_ONE,
+            is_in: true,
+        }],
+    ];
     let map = build_map(&hosts);
     let pool = pool(4, FailureDomain::Host);
     let placement = PoolPlacement::new(&map, &pool);
@@ -378,7 +480,19 @@ fn near_cap_shares_are_exact() {
     for o in map.osds.values() {
         let expected = f64::from(PGS) * 4.0 * f64::from(o.weight) / total;
         let rel = (count[o.id.0 as usize] as f64 - expected) / expected;
-        eprintln!("{}: {} slots, expected {:.0} ({:+.3}%)", o.id, count[o.id.0 as usize], expected, rel * 100.0);
-        assert!(rel.abs() <= 0.02, "{}: {} slots, expected {:.0}", o.id, count[o.id.0 as usize], expected);
+        eprintln!(
+            "{}: {} slots, expected {:.0} ({:+.3}%)",
+            o.id,
+            count[o.id.0 as usize],
+            expected,
+            rel * 100.0
+        );
+        assert!(
+            rel.abs() <= 0.02,
+            "{}: {} slots, expected {:.0}",
+            o.id,
+            count[o.id.0 as usize],
+            expected
+        );
     }
 }

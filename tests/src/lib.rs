@@ -14,17 +14,29 @@ pub fn bin_dir() -> PathBuf {
 
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is missing: run `make build` (cargo build --release --bins) first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `make build` (cargo build --release --bins) first",
+        p.display()
+    );
     p
 }
 
 /// Runs a binary to completion.
 pub fn run(name: &str, args: &[&str]) -> Output {
-    Command::new(bin(name)).args(args).env_remove("ATLANT_MON").output().expect("spawn")
+    Command::new(bin(name))
+        .args(args)
+        .env_remove("ATLANT_MON")
+        .output()
+        .expect("spawn")
 }
 
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A scratch directory removed on drop.
@@ -32,7 +44,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("atlant-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+        let p = std::env::temp_dir().join(format!(
+            "atlant-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&p).expect("mkdir");
         TempDir(p)
     }
@@ -54,7 +70,13 @@ impl Daemon {
     pub fn start(name: &str, args: &[&str], log: &Path) -> Daemon {
         let out = std::fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(bin(name)).args(args).stdin(Stdio::null()).stdout(out).stderr(err).spawn().expect("spawn");
+        let child = Command::new(bin(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn");
         Daemon(child)
     }
 
@@ -103,10 +125,27 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn start_mon(dir: &Path) -> (Daemon, String) {
     let addr = free_addr();
     let data = dir.join("mon");
-    let o = run("atlant-mon", &["mkfs", "--data", data.to_str().unwrap_or(""), "--name", "a", "--addr", &addr]);
+    let o = run(
+        "atlant-mon",
+        &[
+            "mkfs",
+            "--data",
+            data.to_str().unwrap_or(""),
+            "--name",
+            "a",
+            "--addr",
+            &addr,
+        ],
+    );
     assert!(o.status.success(), "mon mkfs: {}", text(&o));
-    let d = Daemon::start("atlant-mon", &["run", "--data", data.to_str().unwrap_or("")], &dir.join("mon.log"));
-    let ok = wait_until(Duration::from_secs(10), || run("atlant", &["--mon", &addr, "status"]).status.success());
+    let d = Daemon::start(
+        "atlant-mon",
+        &["run", "--data", data.to_str().unwrap_or("")],
+        &dir.join("mon.log"),
+    );
+    let ok = wait_until(Duration::from_secs(10), || {
+        run("atlant", &["--mon", &addr, "status"]).status.success()
+    });
     assert!(ok, "monitor did not come up");
     (d, addr)
 }

@@ -60,7 +60,8 @@ pub const ENTRY_PER_BLOCK: usize = 10;
 pub const KIND_WRITE: u8 = 1;
 pub const KIND_TRIM: u8 = 2;
 
-const _: () = assert!(JOURNAL_HEADER + RECORD_FIXED + 8 * (MAX_OBJECT_SIZE as usize / BLOCK) <= BLOCK);
+const _: () =
+    assert!(JOURNAL_HEADER + RECORD_FIXED + 8 * (MAX_OBJECT_SIZE as usize / BLOCK) <= BLOCK);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
@@ -77,7 +78,10 @@ pub enum LayoutError {
 }
 
 fn bad(what: &'static str, why: impl Into<String>) -> LayoutError {
-    LayoutError::Bad { what, why: why.into() }
+    LayoutError::Bad {
+        what,
+        why: why.into(),
+    }
 }
 
 /// Bounds-checked little-endian reads.
@@ -92,7 +96,11 @@ impl<'a> Reader<'a> {
         Reader { b, at: 0, what }
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], LayoutError> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.b.len()).ok_or_else(|| bad(self.what, "truncated"))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or_else(|| bad(self.what, "truncated"))?;
         let s = &self.b[self.at..end];
         self.at = end;
         Ok(s)
@@ -160,10 +168,17 @@ impl Superblock {
     /// Lays out a device: the journal gets 1/32 of the device, at least 4 MiB (or a quarter
     /// of a tiny device) and at most 1 GiB;
     /// each checkpoint area room for a full index (see the body entry size).
-    pub fn plan(fsid: u128, store_uuid: u128, osd_id: u32, device_size: u64) -> Result<Superblock, LayoutError> {
+    pub fn plan(
+        fsid: u128,
+        store_uuid: u128,
+        osd_id: u32,
+        device_size: u64,
+    ) -> Result<Superblock, LayoutError> {
         let blocks = device_size / BLOCK as u64;
         if blocks < 1024 {
-            return Err(LayoutError::Geometry(format!("device of {device_size} bytes is too small (at least 4 MiB)")));
+            return Err(LayoutError::Geometry(format!(
+                "device of {device_size} bytes is too small (at least 4 MiB)"
+            )));
         }
         let journal_blocks = (blocks / 32).clamp(1024.min(blocks / 4), 262_144);
         // Every data block may be present in one entry, and every object has at most
@@ -171,7 +186,8 @@ impl Superblock {
         let per_block = (ENTRY_PER_BLOCK + ENTRY_FIXED) as u64;
         let remaining = blocks - 1 - journal_blocks;
         // data + 2 · (header + ceil(data·per_block / BLOCK)) ≤ remaining
-        let data_blocks = (remaining.saturating_sub(4) * BLOCK as u64) / (BLOCK as u64 + 2 * per_block);
+        let data_blocks =
+            (remaining.saturating_sub(4) * BLOCK as u64) / (BLOCK as u64 + 2 * per_block);
         let checkpoint_blocks = 1 + (data_blocks * per_block).div_ceil(BLOCK as u64);
         let sb = Superblock {
             fsid,
@@ -192,16 +208,38 @@ impl Superblock {
 
     fn check(&self) -> Result<(), LayoutError> {
         let b = BLOCK as u64;
-        let end = self.data_offset.checked_add(self.data_blocks.checked_mul(b).unwrap_or(u64::MAX)).unwrap_or(u64::MAX);
-        let aligned = [self.checkpoint_offset, self.checkpoint_bytes, self.journal_offset, self.data_offset].iter().all(|x| x % b == 0);
+        let end = self
+            .data_offset
+            .checked_add(self.data_blocks.checked_mul(b).unwrap_or(u64::MAX))
+            .unwrap_or(u64::MAX);
+        let aligned = [
+            self.checkpoint_offset,
+            self.checkpoint_bytes,
+            self.journal_offset,
+            self.data_offset,
+        ]
+        .iter()
+        .all(|x| x % b == 0);
         let ordered = self.checkpoint_offset >= b
             && self.journal_offset >= self.checkpoint_offset + 2 * self.checkpoint_bytes
             && self.data_offset >= self.journal_offset + self.journal_blocks * b;
-        if !aligned || !ordered || end > self.device_size || self.journal_blocks < 16 || self.data_blocks == 0 || self.data_blocks > u32::MAX as u64 {
+        if !aligned
+            || !ordered
+            || end > self.device_size
+            || self.journal_blocks < 16
+            || self.data_blocks == 0
+            || self.data_blocks > u32::MAX as u64
+        {
             return Err(LayoutError::Geometry(format!("{self:?}")));
         }
-        if self.max_object_size > MAX_OBJECT_SIZE || !self.max_object_size.is_power_of_two() || (self.max_object_size as usize) < BLOCK {
-            return Err(LayoutError::Geometry(format!("max object size {}", self.max_object_size)));
+        if self.max_object_size > MAX_OBJECT_SIZE
+            || !self.max_object_size.is_power_of_two()
+            || (self.max_object_size as usize) < BLOCK
+        {
+            return Err(LayoutError::Geometry(format!(
+                "max object size {}",
+                self.max_object_size
+            )));
         }
         Ok(())
     }
@@ -215,7 +253,15 @@ impl Superblock {
         put(&mut o, &self.store_uuid.to_le_bytes());
         put(&mut o, &self.osd_id.to_le_bytes());
         put(&mut o, &self.max_object_size.to_le_bytes());
-        for v in [self.device_size, self.checkpoint_offset, self.checkpoint_bytes, self.journal_offset, self.journal_blocks, self.data_offset, self.data_blocks] {
+        for v in [
+            self.device_size,
+            self.checkpoint_offset,
+            self.checkpoint_bytes,
+            self.journal_offset,
+            self.journal_blocks,
+            self.data_offset,
+            self.data_blocks,
+        ] {
             put(&mut o, &v.to_le_bytes());
         }
         o.resize(BLOCK, 0);
@@ -285,7 +331,12 @@ pub struct Record {
 
 impl Record {
     pub fn encoded_len(&self) -> usize {
-        RECORD_FIXED + if self.kind == KIND_WRITE { 8 * self.nblocks as usize } else { 0 }
+        RECORD_FIXED
+            + if self.kind == KIND_WRITE {
+                8 * self.nblocks as usize
+            } else {
+                0
+            }
     }
 
     pub fn encode(&self, o: &mut Vec<u8>) {
@@ -316,11 +367,21 @@ impl Record {
         let nblocks = r.u16()?;
         r.u16()?;
         let id = r.u64()?;
-        let object = ObjectId { pool: r.u32()?, image: r.u64()?, index: r.u64()? };
-        let version = Version { epoch: r.u64()?, seq: r.u64()? };
+        let object = ObjectId {
+            pool: r.u32()?,
+            image: r.u64()?,
+            index: r.u64()?,
+        };
+        let version = Version {
+            epoch: r.u64()?,
+            seq: r.u64()?,
+        };
         let max_blocks = (MAX_OBJECT_SIZE as usize / BLOCK) as u32;
         if nblocks == 0 || first_block as u32 + nblocks as u32 > max_blocks {
-            return Err(bad("journal record", format!("blocks {first_block}+{nblocks}")));
+            return Err(bad(
+                "journal record",
+                format!("blocks {first_block}+{nblocks}"),
+            ));
         }
         let (mut phys, mut crcs) = (Vec::new(), Vec::new());
         match kind {
@@ -335,7 +396,16 @@ impl Record {
             KIND_TRIM => {}
             k => return Err(bad("journal record", format!("kind {k}"))),
         }
-        Ok(Record { kind, id, object, version, first_block, nblocks, phys, crcs })
+        Ok(Record {
+            kind,
+            id,
+            object,
+            version,
+            first_block,
+            nblocks,
+            phys,
+            crcs,
+        })
     }
 }
 
@@ -411,7 +481,12 @@ impl JournalBlock {
         if pr.at != payload.len() {
             return Err(bad("journal block", "trailing bytes after the records"));
         }
-        Ok(JournalBlock { seq, generation, durable_upto, records })
+        Ok(JournalBlock {
+            seq,
+            generation,
+            durable_upto,
+            records,
+        })
     }
 }
 
@@ -440,7 +515,15 @@ impl CheckpointHeader {
         put(&mut o, &CHECKPOINT_MAGIC.to_le_bytes());
         put(&mut o, &FORMAT_VERSION.to_le_bytes());
         put(&mut o, &0u32.to_le_bytes());
-        for v in [self.seq, self.generation, self.journal_start_seq, self.next_record_id, self.durable_upto, self.objects, self.body_len] {
+        for v in [
+            self.seq,
+            self.generation,
+            self.journal_start_seq,
+            self.next_record_id,
+            self.durable_upto,
+            self.objects,
+            self.body_len,
+        ] {
             put(&mut o, &v.to_le_bytes());
         }
         put(&mut o, &self.body_crc.to_le_bytes());
@@ -507,8 +590,15 @@ impl CheckpointEntry {
         let max_blocks = MAX_OBJECT_SIZE as usize / BLOCK;
         let mut out = Vec::with_capacity((objects as usize).min(body.len() / ENTRY_FIXED + 1));
         for _ in 0..objects {
-            let object = ObjectId { pool: r.u32()?, image: r.u64()?, index: r.u64()? };
-            let version = Version { epoch: r.u64()?, seq: r.u64()? };
+            let object = ObjectId {
+                pool: r.u32()?,
+                image: r.u64()?,
+                index: r.u64()?,
+            };
+            let version = Version {
+                epoch: r.u64()?,
+                seq: r.u64()?,
+            };
             let last_record_id = r.u64()?;
             let n = r.u16()? as usize;
             if n > max_blocks {
@@ -522,7 +612,12 @@ impl CheckpointEntry {
                 }
                 blocks.push((b, r.u32()?, r.u32()?));
             }
-            out.push(CheckpointEntry { object, version, last_record_id, blocks });
+            out.push(CheckpointEntry {
+                object,
+                version,
+                last_record_id,
+                blocks,
+            });
         }
         if r.at != body.len() {
             return Err(bad("checkpoint body", "trailing bytes after the entries"));
@@ -541,13 +636,22 @@ mod tests {
             let sb = Superblock::plan(1, 2, 3, size).unwrap();
             assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb, "size {size}");
             if size >= 64 << 20 {
-                assert!(sb.data_blocks * BLOCK as u64 > size / 10 * 8, "data area too small for {size}: {sb:?}");
+                assert!(
+                    sb.data_blocks * BLOCK as u64 > size / 10 * 8,
+                    "data area too small for {size}: {sb:?}"
+                );
             }
         }
         let mut raw = Superblock::plan(1, 2, 3, 1 << 30).unwrap().encode();
         raw[20] ^= 1;
-        assert_eq!(Superblock::decode(&raw), Err(LayoutError::SuperblockChecksum));
-        assert_eq!(Superblock::decode(&[0u8; BLOCK]), Err(LayoutError::NoSuperblock));
+        assert_eq!(
+            Superblock::decode(&raw),
+            Err(LayoutError::SuperblockChecksum)
+        );
+        assert_eq!(
+            Superblock::decode(&[0u8; BLOCK]),
+            Err(LayoutError::NoSuperblock)
+        );
         assert!(Superblock::plan(1, 2, 3, 1 << 20).is_err());
     }
 
@@ -556,15 +660,30 @@ mod tests {
         let w = Record {
             kind: KIND_WRITE,
             id: 9,
-            object: ObjectId { pool: 1, image: 2, index: 3 },
+            object: ObjectId {
+                pool: 1,
+                image: 2,
+                index: 3,
+            },
             version: Version { epoch: 4, seq: 5 },
             first_block: 2,
             nblocks: 3,
             phys: vec![10, 11, 40],
             crcs: vec![1, 2, 3],
         };
-        let t = Record { kind: KIND_TRIM, id: 10, phys: vec![], crcs: vec![], ..w.clone() };
-        let jb = JournalBlock { seq: 77, generation: 2, durable_upto: 8, records: vec![w, t] };
+        let t = Record {
+            kind: KIND_TRIM,
+            id: 10,
+            phys: vec![],
+            crcs: vec![],
+            ..w.clone()
+        };
+        let jb = JournalBlock {
+            seq: 77,
+            generation: 2,
+            durable_upto: 8,
+            records: vec![w, t],
+        };
         let mut b = vec![0u8; BLOCK];
         jb.encode(&mut b);
         assert_eq!(JournalBlock::decode(&b).unwrap(), jb);
@@ -575,7 +694,11 @@ mod tests {
     #[test]
     fn checkpoint_round_trip() {
         let e = CheckpointEntry {
-            object: ObjectId { pool: 1, image: 2, index: 3 },
+            object: ObjectId {
+                pool: 1,
+                image: 2,
+                index: 3,
+            },
             version: Version { epoch: 4, seq: 5 },
             last_record_id: 6,
             blocks: vec![(0, 5, 9), (31, 6, 10)],
@@ -584,9 +707,21 @@ mod tests {
         e.encode(&mut body);
         e.encode(&mut body);
         assert_eq!(body.len(), 2 * (ENTRY_FIXED + 2 * ENTRY_PER_BLOCK));
-        assert_eq!(CheckpointEntry::decode_all(&body, 2).unwrap(), vec![e.clone(), e]);
+        assert_eq!(
+            CheckpointEntry::decode_all(&body, 2).unwrap(),
+            vec![e.clone(), e]
+        );
         assert!(CheckpointEntry::decode_all(&body[..body.len() - 1], 2).is_err());
-        let h = CheckpointHeader { seq: 1, generation: 2, journal_start_seq: 3, next_record_id: 4, durable_upto: 5, objects: 2, body_len: body.len() as u64, body_crc: 7 };
+        let h = CheckpointHeader {
+            seq: 1,
+            generation: 2,
+            journal_start_seq: 3,
+            next_record_id: 4,
+            durable_upto: 5,
+            objects: 2,
+            body_len: body.len() as u64,
+            body_crc: 7,
+        };
         assert_eq!(CheckpointHeader::decode(&h.encode()).unwrap(), h);
     }
 }

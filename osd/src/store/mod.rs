@@ -31,8 +31,8 @@ pub mod layout;
 use bytes::{Bytes, BytesMut};
 use device::{AlignedBuf, BlockDevice};
 use layout::{
-    CheckpointEntry, CheckpointHeader, JournalBlock, LayoutError, Record, Superblock, BLOCK, ENTRY_FIXED, ENTRY_PER_BLOCK,
-    KIND_TRIM, KIND_WRITE,
+    CheckpointEntry, CheckpointHeader, JournalBlock, LayoutError, Record, Superblock, BLOCK,
+    ENTRY_FIXED, ENTRY_PER_BLOCK, KIND_TRIM, KIND_WRITE,
 };
 use proto::checksum::{crc32c, zero_block_crc};
 use proto::msg::{ObjectEntry, OsdStats};
@@ -102,7 +102,12 @@ impl ObjectMeta {
             .filter(|(_, (p, _))| *p != ABSENT)
             .map(|(i, (p, c))| (i as u16, *p, *c))
             .collect();
-        CheckpointEntry { object, version: self.version, last_record_id: self.last_record_id, blocks }
+        CheckpointEntry {
+            object,
+            version: self.version,
+            last_record_id: self.last_record_id,
+            blocks,
+        }
     }
 
     fn set(&mut self, block: usize, value: (u32, u32)) -> Option<u32> {
@@ -130,7 +135,12 @@ impl FreeMap {
                 *last = (1u64 << (total % 64)) - 1;
             }
         }
-        FreeMap { bits, free: total, total, cursor: 0 }
+        FreeMap {
+            bits,
+            free: total,
+            total,
+            cursor: 0,
+        }
     }
 
     fn is_free(&self, b: u32) -> bool {
@@ -206,7 +216,11 @@ struct Inner {
 
 impl Inner {
     fn durable_upto(&self) -> u64 {
-        let first_open = [self.inflight.keys().next(), self.unflushed.iter().next()].into_iter().flatten().min().copied();
+        let first_open = [self.inflight.keys().next(), self.unflushed.iter().next()]
+            .into_iter()
+            .flatten()
+            .min()
+            .copied();
         first_open.unwrap_or(self.next_record_id).saturating_sub(1)
     }
 
@@ -229,7 +243,11 @@ impl Inner {
         let mut replaced = Vec::new();
         for i in 0..r.nblocks as usize {
             let b = r.first_block as usize + i;
-            let value = if r.kind == KIND_WRITE { (r.phys[i], r.crcs[i]) } else { (ABSENT, 0) };
+            let value = if r.kind == KIND_WRITE {
+                (r.phys[i], r.crcs[i])
+            } else {
+                (ABSENT, 0)
+            };
             replaced.extend(meta.set(b, value));
         }
         meta.version = r.version;
@@ -276,9 +294,15 @@ impl Store {
             body_len: 0,
             body_crc: crc32c(&[]),
         };
-        let writes = [(sb.checkpoint_area(1), header.encode()), (sb.checkpoint_area(0), vec![0u8; BLOCK]), (0, sb.encode())];
+        let writes = [
+            (sb.checkpoint_area(1), header.encode()),
+            (sb.checkpoint_area(0), vec![0u8; BLOCK]),
+            (0, sb.encode()),
+        ];
         for (offset, bytes) in writes {
-            let (_, r) = dev.write(offset, AlignedBuf::from_slice(&bytes), true).await;
+            let (_, r) = dev
+                .write(offset, AlignedBuf::from_slice(&bytes), true)
+                .await;
             r.map_err(|e| StoreError::DeviceFailed(io_err("format", e)))?;
         }
         Ok(())
@@ -286,18 +310,30 @@ impl Store {
 
     /// Opens the store on a device path (file or block device), with io_uring when the
     /// kernel offers it and positioned IO on a thread pool otherwise.
-    pub async fn open_path(path: &std::path::Path, durability: Durability) -> Result<Arc<Store>, StoreError> {
-        let open_err = |e: std::io::Error| StoreError::Open { path: path.display().to_string(), reason: e.to_string() };
+    pub async fn open_path(
+        path: &std::path::Path,
+        durability: Durability,
+    ) -> Result<Arc<Store>, StoreError> {
+        let open_err = |e: std::io::Error| StoreError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
         let dev = device::open_best(path).map_err(open_err)?;
         Store::open(dev, durability).await.map_err(|e| match e {
-            StoreError::DeviceFailed(reason) => StoreError::Open { path: path.display().to_string(), reason },
+            StoreError::DeviceFailed(reason) => StoreError::Open {
+                path: path.display().to_string(),
+                reason,
+            },
             other => other,
         })
     }
 
     /// Reads the superblock and the newest valid checkpoint, replays the journal, writes a
     /// checkpoint of a new generation, and starts the journal writer.
-    pub async fn open(dev: Arc<dyn BlockDevice>, durability: Durability) -> Result<Arc<Store>, StoreError> {
+    pub async fn open(
+        dev: Arc<dyn BlockDevice>,
+        durability: Durability,
+    ) -> Result<Arc<Store>, StoreError> {
         let started = std::time::Instant::now();
         let fail = |what: &str, e: std::io::Error| StoreError::DeviceFailed(io_err(what, e));
         let (buf, r) = dev.read(0, AlignedBuf::zeroed(BLOCK)).await;
@@ -326,12 +362,24 @@ impl Store {
             checkpoint_seq: ckpt.seq,
             failed: None,
         };
-        let corrupt = |why: String| StoreError::Layout(LayoutError::Bad { what: "checkpoint", why });
+        let corrupt = |why: String| {
+            StoreError::Layout(LayoutError::Bad {
+                what: "checkpoint",
+                why,
+            })
+        };
         for e in entries {
-            let mut meta = ObjectMeta { version: e.version, last_record_id: e.last_record_id, blocks: Vec::new() };
+            let mut meta = ObjectMeta {
+                version: e.version,
+                last_record_id: e.last_record_id,
+                blocks: Vec::new(),
+            };
             for (b, p, c) in e.blocks {
                 if !inner.free.take(p) {
-                    return Err(corrupt(format!("{}: block {p} is out of range or used twice", e.object)));
+                    return Err(corrupt(format!(
+                        "{}: block {p} is out of range or used twice",
+                        e.object
+                    )));
                 }
                 meta.set(b as usize, (p, c));
             }
@@ -397,20 +445,37 @@ impl Store {
 
     fn check_range(&self, offset: u32, length: u32) -> Result<(), StoreError> {
         let max = self.max_object_size();
-        if offset as usize % BLOCK != 0 || length as usize % BLOCK != 0 || length == 0 || offset as u64 + length as u64 > max as u64 {
-            return Err(StoreError::Range { offset, length, max });
+        if offset as usize % BLOCK != 0
+            || length as usize % BLOCK != 0
+            || length == 0
+            || offset as u64 + length as u64 > max as u64
+        {
+            return Err(StoreError::Range {
+                offset,
+                length,
+                max,
+            });
         }
         Ok(())
     }
 
     /// The object's version, `Version::NONE` if it was never written.
     pub fn version(&self, object: &ObjectId) -> Version {
-        self.inner().objects.get(object).map(|m| m.version).unwrap_or_default()
+        self.inner()
+            .objects
+            .get(object)
+            .map(|m| m.version)
+            .unwrap_or_default()
     }
 
     /// Reads a range; returns the data, one crc per block, and the object's version. Blocks
     /// never written (or trimmed) read as zeroes.
-    pub async fn read(&self, object: ObjectId, offset: u32, length: u32) -> Result<(Bytes, Vec<u32>, Version), StoreError> {
+    pub async fn read(
+        &self,
+        object: ObjectId,
+        offset: u32,
+        length: u32,
+    ) -> Result<(Bytes, Vec<u32>, Version), StoreError> {
         self.check_ok()?;
         self.check_range(offset, length)?;
         let first = offset as usize / BLOCK;
@@ -419,7 +484,12 @@ impl Store {
             let inner = self.inner();
             match inner.objects.get(&object) {
                 None => (Version::NONE, vec![(ABSENT, 0); n]),
-                Some(m) => (m.version, (first..first + n).map(|b| m.blocks.get(b).copied().unwrap_or((ABSENT, 0))).collect()),
+                Some(m) => (
+                    m.version,
+                    (first..first + n)
+                        .map(|b| m.blocks.get(b).copied().unwrap_or((ABSENT, 0)))
+                        .collect(),
+                ),
             }
         };
         let mut out = BytesMut::zeroed(length as usize);
@@ -448,7 +518,10 @@ impl Store {
                     if count >= CHECKSUM_ERROR_LIMIT {
                         self.fail(format!("{count} checksum errors"));
                     }
-                    return Err(StoreError::Checksum { object, offset: off });
+                    return Err(StoreError::Checksum {
+                        object,
+                        offset: off,
+                    });
                 }
                 out[k * BLOCK..(k + 1) * BLOCK].copy_from_slice(block);
                 crcs[k] = blocks[k].1;
@@ -459,12 +532,23 @@ impl Store {
     }
 
     /// Writes a range at `version`; `crcs` (one per block) were checked by the caller.
-    pub async fn write(&self, object: ObjectId, offset: u32, data: Bytes, crcs: &[u32], version: Version) -> Result<(), StoreError> {
+    pub async fn write(
+        &self,
+        object: ObjectId,
+        offset: u32,
+        data: Bytes,
+        crcs: &[u32],
+        version: Version,
+    ) -> Result<(), StoreError> {
         self.check_ok()?;
         self.check_range(offset, data.len() as u32)?;
         let n = data.len() / BLOCK;
         if crcs.len() != n {
-            return Err(StoreError::Range { offset, length: data.len() as u32, max: self.max_object_size() });
+            return Err(StoreError::Range {
+                offset,
+                length: data.len() as u32,
+                max: self.max_object_size(),
+            });
         }
         let (id, phys) = self.allocate(object, n).await?;
         let record = Record {
@@ -486,7 +570,10 @@ impl Store {
                     j += 1;
                 }
                 let buf = AlignedBuf::from_slice(&data[i * BLOCK..j * BLOCK]);
-                let (_, r) = self.dev.write(self.superblock.data_block_offset(phys[i]), buf, durable).await;
+                let (_, r) = self
+                    .dev
+                    .write(self.superblock.data_block_offset(phys[i]), buf, durable)
+                    .await;
                 r.map_err(|e| io_err(&format!("data write of {object}"), e))?;
                 i = j;
             }
@@ -502,7 +589,13 @@ impl Store {
 
     /// Frees a range at `version`: its blocks read as zeroes afterwards. The object keeps
     /// its version (a tombstone when nothing is left).
-    pub async fn trim(&self, object: ObjectId, offset: u32, length: u32, version: Version) -> Result<(), StoreError> {
+    pub async fn trim(
+        &self,
+        object: ObjectId,
+        offset: u32,
+        length: u32,
+        version: Version,
+    ) -> Result<(), StoreError> {
         self.check_ok()?;
         self.check_range(offset, length)?;
         let (id, _) = self.allocate(object, 0).await?;
@@ -524,7 +617,13 @@ impl Store {
     }
 
     /// Replaces the whole object (recovery push): `data` covers blocks from 0.
-    pub async fn write_full(&self, object: ObjectId, data: Bytes, crcs: &[u32], version: Version) -> Result<(), StoreError> {
+    pub async fn write_full(
+        &self,
+        object: ObjectId,
+        data: Bytes,
+        crcs: &[u32],
+        version: Version,
+    ) -> Result<(), StoreError> {
         self.write(object, 0, data, crcs, version).await
     }
 
@@ -558,7 +657,8 @@ impl Store {
                 inner.release_pending();
                 let new_object = !inner.objects.contains_key(&object);
                 // Index entries are bounded by the data blocks so a checkpoint always fits.
-                let room = !new_object || (inner.objects.len() as u64) < self.superblock.data_blocks;
+                let room =
+                    !new_object || (inner.objects.len() as u64) < self.superblock.data_blocks;
                 if room {
                     if let Some(phys) = inner.free.alloc(n) {
                         let id = inner.next_record_id;
@@ -580,14 +680,20 @@ impl Store {
     /// Persists the current `durable_upto` (an empty journal block, plus a flush in lazy mode).
     pub async fn commit(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.journal.send(JournalRequest::Commit(tx)).map_err(|_| StoreError::DeviceFailed("journal writer stopped".into()))?;
-        rx.await.map_err(|_| StoreError::DeviceFailed("journal writer stopped".into()))?.map_err(|e| self.fail(e))?;
+        self.journal
+            .send(JournalRequest::Commit(tx))
+            .map_err(|_| StoreError::DeviceFailed("journal writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::DeviceFailed("journal writer stopped".into()))?
+            .map_err(|e| self.fail(e))?;
         self.flush().await
     }
 
     async fn journal_record(&self, r: Record) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        self.journal.send(JournalRequest::Record(r, tx)).map_err(|_| "journal writer stopped".to_string())?;
+        self.journal
+            .send(JournalRequest::Record(r, tx))
+            .map_err(|_| "journal writer stopped".to_string())?;
         rx.await.map_err(|_| "journal writer stopped".to_string())?
     }
 
@@ -609,8 +715,15 @@ impl Store {
     async fn write_checkpoint(&self) -> Result<(), StoreError> {
         let (header, body) = {
             let inner = self.inner();
-            let start = inner.inflight.values().copied().min().unwrap_or(u64::MAX).min(inner.next_seq);
-            let mut body = Vec::with_capacity(inner.objects.len() * (ENTRY_FIXED + 8 * ENTRY_PER_BLOCK));
+            let start = inner
+                .inflight
+                .values()
+                .copied()
+                .min()
+                .unwrap_or(u64::MAX)
+                .min(inner.next_seq);
+            let mut body =
+                Vec::with_capacity(inner.objects.len() * (ENTRY_FIXED + 8 * ENTRY_PER_BLOCK));
             for (object, meta) in &inner.objects {
                 meta.entry(*object).encode(&mut body);
             }
@@ -627,19 +740,35 @@ impl Store {
             (header, body)
         };
         if body.len() as u64 + BLOCK as u64 > self.superblock.checkpoint_bytes {
-            return Err(self.fail(format!("checkpoint of {} bytes does not fit its area", body.len())));
+            return Err(self.fail(format!(
+                "checkpoint of {} bytes does not fit its area",
+                body.len()
+            )));
         }
         if self.durability == Durability::Lazy {
             // Every record in the snapshot must have durable data before the checkpoint
             // names its blocks.
-            self.dev.flush().await.map_err(|e| self.fail(io_err("flush before checkpoint", e)))?;
+            self.dev
+                .flush()
+                .await
+                .map_err(|e| self.fail(io_err("flush before checkpoint", e)))?;
         }
         let base = self.superblock.checkpoint_area(header.seq);
         for (i, chunk) in body.chunks(1 << 20).enumerate() {
-            let (_, r) = self.dev.write(base + BLOCK as u64 + (i << 20) as u64, AlignedBuf::from_slice(chunk), true).await;
+            let (_, r) = self
+                .dev
+                .write(
+                    base + BLOCK as u64 + (i << 20) as u64,
+                    AlignedBuf::from_slice(chunk),
+                    true,
+                )
+                .await;
             r.map_err(|e| self.fail(io_err("checkpoint body", e)))?;
         }
-        let (_, r) = self.dev.write(base, AlignedBuf::from_slice(&header.encode()), true).await;
+        let (_, r) = self
+            .dev
+            .write(base, AlignedBuf::from_slice(&header.encode()), true)
+            .await;
         r.map_err(|e| self.fail(io_err("checkpoint header", e)))?;
         let mut inner = self.inner();
         inner.checkpoint_seq = header.seq;
@@ -653,7 +782,9 @@ impl Store {
 
     /// Writes a checkpoint if the journal is more than half full.
     async fn maybe_checkpoint(self: &Arc<Self>) {
-        let Ok(_guard) = self.checkpoint_lock.try_lock() else { return };
+        let Ok(_guard) = self.checkpoint_lock.try_lock() else {
+            return;
+        };
         let used = {
             let inner = self.inner();
             inner.next_seq - inner.tail_seq
@@ -672,7 +803,11 @@ impl Store {
             .objects
             .iter()
             .filter(|(o, _)| pool.is_none_or(|p| o.pool == p))
-            .map(|(o, m)| ObjectEntry { object: *o, version: m.version, blocks: m.present() as u32 })
+            .map(|(o, m)| ObjectEntry {
+                object: *o,
+                version: m.version,
+                blocks: m.present() as u32,
+            })
             .collect();
         v.sort_by_key(|e| e.object);
         v
@@ -681,21 +816,32 @@ impl Store {
     pub fn stats(&self) -> OsdStats {
         let inner = self.inner();
         let capacity = self.superblock.data_blocks * BLOCK as u64;
-        OsdStats { capacity_bytes: capacity, used_bytes: (inner.free.total - inner.free.free) * BLOCK as u64, objects: inner.objects.len() as u64 }
+        OsdStats {
+            capacity_bytes: capacity,
+            used_bytes: (inner.free.total - inner.free.free) * BLOCK as u64,
+            objects: inner.objects.len() as u64,
+        }
     }
 
     /// Bytes of RAM the index uses (approximately), for the per-TB figure.
     pub fn index_bytes(&self) -> u64 {
         let inner = self.inner();
         let per_object = std::mem::size_of::<ObjectId>() + std::mem::size_of::<ObjectMeta>() + 16;
-        let blocks: usize = inner.objects.values().map(|m| m.blocks.capacity() * 8).sum();
+        let blocks: usize = inner
+            .objects
+            .values()
+            .map(|m| m.blocks.capacity() * 8)
+            .sum();
         (inner.objects.len() * per_object + blocks + inner.free.bits.len() * 8) as u64
     }
 }
 
 /// Group commit: one journal block in flight at a time, holding every record that arrived
 /// while the previous one was being written (as many as fit).
-async fn journal_writer(store: std::sync::Weak<Store>, mut rx: mpsc::UnboundedReceiver<JournalRequest>) {
+async fn journal_writer(
+    store: std::sync::Weak<Store>,
+    mut rx: mpsc::UnboundedReceiver<JournalRequest>,
+) {
     let mut carry: Option<JournalRequest> = None;
     loop {
         let first = match carry.take() {
@@ -741,12 +887,24 @@ async fn journal_writer(store: std::sync::Weak<Store>, mut rx: mpsc::UnboundedRe
                     records.push(r.clone());
                 }
             }
-            JournalBlock { seq, generation: inner.generation, durable_upto: inner.durable_upto(), records }
+            JournalBlock {
+                seq,
+                generation: inner.generation,
+                durable_upto: inner.durable_upto(),
+                records,
+            }
         };
         let mut buf = AlignedBuf::zeroed(BLOCK);
         block.encode(&mut buf);
         let immediate = store.durability == Durability::Immediate;
-        let (_, r) = store.dev.write(store.superblock.journal_slot_offset(block.seq), buf, immediate).await;
+        let (_, r) = store
+            .dev
+            .write(
+                store.superblock.journal_slot_offset(block.seq),
+                buf,
+                immediate,
+            )
+            .await;
         let result = r.map_err(|e| io_err("journal write", e));
         if result.is_ok() {
             let mut inner = store.inner();
@@ -782,7 +940,10 @@ fn req_len(r: &JournalRequest) -> usize {
 }
 
 /// Loads the newest valid checkpoint.
-async fn load_checkpoint(dev: &dyn BlockDevice, sb: &Superblock) -> Result<(CheckpointHeader, Vec<CheckpointEntry>), StoreError> {
+async fn load_checkpoint(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+) -> Result<(CheckpointHeader, Vec<CheckpointEntry>), StoreError> {
     let mut best: Option<(CheckpointHeader, Vec<CheckpointEntry>)> = None;
     let mut why = Vec::new();
     for area in 0..2u64 {
@@ -797,14 +958,19 @@ async fn load_checkpoint(dev: &dyn BlockDevice, sb: &Superblock) -> Result<(Chec
             }
         };
         if h.body_len + BLOCK as u64 > sb.checkpoint_bytes {
-            why.push(format!("area {area}: body of {} bytes exceeds the area", h.body_len));
+            why.push(format!(
+                "area {area}: body of {} bytes exceeds the area",
+                h.body_len
+            ));
             continue;
         }
         if best.as_ref().is_some_and(|(b, _)| b.seq >= h.seq) {
             continue;
         }
         let len = h.body_len as usize;
-        let (body, r) = dev.read(base + BLOCK as u64, AlignedBuf::zeroed(len.max(1))).await;
+        let (body, r) = dev
+            .read(base + BLOCK as u64, AlignedBuf::zeroed(len.max(1)))
+            .await;
         r.map_err(|e| StoreError::DeviceFailed(io_err("checkpoint body", e)))?;
         let body = &body[..len];
         if crc32c(body) != h.body_crc {
@@ -816,19 +982,35 @@ async fn load_checkpoint(dev: &dyn BlockDevice, sb: &Superblock) -> Result<(Chec
             Err(e) => why.push(format!("area {area}: {e}")),
         }
     }
-    best.ok_or_else(|| StoreError::Layout(LayoutError::Bad { what: "checkpoint", why: format!("no valid checkpoint ({})", why.join("; ")) }))
+    best.ok_or_else(|| {
+        StoreError::Layout(LayoutError::Bad {
+            what: "checkpoint",
+            why: format!("no valid checkpoint ({})", why.join("; ")),
+        })
+    })
 }
 
 /// Replays the journal after the checkpoint into `inner` (see the module header).
-async fn replay(dev: &dyn BlockDevice, sb: &Superblock, inner: &mut Inner) -> Result<(), StoreError> {
+async fn replay(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+    inner: &mut Inner,
+) -> Result<(), StoreError> {
     let mut blocks = Vec::new();
     let mut seq = inner.next_seq;
     let mut durable = inner.persisted_durable;
     const BATCH: u64 = 64;
     'scan: while seq - inner.tail_seq < sb.journal_blocks {
         let slot = seq % sb.journal_blocks;
-        let n = BATCH.min(sb.journal_blocks - slot).min(sb.journal_blocks - (seq - inner.tail_seq));
-        let (buf, r) = dev.read(sb.journal_slot_offset(seq), AlignedBuf::zeroed(n as usize * BLOCK)).await;
+        let n = BATCH
+            .min(sb.journal_blocks - slot)
+            .min(sb.journal_blocks - (seq - inner.tail_seq));
+        let (buf, r) = dev
+            .read(
+                sb.journal_slot_offset(seq),
+                AlignedBuf::zeroed(n as usize * BLOCK),
+            )
+            .await;
         r.map_err(|e| StoreError::DeviceFailed(io_err("journal read", e)))?;
         for k in 0..n as usize {
             match JournalBlock::decode(&buf[k * BLOCK..(k + 1) * BLOCK]) {
@@ -850,7 +1032,11 @@ async fn replay(dev: &dyn BlockDevice, sb: &Superblock, inner: &mut Inner) -> Re
             if cut.contains(&r.object) {
                 continue;
             }
-            if inner.objects.get(&r.object).is_some_and(|m| m.last_record_id >= r.id) {
+            if inner
+                .objects
+                .get(&r.object)
+                .is_some_and(|m| m.last_record_id >= r.id)
+            {
                 continue;
             }
             let trusted = r.id <= durable;
@@ -862,7 +1048,10 @@ async fn replay(dev: &dyn BlockDevice, sb: &Superblock, inner: &mut Inner) -> Re
                     if trusted {
                         return Err(StoreError::Layout(LayoutError::Bad {
                             what: "journal",
-                            why: format!("record {} of {} names blocks that are not free", r.id, r.object),
+                            why: format!(
+                                "record {} of {} names blocks that are not free",
+                                r.id, r.object
+                            ),
                         }));
                     }
                     tracing::info!(object = %r.object, record = r.id, "dropping a write that did not complete before the crash");
@@ -883,9 +1072,15 @@ async fn replay(dev: &dyn BlockDevice, sb: &Superblock, inner: &mut Inner) -> Re
     Ok(())
 }
 
-async fn data_matches(dev: &dyn BlockDevice, sb: &Superblock, r: &Record) -> Result<bool, StoreError> {
+async fn data_matches(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+    r: &Record,
+) -> Result<bool, StoreError> {
     for (p, c) in r.phys.iter().zip(&r.crcs) {
-        let (buf, res) = dev.read(sb.data_block_offset(*p), AlignedBuf::zeroed(BLOCK)).await;
+        let (buf, res) = dev
+            .read(sb.data_block_offset(*p), AlignedBuf::zeroed(BLOCK))
+            .await;
         res.map_err(|e| StoreError::DeviceFailed(io_err("journal replay read", e)))?;
         if crc32c(&buf) != *c {
             return Ok(false);

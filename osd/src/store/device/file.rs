@@ -19,11 +19,20 @@ pub struct FileDevice {
 /// Opens a device or file for direct IO; where the filesystem refuses O_DIRECT (tmpfs) it
 /// falls back to buffered IO and says so (durable writes and flushes still sync).
 pub fn open_direct(path: &Path) -> io::Result<File> {
-    let open = |flags: i32| OpenOptions::new().read(true).write(true).custom_flags(flags).open(path);
+    let open = |flags: i32| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(flags)
+            .open(path)
+    };
     match open(libc::O_DIRECT) {
         Ok(f) => Ok(f),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::warn!("{}: O_DIRECT refused by the filesystem, using buffered IO", path.display());
+            tracing::warn!(
+                "{}: O_DIRECT refused by the filesystem, using buffered IO",
+                path.display()
+            );
             open(0)
         }
         Err(e) => Err(e),
@@ -47,16 +56,30 @@ impl FileDevice {
     pub fn open(path: &Path) -> io::Result<FileDevice> {
         let file = open_direct(path)?;
         let size = device_size(&file)?;
-        Ok(FileDevice { file: Arc::new(file), size })
+        Ok(FileDevice {
+            file: Arc::new(file),
+            size,
+        })
     }
 }
 
 fn pwrite_dsync(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     let mut done = 0usize;
     while done < buf.len() {
-        let iov = libc::iovec { iov_base: buf[done..].as_ptr() as *mut libc::c_void, iov_len: buf.len() - done };
+        let iov = libc::iovec {
+            iov_base: buf[done..].as_ptr() as *mut libc::c_void,
+            iov_len: buf.len() - done,
+        };
         // SAFETY: iov points into `buf`, which outlives the call.
-        let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, (offset + done as u64) as i64, libc::RWF_DSYNC) };
+        let n = unsafe {
+            libc::pwritev2(
+                file.as_raw_fd(),
+                &iov,
+                1,
+                (offset + done as u64) as i64,
+                libc::RWF_DSYNC,
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -65,7 +88,10 @@ fn pwrite_dsync(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
             return Err(e);
         }
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "device accepted no bytes"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "device accepted no bytes",
+            ));
         }
         done += n as usize;
     }
@@ -73,7 +99,9 @@ fn pwrite_dsync(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| io::Error::other(e.to_string()))
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 impl BlockDevice for FileDevice {
@@ -100,7 +128,12 @@ impl BlockDevice for FileDevice {
         })
     }
 
-    fn write(&self, offset: u64, buf: AlignedBuf, durable: bool) -> IoFuture<'_, (AlignedBuf, io::Result<()>)> {
+    fn write(
+        &self,
+        offset: u64,
+        buf: AlignedBuf,
+        durable: bool,
+    ) -> IoFuture<'_, (AlignedBuf, io::Result<()>)> {
         let file = Arc::clone(&self.file);
         let size = self.size;
         Box::pin(async move {
@@ -108,7 +141,11 @@ impl BlockDevice for FileDevice {
                 return (buf, Err(e));
             }
             match blocking(move || {
-                let r = if durable { pwrite_dsync(&file, &buf, offset) } else { file.write_all_at(&buf, offset) };
+                let r = if durable {
+                    pwrite_dsync(&file, &buf, offset)
+                } else {
+                    file.write_all_at(&buf, offset)
+                };
                 (buf, r)
             })
             .await

@@ -25,17 +25,28 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// Reads `buf.len()` bytes at `offset` into `buf` and hands the buffer back.
     fn read(&self, offset: u64, buf: AlignedBuf) -> IoFuture<'_, (AlignedBuf, io::Result<()>)>;
     /// Writes `buf` at `offset` (see the durability contract above).
-    fn write(&self, offset: u64, buf: AlignedBuf, durable: bool) -> IoFuture<'_, (AlignedBuf, io::Result<()>)>;
+    fn write(
+        &self,
+        offset: u64,
+        buf: AlignedBuf,
+        durable: bool,
+    ) -> IoFuture<'_, (AlignedBuf, io::Result<()>)>;
     /// Makes every completed write durable.
     fn flush(&self) -> IoFuture<'_, io::Result<()>>;
 }
 
 pub fn check_aligned(offset: u64, len: usize, size: u64) -> io::Result<()> {
     if offset % ALIGN as u64 != 0 || len % ALIGN != 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unaligned io {offset}+{len}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unaligned io {offset}+{len}"),
+        ));
     }
     if offset.checked_add(len as u64).is_none_or(|end| end > size) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("io {offset}+{len} past the end {size}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("io {offset}+{len} past the end {size}"),
+        ));
     }
     Ok(())
 }
@@ -57,7 +68,8 @@ impl AlignedBuf {
         let layout = std::alloc::Layout::from_size_align(len, ALIGN).expect("aligned layout");
         // SAFETY: layout has non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBuf { ptr, len }
     }
 
@@ -118,7 +130,10 @@ pub fn open_best(path: &std::path::Path) -> io::Result<std::sync::Arc<dyn BlockD
     if std::env::var_os("ATLANT_NO_URING").is_none() {
         match uring::UringDevice::open(path) {
             Ok(d) => return Ok(std::sync::Arc::new(d)),
-            Err(e) => tracing::warn!("{}: {e}; using positioned IO on a thread pool", path.display()),
+            Err(e) => tracing::warn!(
+                "{}: {e}; using positioned IO on a thread pool",
+                path.display()
+            ),
         }
     }
     Ok(std::sync::Arc::new(FileDevice::open(path)?))

@@ -7,8 +7,8 @@
 
 use super::{check_aligned, AlignedBuf, BlockDevice, IoFuture};
 use rand::Rng;
-use std::io;
 use std::collections::{BTreeMap, BTreeSet};
+use std::io;
 use std::sync::{Arc, Mutex};
 
 const SECTOR: usize = 512;
@@ -47,7 +47,16 @@ impl SimDevice {
         let bytes = vec![0u8; size as usize];
         Arc::new(SimDevice {
             size,
-            state: Mutex::new(State { stable: bytes.clone(), current: bytes, pending: BTreeMap::new(), next_write: 0, ops: 0, cut_at: None, cut: false, bad_read: None }),
+            state: Mutex::new(State {
+                stable: bytes.clone(),
+                current: bytes,
+                pending: BTreeMap::new(),
+                next_write: 0,
+                ops: 0,
+                cut_at: None,
+                cut: false,
+                bad_read: None,
+            }),
         })
     }
 
@@ -82,7 +91,10 @@ impl SimDevice {
         // Each pending write independently survives whole, is lost, or is torn (a random
         // subset of its sectors lands); that also reorders writes.
         let writes: BTreeSet<u64> = s.pending.values().map(|(w, _)| *w).collect();
-        let mut stats = CrashStats { pending: writes.len(), ..Default::default() };
+        let mut stats = CrashStats {
+            pending: writes.len(),
+            ..Default::default()
+        };
         let mut fate = BTreeMap::new();
         for w in writes {
             let f = rng.random_range(0..4u8);
@@ -106,7 +118,16 @@ impl SimDevice {
         }
         let dev = Arc::new(SimDevice {
             size: self.size,
-            state: Mutex::new(State { stable: image.clone(), current: image, pending: BTreeMap::new(), next_write: 0, ops: 0, cut_at: None, cut: false, bad_read: None }),
+            state: Mutex::new(State {
+                stable: image.clone(),
+                current: image,
+                pending: BTreeMap::new(),
+                next_write: 0,
+                ops: 0,
+                cut_at: None,
+                cut: false,
+                bad_read: None,
+            }),
         });
         (dev, stats)
     }
@@ -135,7 +156,8 @@ impl SimDevice {
         if cutting {
             // In flight when the power went: it may or may not reach the medium.
             for (k, sector) in data.chunks(SECTOR).enumerate() {
-                s.pending.insert(first_sector + k as u64, (id, sector.to_vec()));
+                s.pending
+                    .insert(first_sector + k as u64, (id, sector.to_vec()));
             }
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -144,7 +166,8 @@ impl SimDevice {
             if durable {
                 s.pending.remove(&(first_sector + k as u64));
             } else {
-                s.pending.insert(first_sector + k as u64, (id, sector.to_vec()));
+                s.pending
+                    .insert(first_sector + k as u64, (id, sector.to_vec()));
             }
         }
         if durable {
@@ -166,7 +189,9 @@ impl BlockDevice for SimDevice {
             if Self::step(&mut s)? {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
-            if s.bad_read.is_some_and(|b| b >= offset && b < offset + buf.len() as u64) {
+            if s.bad_read
+                .is_some_and(|b| b >= offset && b < offset + buf.len() as u64)
+            {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             let at = offset as usize;
@@ -177,7 +202,12 @@ impl BlockDevice for SimDevice {
         Box::pin(async move { (buf, r) })
     }
 
-    fn write(&self, offset: u64, buf: AlignedBuf, durable: bool) -> IoFuture<'_, (AlignedBuf, io::Result<()>)> {
+    fn write(
+        &self,
+        offset: u64,
+        buf: AlignedBuf,
+        durable: bool,
+    ) -> IoFuture<'_, (AlignedBuf, io::Result<()>)> {
         let r = self.do_write(offset, &buf, durable);
         Box::pin(async move {
             // Lets other tasks run between device operations, as real IO would.
@@ -231,7 +261,10 @@ mod tests {
             assert!(b[4096..8192].iter().all(|&x| x == 2));
             seen_lost |= b[8192..].iter().any(|&x| x != 3);
         }
-        assert!(seen_lost, "an unflushed write must sometimes be lost or torn");
+        assert!(
+            seen_lost,
+            "an unflushed write must sometimes be lost or torn"
+        );
     }
 
     #[tokio::test]

@@ -77,7 +77,10 @@ const MAX_TRANSFER_BYTES: usize = 1 << 30;
 /// EINTR/EAGAIN retries of one op before the error is returned.
 const MAX_RETRIES: u32 = 64;
 
-const _: () = assert!(MAX_TRANSFER_BYTES / super::ALIGN * super::ALIGN == MAX_TRANSFER_BYTES && MAX_TRANSFER_BYTES <= u32::MAX as usize);
+const _: () = assert!(
+    MAX_TRANSFER_BYTES / super::ALIGN * super::ALIGN == MAX_TRANSFER_BYTES
+        && MAX_TRANSFER_BYTES <= u32::MAX as usize
+);
 const _: () = assert!((MAX_IN_FLIGHT as u64) < WAKE_TOKEN);
 
 pub struct UringDevice {
@@ -100,7 +103,8 @@ impl Wake {
         let one: u64 = 1;
         loop {
             // SAFETY: writes 8 bytes from a live u64 to an fd we own.
-            let n = unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            let n =
+                unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
             if n == 8 {
                 return;
             }
@@ -160,33 +164,58 @@ impl UringDevice {
         }
         // SAFETY: `raw` is a fresh fd that nothing else owns.
         let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let wake = Arc::new(Wake { eventfd, wake_pending: AtomicBool::new(false) });
+        let wake = Arc::new(Wake {
+            eventfd,
+            wake_pending: AtomicBool::new(false),
+        });
         let (requests, receiver) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let thread_wake = Arc::clone(&wake);
-        let name = format!("uring:{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+        let name = format!(
+            "uring:{}",
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        );
         // The ring is created on its own thread: SINGLE_ISSUER ties it to the creating task.
-        let thread = std::thread::Builder::new().name(name).spawn(move || match RingThread::new(file, thread_wake, receiver) {
-            Ok(ring) => {
-                let _ = ready_tx.send(Ok(()));
-                ring.run();
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-            }
-        })?;
-        let ready = ready_rx.recv().unwrap_or_else(|_| Err(io::Error::other("io_uring thread exited during start-up")));
+        let thread =
+            std::thread::Builder::new().name(name).spawn(move || {
+                match RingThread::new(file, thread_wake, receiver) {
+                    Ok(ring) => {
+                        let _ = ready_tx.send(Ok(()));
+                        ring.run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })?;
+        let ready = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("io_uring thread exited during start-up")));
         if let Err(e) = ready {
             let _ = thread.join();
             return Err(e);
         }
-        Ok(UringDevice { size, requests, wake, thread: Some(thread) })
+        Ok(UringDevice {
+            size,
+            requests,
+            wake,
+            thread: Some(thread),
+        })
     }
 
     /// Queues one op and waits for its reply.
     async fn submit(&self, kind: Kind, offset: u64, buf: Option<AlignedBuf>) -> Reply {
         let (reply, done) = oneshot::channel();
-        let request = Request { kind, offset, buf, done_bytes: 0, retries: 0, reply };
+        let request = Request {
+            kind,
+            offset,
+            buf,
+            done_bytes: 0,
+            retries: 0,
+            reply,
+        };
         if let Err(crossbeam_channel::SendError(msg)) = self.requests.send(Message::Io(request)) {
             let buf = match msg {
                 Message::Io(mut r) => r.buf.take(),
@@ -198,17 +227,30 @@ impl UringDevice {
         if !self.wake.wake_pending.swap(true, Ordering::AcqRel) {
             self.wake.notify();
         }
-        done.await.unwrap_or_else(|_| (None, Err(io::Error::other("io_uring thread dropped the request"))))
+        done.await.unwrap_or_else(|_| {
+            (
+                None,
+                Err(io::Error::other("io_uring thread dropped the request")),
+            )
+        })
     }
 
-    async fn transfer(&self, kind: Kind, offset: u64, buf: AlignedBuf) -> (AlignedBuf, io::Result<()>) {
+    async fn transfer(
+        &self,
+        kind: Kind,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> (AlignedBuf, io::Result<()>) {
         if let Err(e) = check_aligned(offset, buf.len(), self.size) {
             return (buf, Err(e));
         }
         match self.submit(kind, offset, Some(buf)).await {
             (Some(buf), r) => (buf, r),
             // The buffer was leaked with a broken ring; hand back a fresh one, as FileDevice does.
-            (None, r) => (AlignedBuf::zeroed(0), r.and(Err(io::Error::other("io_uring lost the buffer")))),
+            (None, r) => (
+                AlignedBuf::zeroed(0),
+                r.and(Err(io::Error::other("io_uring lost the buffer"))),
+            ),
         }
     }
 }
@@ -222,7 +264,12 @@ impl BlockDevice for UringDevice {
         Box::pin(self.transfer(Kind::Read, offset, buf))
     }
 
-    fn write(&self, offset: u64, buf: AlignedBuf, durable: bool) -> IoFuture<'_, (AlignedBuf, io::Result<()>)> {
+    fn write(
+        &self,
+        offset: u64,
+        buf: AlignedBuf,
+        durable: bool,
+    ) -> IoFuture<'_, (AlignedBuf, io::Result<()>)> {
         Box::pin(self.transfer(Kind::Write { durable }, offset, buf))
     }
 
@@ -277,9 +324,14 @@ impl RingThread {
         let ring = new_ring()?;
         let mut probe = io_uring::Probe::new();
         let supported = ring.submitter().register_probe(&mut probe).is_ok()
-            && [opcode::Read::CODE, opcode::Write::CODE, opcode::Fsync::CODE].iter().all(|&op| probe.is_supported(op));
+            && [opcode::Read::CODE, opcode::Write::CODE, opcode::Fsync::CODE]
+                .iter()
+                .all(|&op| probe.is_supported(op));
         if !supported {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring is unavailable: the kernel lacks IORING_OP_READ/WRITE (Linux 5.6+)"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring is unavailable: the kernel lacks IORING_OP_READ/WRITE (Linux 5.6+)",
+            ));
         }
         let target = match ring.submitter().register_files(&[file.as_raw_fd()]) {
             Ok(()) => Target::Fixed,
@@ -348,9 +400,13 @@ impl RingThread {
     /// Turns the backlog into SQEs, up to `MAX_IN_FLIGHT`, and keeps the eventfd read armed.
     fn push_all(&mut self) -> io::Result<()> {
         if !self.wake_armed && !self.stopping {
-            let entry = opcode::Read::new(types::Fd(self.wake.eventfd.as_raw_fd()), (&mut *self.wake_buf as *mut u64).cast(), 8)
-                .build()
-                .user_data(WAKE_TOKEN);
+            let entry = opcode::Read::new(
+                types::Fd(self.wake.eventfd.as_raw_fd()),
+                (&mut *self.wake_buf as *mut u64).cast(),
+                8,
+            )
+            .build()
+            .user_data(WAKE_TOKEN);
             self.push(&entry)?;
             self.wake_armed = true;
         }
@@ -401,7 +457,10 @@ impl RingThread {
             Some(buf) => {
                 let len = (buf.len() - request.done_bytes).min(MAX_TRANSFER_BYTES);
                 // SAFETY: done_bytes < buf.len() while the request is unfinished.
-                (unsafe { buf.as_mut_ptr().add(request.done_bytes) }, len as u32)
+                (
+                    unsafe { buf.as_mut_ptr().add(request.done_bytes) },
+                    len as u32,
+                )
             }
             None => (std::ptr::null_mut(), 0),
         };
@@ -425,13 +484,19 @@ impl RingThread {
                 let flags = if durable { libc::RWF_DSYNC } else { 0 };
                 on_target!(fd => opcode::Write::new(fd, ptr, len).offset(offset).rw_flags(flags).build())
             }
-            Kind::Flush => on_target!(fd => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build()),
+            Kind::Flush => {
+                on_target!(fd => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build())
+            }
         }
     }
 
     /// Handles every completion in the CQ.
     fn reap(&mut self) {
-        let done: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let done: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
         for (user_data, result) in done {
             if user_data == WAKE_TOKEN {
                 self.wake_armed = false;
@@ -471,8 +536,17 @@ impl RingThread {
         if result == 0 {
             let at = request.offset + request.done_bytes as u64;
             let e = match request.kind {
-                Kind::Read => io::Error::new(io::ErrorKind::UnexpectedEof, format!("read {}+{len} ended at {at}: past the end of the device", request.offset)),
-                _ => io::Error::new(io::ErrorKind::WriteZero, format!("write {}+{len} made no progress at {at}", request.offset)),
+                Kind::Read => io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "read {}+{len} ended at {at}: past the end of the device",
+                        request.offset
+                    ),
+                ),
+                _ => io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("write {}+{len} made no progress at {at}", request.offset),
+                ),
             };
             return request.finish(Err(e));
         }
@@ -516,14 +590,22 @@ impl RingThread {
 
 fn is_transient(e: &io::Error) -> bool {
     // EBUSY: the CQ is full; the next wait reaps it. Cannot happen with MAX_IN_FLIGHT, kept for safety.
-    matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
+    )
 }
 
 /// Creates the ring with the cheapest completion mode the kernel offers: deferred task work
 /// (6.1), cooperative task work (5.19), or the default.
 fn new_ring() -> io::Result<IoUring> {
     let modes: [fn() -> io::Result<IoUring>; 3] = [
-        || IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(RING_ENTRIES),
+        || {
+            IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .build(RING_ENTRIES)
+        },
         || IoUring::builder().setup_coop_taskrun().build(RING_ENTRIES),
         || IoUring::new(RING_ENTRIES),
     ];
@@ -557,7 +639,8 @@ mod tests {
 
     impl TempFile {
         fn new(name: &str, size: u64) -> TempFile {
-            let path = std::env::temp_dir().join(format!("atlant-uring-{name}-{}", std::process::id()));
+            let path =
+                std::env::temp_dir().join(format!("atlant-uring-{name}-{}", std::process::id()));
             let f = File::create(&path).expect("create temp file");
             f.set_len(size).expect("size temp file");
             TempFile(path)
@@ -611,15 +694,25 @@ mod tests {
         assert_eq!(buf.len(), 8192);
         // The file shrinks under the device: the first half of the read succeeds, the
         // remainder is resubmitted, reads nothing and must fail.
-        File::options().write(true).open(&file.0).unwrap().set_len(4096).unwrap();
+        File::options()
+            .write(true)
+            .open(&file.0)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
         let read = dev.read(0, AlignedBuf::zeroed(8192));
-        let (buf, r) = tokio::time::timeout(std::time::Duration::from_secs(10), read).await.expect("read hung");
+        let (buf, r) = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("read hung");
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         assert_eq!(buf.len(), 8192);
         let (_, r) = dev.read(32 << 10, AlignedBuf::zeroed(4096)).await;
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         // The device still works afterwards.
-        dev.write(0, AlignedBuf::from_slice(&[9; 4096]), true).await.1.unwrap();
+        dev.write(0, AlignedBuf::from_slice(&[9; 4096]), true)
+            .await
+            .1
+            .unwrap();
         dev.flush().await.unwrap();
     }
 
@@ -629,9 +722,16 @@ mod tests {
         let Some(dev) = open(&file.0) else { return };
         for i in 1..64u64 {
             // Dropped before (or while) the ring thread sees it.
-            let _ = futures::FutureExt::now_or_never(dev.write(i * 4096, AlignedBuf::from_slice(&[1; 4096]), true));
+            let _ = futures::FutureExt::now_or_never(dev.write(
+                i * 4096,
+                AlignedBuf::from_slice(&[1; 4096]),
+                true,
+            ));
         }
-        dev.write(0, AlignedBuf::from_slice(&[2; 4096]), true).await.1.unwrap();
+        dev.write(0, AlignedBuf::from_slice(&[2; 4096]), true)
+            .await
+            .1
+            .unwrap();
         let (buf, r) = dev.read(0, AlignedBuf::zeroed(4096)).await;
         r.unwrap();
         assert!(buf.iter().all(|&b| b == 2));
