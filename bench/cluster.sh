@@ -6,6 +6,7 @@
 #   file-dsync   the same with sync=dsync (each write durable, as Atlant's are)
 #   qemu-nbd     qemu-nbd serving a raw file (cache=none), through the same NBD client path
 #   atlant       Atlant: NBD gateway → primary → 3 replicas, every write durable on ack
+#   atlant-client  the same cluster through the client library (`atlant bench`), no NBD hop
 # Prints one table and writes target/bench/cluster.json (rows: job, target, iops, mean_us,
 # p99_us, mib_s). Env: RUNTIME (s per job, default 10), BENCH_SIZE (default 1g), TARGETS.
 set -u -o pipefail
@@ -16,6 +17,7 @@ OUT=$ROOT/target/bench
 RUNTIME=${RUNTIME:-10}
 BENCH_SIZE=${BENCH_SIZE:-1g}
 TARGETS=${TARGETS:-"file file-dsync qemu-nbd atlant"}
+REPORT_TARGETS="$TARGETS"; case " $TARGETS " in *" atlant "*) REPORT_TARGETS="$TARGETS atlant-client" ;; esac
 JOBS_ALL="randwrite-4k-qd1 randread-4k-qd1 randwrite-4k-qd32 randread-4k-qd32 seqwrite-1m-qd8 seqread-1m-qd8"
 WORK=$OUT/cluster-work
 rm -rf "$WORK"; mkdir -p "$WORK"
@@ -63,6 +65,12 @@ for t in $TARGETS; do
       "$ATLANT" dev up --dir "$WORK/cluster" --osd-size 6G --image-size 2G > "$WORK/dev-up.log" 2>&1 || { cat "$WORK/dev-up.log"; exit 1; }
       . "$WORK/cluster/cluster.env"
       OUT_DIR=$WORK/atlant "$TOOLS/fio-nbd-bench" "$NBD_URI" "$WORK/atlant/summary.json" | tail -12
+      # The same cluster through the client library directly: the NBD hop's share.
+      mkdir -p "$WORK/atlant-client"
+      for args in "--write --depth 1" "--depth 1" "--write --depth 32" "--depth 32" "--write --sequential --bs 1M --depth 8" "--sequential --bs 1M --depth 8"; do
+        # shellcheck disable=SC2086
+        "$ATLANT" bench rbd/vm1 $args --seconds "$RUNTIME" --region "$BENCH_SIZE" --format json >> "$WORK/atlant-client/rows.jsonl"
+      done
       "$ATLANT" status
       # CPU seconds of the cluster's processes, for CPU per op.
       for kv in $OSD_PIDS "nbd=$NBD_PID"; do
@@ -73,4 +81,4 @@ for t in $TARGETS; do
   esac
 done
 
-python3 "$ROOT/bench/report.py" "$WORK" "$OUT/cluster.json" $TARGETS
+python3 "$ROOT/bench/report.py" "$WORK" "$OUT/cluster.json" $REPORT_TARGETS

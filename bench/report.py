@@ -9,6 +9,14 @@ JOBS = ["randwrite-4k-qd1", "randread-4k-qd1", "randwrite-4k-qd32", "randread-4k
 
 
 def load(target, job):
+    rows = os.path.join(work, target, "rows.jsonl")
+    if os.path.exists(rows):
+        for line in open(rows):
+            r = json.loads(line)
+            if r["job"] == job:
+                return {"job": job, "target": target, "iops": r["iops"], "mean_us": r["mean_us"], "p99_us": r["p99_us"],
+                        "mib_s": r["mib_s"], "errors": 0}
+        return None
     path = os.path.join(work, target, job + ".json")
     if not os.path.exists(path):
         return None
@@ -34,7 +42,7 @@ def load(target, job):
 rows = [r for job in JOBS for t in targets if (r := load(t, job))]
 by = {(r["job"], r["target"]): r for r in rows}
 print()
-hdr = "%-18s %-11s %10s %10s %10s %9s %12s" % ("job", "target", "IOPS", "MiB/s", "mean_us", "p99_us", "vs qemu-nbd")
+hdr = "%-18s %-13s %10s %10s %10s %9s %12s" % ("job", "target", "IOPS", "MiB/s", "mean_us", "p99_us", "vs qemu-nbd")
 print(hdr)
 print("-" * len(hdr))
 for job in JOBS:
@@ -42,11 +50,11 @@ for job in JOBS:
     for t in targets:
         r = by.get((job, t))
         if not r:
-            print("%-18s %-11s %s" % (job, t, "no result"))
+            print("%-18s %-13s %s" % (job, t, "no result"))
             continue
         ratio = "%.2fx" % (r["iops"] / base["iops"]) if base and base["iops"] else "-"
         r["vs_qemu_nbd"] = round(r["iops"] / base["iops"], 3) if base and base["iops"] else None
-        print("%-18s %-11s %10.0f %10.1f %10.1f %9.1f %12s" % (job, t, r["iops"], r["mib_s"], r["mean_us"], r["p99_us"], ratio))
+        print("%-18s %-13s %10.0f %10.1f %10.1f %9.1f %12s" % (job, t, r["iops"], r["mib_s"], r["mean_us"], r["p99_us"], ratio))
 cpu = os.path.join(work, "atlant", "cpu.txt")
 if os.path.exists(cpu):
     print("\ncluster CPU seconds over the whole atlant run: " + ", ".join(l.strip() for l in open(cpu)))

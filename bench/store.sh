@@ -200,6 +200,8 @@ if [ "$PROFILE_MISSES" = 1 ] && [ -s "$WORK/misses.txt" ] && command -v perf > /
         --qd "${job##*-qd}" --seconds "$RUNTIME" --ramp-seconds "$RAMP" --durability "$DURABILITY" --io "$STORE_IO" \
         > "$WORK/perf-$t-$job.json" 2> "$WORK/perf-$t-$job.err" < /dev/null
     echo "   run under perf: $(cat "$WORK/perf-$t-$job.json")"
+    echo "   -- samples by thread (tokio workers, io_uring ring thread, loop kworkers are not in this process)"
+    perf report -i "$WORK/perf-$t-$job.data" --stdio --sort comm 2> /dev/null < /dev/null | grep -v '^#' | grep -v '^$' | head -6
     echo "   -- samples by binary (kernel, store, libc)"
     perf report -i "$WORK/perf-$t-$job.data" --stdio --sort dso 2> /dev/null < /dev/null | grep -v '^#' | grep -v '^$' | head -6
     echo "   -- top symbols"

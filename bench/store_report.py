@@ -62,6 +62,7 @@ def store_row(target, job):
         "cpu_us_per_op": round(d["cpu_us_per_op"], 1),
         "errors": d.get("checksum_errors", 0),
         "io": d.get("io"),
+        "device": d.get("device"),
         "durability": d.get("durability"),
     }
 
@@ -120,8 +121,8 @@ for job in JOBS:
 bad += ["%s %s %s: errors %s" % (r["engine"], r["target"], r["job"], r["errors"]) for r in rows if r["errors"]]
 if rows:
     r = next((r for r in rows if r["engine"] == "store"), {})
-    print("\nstore: device io=%s, durability=%s; fio: direct=1%s, on the same file/device, same run"
-          % (r.get("io"), r.get("durability"), ", sync=dsync for writes" if r.get("durability") == "immediate" else ""))
+    print("\nstore: device %s (--io %s), durability=%s; fio: direct=1%s, on the same file/device, same run"
+          % (r.get("device"), r.get("io"), r.get("durability"), ", sync=dsync for writes" if r.get("durability") == "immediate" else ""))
 if os.path.exists(os.path.join(work, "loop-skipped")):
     print(open(os.path.join(work, "loop-skipped")).read().strip())
 
@@ -172,12 +173,13 @@ if fill:
         fill["index_bytes"], fill["objects"], fill["object_size"] >> 10, fill["used_bytes"], 100 * fill["used_fraction"],
         fill["stopped_by"], fill["index_bytes_per_tb"] / 2**30)
     if opened:
-        rss_per_tb = opened["rss_delta_kib"] * 1024 * 1e12 / max(opened["used_bytes"], 1)
+        rss_per_tb = opened["rss_delta_trimmed_kib"] * 1024 * 1e12 / max(opened["used_bytes"], 1)
         fig["rss_delta_on_open_bytes"] = opened["rss_delta_kib"] * 1024
-        fig["rss_delta_on_open_per_tb"] = round(rss_per_tb)
+        fig["rss_delta_on_open_trimmed_bytes"] = opened["rss_delta_trimmed_kib"] * 1024
+        fig["rss_delta_on_open_trimmed_per_tb"] = round(rss_per_tb)
         fig["open_ms"] = opened["open_ms"]
-        line += "; RSS a fresh open adds: %d KiB = %.2f GiB per TB (includes the checkpoint read buffers)" % (
-            opened["rss_delta_kib"], rss_per_tb / 2**30)
+        line += "; RSS a fresh open adds: %d KiB, %d KiB after malloc_trim = %.2f GiB per TB" % (
+            opened["rss_delta_kib"], opened["rss_delta_trimmed_kib"], rss_per_tb / 2**30)
     extra["index_ram"] = fig
     print(line)
 
@@ -200,14 +202,16 @@ if fill and empty:
         "index_bytes": empty["index_bytes"],
         "index_bytes_per_tb": round(empty["index_bytes_per_tb"]),
         "rss_delta_on_open_bytes": empty["rss_delta_kib"] * 1024,
-        "rss_delta_on_open_per_tb": round(empty["rss_delta_kib"] * 1024 * 1e12 / max(empty["used_bytes"], 1)),
+        "rss_delta_on_open_trimmed_bytes": empty["rss_delta_trimmed_kib"] * 1024,
+        "rss_delta_on_open_trimmed_per_tb": round(empty["rss_delta_trimmed_kib"] * 1024 * 1e12 / max(empty["used_bytes"], 1)),
     }
     print("open time, %.1f GiB device %.1f%% full (%d objects of 128 KiB, filled at %.0f MiB/s in %.0f s, stopped: %s):" % (
         fill["device_bytes"] / 2**30, 100 * fill["used_fraction"], fill["objects"], fill["mib_s"], fill["seconds"],
         fill["stopped_by"]))
-    print("  journal empty: open_ms %d (wall %.0f ms); index %d bytes = %.2f GiB per TB of data, RSS the open added %d KiB"
-          " = %.2f GiB per TB" % (empty["open_ms"], empty["wall_ms"], empty["index_bytes"], empty["index_bytes_per_tb"] / 2**30,
-                                 empty["rss_delta_kib"], fig["rss_delta_on_open_per_tb"] / 2**30))
+    print("  journal empty: open_ms %d (wall %.0f ms); index %d bytes = %.2f GiB per TB of data; RSS the open added %d KiB,"
+          " %d KiB after malloc_trim = %.2f GiB per TB" % (
+              empty["open_ms"], empty["wall_ms"], empty["index_bytes"], empty["index_bytes_per_tb"] / 2**30,
+              empty["rss_delta_kib"], empty["rss_delta_trimmed_kib"], fig["rss_delta_on_open_trimmed_per_tb"] / 2**30))
     if jour and half:
         fig.update({
             "journal_writes": jour["writes"],

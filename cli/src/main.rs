@@ -2,6 +2,7 @@
 //! say what was wrong and exit non-zero. Monitors are found from `--mon`, else `ATLANT_MON`,
 //! else the config file (`--conf`, default `/etc/atlant/atlant.toml`, key `mon`).
 
+mod bench;
 mod dev;
 mod status;
 
@@ -64,6 +65,25 @@ enum Cmd {
     /// Checks and listings for debugging.
     #[command(subcommand)]
     Debug(DebugCmd),
+    /// Load on an image through the client library (no NBD hop): IOPS and latency.
+    Bench {
+        /// POOL/IMAGE (written to when --write).
+        spec: String,
+        #[arg(long)]
+        write: bool,
+        /// Block size: 4K random, or 1M sequential with --sequential.
+        #[arg(long, default_value = "4K")]
+        bs: String,
+        #[arg(long)]
+        sequential: bool,
+        #[arg(long, default_value_t = 1)]
+        depth: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Bytes of the image to spread the IO over.
+        #[arg(long, default_value = "1G")]
+        region: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -549,6 +569,28 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Debug(DebugCmd::CheckReplicas { pool }) => {
             return check_replicas(&mon, pool.as_deref(), json_out).await
+        }
+        Cmd::Bench { spec, write, bs, sequential, depth, seconds, region } => {
+            let (pool, image) = split_spec(&spec)?;
+            anyhow::ensure!((1..=1024).contains(&depth), "--depth {depth} must be 1..=1024");
+            let block_size = size_arg(&bs)?;
+            anyhow::ensure!(block_size >= 4096 && block_size % 4096 == 0, "--bs must be a multiple of 4K");
+            let cluster = Cluster::connect(mon.addrs().to_vec()).await?;
+            let args = bench::BenchArgs { pool, image, write, block_size, sequential, depth, seconds, region: size_arg(&region)? };
+            let v = bench::run(cluster, args).await?;
+            if json_out {
+                println!("{v}");
+            } else {
+                println!(
+                    "{}: {} IOPS, {} MiB/s, mean {} us, p50 {} us, p99 {} us",
+                    v["job"].as_str().unwrap_or(""),
+                    v["iops"],
+                    v["mib_s"],
+                    v["mean_us"],
+                    v["p50_us"],
+                    v["p99_us"]
+                );
+            }
         }
         Cmd::Dev(_) | Cmd::Osd(OsdCmd::Create { .. }) => unreachable!("handled above"),
     }

@@ -482,3 +482,27 @@ async fn a_device_error_fails_the_store_with_a_reason() {
         Err(StoreError::DeviceFailed(_))
     ));
 }
+
+#[tokio::test]
+async fn overwrites_never_run_out_of_space_while_live_data_fits() {
+    for durability in [Durability::Immediate, Durability::Lazy] {
+        let dev = SimDevice::new(6 << 20);
+        format(&*dev).await;
+        let store = Store::open(dev.clone(), durability).await.unwrap();
+        let capacity = store.stats().capacity_bytes as usize;
+        // Live data is half the capacity; it is overwritten four times without a flush,
+        // so freed blocks must be reclaimed on demand.
+        let objects = capacity / 2 / OBJECT_SIZE;
+        let mut seq = 0;
+        for round in 0..4u8 {
+            for i in 0..objects as u64 {
+                let data = vec![round.wrapping_add(i as u8); OBJECT_SIZE];
+                seq += 1;
+                store
+                    .write(oid(i), 0, Bytes::from(data.clone()), &block_crcs(&data), Version { epoch: 1, seq })
+                    .await
+                    .unwrap_or_else(|e| panic!("{durability:?} round {round} object {i}: {e}"));
+            }
+        }
+    }
+}

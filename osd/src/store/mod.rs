@@ -671,7 +671,9 @@ impl Store {
                     return Err(StoreError::NoSpace(object));
                 }
             }
-            // Blocks are waiting for a persisted durable point: write one, then retry.
+            // Blocks are waiting for a persisted durable point: make the completed writes
+            // durable (lazy mode), record that in a journal block, then retry.
+            self.flush().await?;
             self.commit().await?;
         }
         Err(StoreError::NoSpace(object))
