@@ -19,7 +19,7 @@ deps:
 demo: build
 	@$(BIN)/atlant dev up --dir $(DEMO_DIR)
 	@. $(DEMO_DIR)/cluster.env && $(BIN)/atlant status
-	@. $(DEMO_DIR)/cluster.env && scripts/demo-usage.sh
+	@scripts/demo-usage.sh $(DEMO_DIR)
 
 demo-down:
 	$(BIN)/atlant dev down --dir $(DEMO_DIR)

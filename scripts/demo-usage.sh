@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Prints how to use the demo cluster's image (expects cluster.env to be sourced).
+# demo-usage.sh DIR: prints how to use the image of the cluster in DIR.
+set -eu
+. "$1/cluster.env"
 cat <<MSG
 
 The image rbd/vm1 is served over NBD:

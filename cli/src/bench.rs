@@ -24,10 +24,19 @@ pub struct BenchArgs {
 pub async fn run(cluster: Arc<Cluster>, a: BenchArgs) -> anyhow::Result<serde_json::Value> {
     let image = Arc::new(Image::open(&cluster, &a.pool, &a.image)?);
     let region = a.region.min(image.size_bytes) / a.block_size * a.block_size;
-    anyhow::ensure!(region >= a.block_size, "image {}/{} is smaller than one block", a.pool, a.image);
+    anyhow::ensure!(
+        region >= a.block_size,
+        "image {}/{} is smaller than one block",
+        a.pool,
+        a.image
+    );
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
     let next_seq = Arc::new(AtomicU64::new(0));
-    let data = Bytes::from((0..a.block_size).map(|i| (i * 7 + 3) as u8).collect::<Vec<u8>>());
+    let data = Bytes::from(
+        (0..a.block_size)
+            .map(|i| (i * 7 + 3) as u8)
+            .collect::<Vec<u8>>(),
+    );
     let started = Instant::now();
     let workers = (0..a.depth).map(|_| {
         let (image, data, next_seq) = (Arc::clone(&image), data.clone(), Arc::clone(&next_seq));
@@ -42,7 +51,11 @@ pub async fn run(cluster: Arc<Cluster>, a: BenchArgs) -> anyhow::Result<serde_js
                     rng.random_range(0..region / bs) * bs
                 };
                 let t = Instant::now();
-                let r = if write { image.write(offset, data.clone(), false).await } else { image.read(offset, bs).await.map(|_| ()) };
+                let r = if write {
+                    image.write(offset, data.clone(), false).await
+                } else {
+                    image.read(offset, bs).await.map(|_| ())
+                };
                 r?;
                 lat.push(t.elapsed().as_micros() as u64);
             }
@@ -55,15 +68,23 @@ pub async fn run(cluster: Arc<Cluster>, a: BenchArgs) -> anyhow::Result<serde_js
     }
     let secs = started.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     let n = all.len() as f64;
-    let mean = if all.is_empty() { 0.0 } else { all.iter().sum::<u64>() as f64 / n };
+    let mean = if all.is_empty() {
+        0.0
+    } else {
+        all.iter().sum::<u64>() as f64 / n
+    };
     Ok(serde_json::json!({
         "job": format!(
             "{}{}-{}-qd{}",
             if a.sequential { "seq" } else { "rand" },
             if a.write { "write" } else { "read" },
-            if a.block_size % (1 << 20) == 0 { format!("{}m", a.block_size >> 20) } else { format!("{}k", a.block_size >> 10) },
+            if a.block_size.is_multiple_of(1 << 20) { format!("{}m", a.block_size >> 20) } else { format!("{}k", a.block_size >> 10) },
             a.depth
         ),
         "target": "atlant-client",

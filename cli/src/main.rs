@@ -379,7 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 );
             } else {
                 let total: u64 = map.osds.values().map(|o| o.weight as u64).sum();
-                println!("{:<8} {:>10}  {:<20} {}", "ID", "WEIGHT", "NAME", "STATUS");
+                println!("{:<8} {:>10}  {:<20} STATUS", "ID", "WEIGHT", "NAME");
                 println!("{:<8} {:>10.4}  {:<20}", "-", w(total), "root default");
                 for (h, os) in hosts {
                     println!(
@@ -437,8 +437,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "{:<4} {:<16} {:>4} {:>8} {:>8} {:>11} {}",
-                    "ID", "NAME", "SIZE", "MIN_SIZE", "PGS", "OBJECT_SIZE", "DOMAIN"
+                    "{:<4} {:<16} {:>4} {:>8} {:>8} {:>11} DOMAIN",
+                    "ID", "NAME", "SIZE", "MIN_SIZE", "PGS", "OBJECT_SIZE"
                 );
                 for p in map.pools.values() {
                     println!(
@@ -570,13 +570,36 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Debug(DebugCmd::CheckReplicas { pool }) => {
             return check_replicas(&mon, pool.as_deref(), json_out).await
         }
-        Cmd::Bench { spec, write, bs, sequential, depth, seconds, region } => {
+        Cmd::Bench {
+            spec,
+            write,
+            bs,
+            sequential,
+            depth,
+            seconds,
+            region,
+        } => {
             let (pool, image) = split_spec(&spec)?;
-            anyhow::ensure!((1..=1024).contains(&depth), "--depth {depth} must be 1..=1024");
+            anyhow::ensure!(
+                (1..=1024).contains(&depth),
+                "--depth {depth} must be 1..=1024"
+            );
             let block_size = size_arg(&bs)?;
-            anyhow::ensure!(block_size >= 4096 && block_size % 4096 == 0, "--bs must be a multiple of 4K");
+            anyhow::ensure!(
+                block_size >= 4096 && block_size % 4096 == 0,
+                "--bs must be a multiple of 4K"
+            );
             let cluster = Cluster::connect(mon.addrs().to_vec()).await?;
-            let args = bench::BenchArgs { pool, image, write, block_size, sequential, depth, seconds, region: size_arg(&region)? };
+            let args = bench::BenchArgs {
+                pool,
+                image,
+                write,
+                block_size,
+                sequential,
+                depth,
+                seconds,
+                region: size_arg(&region)?,
+            };
             let v = bench::run(cluster, args).await?;
             if json_out {
                 println!("{v}");

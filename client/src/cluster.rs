@@ -8,6 +8,7 @@
 //! - `PgInactive` (a member is down, an OSD is starting): back off, resend;
 //! - connection lost or timed out: back off, fetch the map, resend;
 //! - anything else is returned to the caller.
+//!
 //! The op gives up only after `op_deadline` (a transient outage must not become an EIO in
 //! the guest).
 
@@ -49,12 +50,15 @@ pub enum ClientError {
     },
 }
 
+/// Every PG mapping of each pool, by pool id.
+type PoolMappings = HashMap<u32, Arc<Vec<PgMapping>>>;
+
 pub struct Cluster {
     mon: Arc<MonClient>,
     map: Arc<watch::Sender<Arc<ClusterMap>>>,
     conns: ConnCache<OsdId>,
     /// PG mappings of the map at `.0`, per pool, computed once per map.
-    mappings: Mutex<(Epoch, HashMap<u32, Arc<Vec<PgMapping>>>)>,
+    mappings: Mutex<(Epoch, PoolMappings)>,
     client_id: u64,
     next_tid: AtomicU64,
     pub op_deadline: Duration,
@@ -139,7 +143,7 @@ impl Cluster {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            if attempts % 50 == 0 {
+            if attempts.is_multiple_of(50) {
                 tracing::warn!(object = %req.object, attempts, secs = start.elapsed().as_secs(), "op still waiting: {last}");
             }
             if start.elapsed() > self.op_deadline {

@@ -53,7 +53,7 @@ impl Image {
 
     fn pieces(&self, offset: u64, len: u64) -> Result<Vec<Piece>, ClientError> {
         let b = BLOCK_SIZE as u64;
-        if offset % b != 0 || len % b != 0 {
+        if !offset.is_multiple_of(b) || !len.is_multiple_of(b) {
             return Err(ClientError::Invalid(format!(
                 "range {offset}+{len} is not 4 KiB-aligned"
             )));

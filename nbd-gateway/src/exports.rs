@@ -191,8 +191,8 @@ impl<B: Backend> ExportState<B> {
         let end = offset + len;
         let first = offset / BLOCK_SIZE;
         let last = (end - 1) / BLOCK_SIZE;
-        let head_partial = offset % BLOCK_SIZE != 0 || end < (first + 1) * BLOCK_SIZE;
-        let tail_partial = end % BLOCK_SIZE != 0;
+        let head_partial = !offset.is_multiple_of(BLOCK_SIZE) || end < (first + 1) * BLOCK_SIZE;
+        let tail_partial = !end.is_multiple_of(BLOCK_SIZE);
         if !head_partial && !tail_partial {
             let _guard = self.locks.lock(first, last, Mode::Shared, &[]).await;
             return self.backend.write(offset, data, fua).await;
@@ -261,10 +261,10 @@ impl<B: Backend> ExportState<B> {
         let mid_start = round_up(offset);
         let mid_end = end - end % BLOCK_SIZE;
         let mut partial = Vec::with_capacity(2);
-        if offset % BLOCK_SIZE != 0 || end < (first + 1) * BLOCK_SIZE {
+        if !offset.is_multiple_of(BLOCK_SIZE) || end < (first + 1) * BLOCK_SIZE {
             partial.push(first);
         }
-        if end % BLOCK_SIZE != 0 && !partial.contains(&last) {
+        if !end.is_multiple_of(BLOCK_SIZE) && !partial.contains(&last) {
             partial.push(last);
         }
         let _guard = self.locks.lock(first, last, Mode::Shared, &partial).await;

@@ -67,7 +67,7 @@ impl MemBackend {
         {
             return Err(e);
         }
-        if offset % BLOCK_SIZE != 0 || len % BLOCK_SIZE != 0 {
+        if !offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) {
             return Err(IoError::Invalid(format!(
                 "unaligned backend request {len}@{offset}"
             )));

@@ -733,7 +733,7 @@ pub fn encode_block_status_chunk(cookie: u64, context_id: u32, extents: &[Extent
 pub fn parse_block_status_payload(data: &[u8]) -> Result<(u32, Vec<Extent>), ProtocolError> {
     let mut c = Cursor::new(data, "block status chunk");
     let id = c.u32()?;
-    if c.remaining() % 8 != 0 {
+    if !c.remaining().is_multiple_of(8) {
         return Err(ProtocolError::TrailingBytes {
             what: "block status chunk",
             extra: c.remaining() % 8,

@@ -249,7 +249,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         });
         if let Err(e) = tokio::time::timeout(Duration::from_secs(5), cmd)
             .await
-            .unwrap_or_else(|_| Err(client::MonError::NoAddress))
+            .unwrap_or(Err(client::MonError::NoAddress))
         {
             tracing::warn!("could not report the failure: {e}");
         }
@@ -259,7 +259,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let down = mon.command(Command::MarkOsdDown { id, up_from: epoch });
     if let Err(e) = tokio::time::timeout(Duration::from_secs(3), down)
         .await
-        .unwrap_or_else(|_| Err(client::MonError::NoAddress))
+        .unwrap_or(Err(client::MonError::NoAddress))
     {
         tracing::warn!("could not mark down: {e}");
     }

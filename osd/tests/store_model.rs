@@ -499,7 +499,13 @@ async fn overwrites_never_run_out_of_space_while_live_data_fits() {
                 let data = vec![round.wrapping_add(i as u8); OBJECT_SIZE];
                 seq += 1;
                 store
-                    .write(oid(i), 0, Bytes::from(data.clone()), &block_crcs(&data), Version { epoch: 1, seq })
+                    .write(
+                        oid(i),
+                        0,
+                        Bytes::from(data.clone()),
+                        &block_crcs(&data),
+                        Version { epoch: 1, seq },
+                    )
                     .await
                     .unwrap_or_else(|e| panic!("{durability:?} round {round} object {i}: {e}"));
             }

@@ -556,7 +556,7 @@ pub fn check_name(what: &str, name: &str) -> Result<(), MapError> {
 }
 
 fn check_image_size(size: u64) -> Result<(), MapError> {
-    if size == 0 || size % BLOCK_SIZE as u64 != 0 || size > (1u64 << 50) {
+    if size == 0 || !size.is_multiple_of(BLOCK_SIZE as u64) || size > (1u64 << 50) {
         return Err(MapError::Invalid(format!(
             "image size {size} must be a non-zero multiple of {BLOCK_SIZE} bytes, at most 1 PiB"
         )));
@@ -587,7 +587,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("invalid size {s:?}"))?;
-    if !(v >= 0.0) || !v.is_finite() {
+    if v.is_nan() || v < 0.0 || !v.is_finite() {
         return Err(format!("invalid size {s:?}"));
     }
     let bytes = v * mult as f64;

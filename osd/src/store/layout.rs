@@ -210,8 +210,7 @@ impl Superblock {
         let b = BLOCK as u64;
         let end = self
             .data_offset
-            .checked_add(self.data_blocks.checked_mul(b).unwrap_or(u64::MAX))
-            .unwrap_or(u64::MAX);
+            .saturating_add(self.data_blocks.saturating_mul(b));
         let aligned = [
             self.checkpoint_offset,
             self.checkpoint_bytes,

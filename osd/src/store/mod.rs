@@ -130,7 +130,7 @@ struct FreeMap {
 impl FreeMap {
     fn new(total: u64) -> FreeMap {
         let mut bits = vec![u64::MAX; total.div_ceil(64) as usize];
-        if total % 64 != 0 {
+        if !total.is_multiple_of(64) {
             if let Some(last) = bits.last_mut() {
                 *last = (1u64 << (total % 64)) - 1;
             }
@@ -171,7 +171,7 @@ impl FreeMap {
         let mut b = self.cursor;
         let mut scanned = 0;
         while out.len() < n && scanned < self.total {
-            if b % 64 == 0 && self.bits[(b / 64) as usize] == 0 {
+            if b.is_multiple_of(64) && self.bits[(b / 64) as usize] == 0 {
                 b = (b + 64) % self.total;
                 scanned += 64;
                 continue;
@@ -445,8 +445,8 @@ impl Store {
 
     fn check_range(&self, offset: u32, length: u32) -> Result<(), StoreError> {
         let max = self.max_object_size();
-        if offset as usize % BLOCK != 0
-            || length as usize % BLOCK != 0
+        if !(offset as usize).is_multiple_of(BLOCK)
+            || !(length as usize).is_multiple_of(BLOCK)
             || length == 0
             || offset as u64 + length as u64 > max as u64
         {

@@ -36,7 +36,7 @@ pub trait BlockDevice: Send + Sync + 'static {
 }
 
 pub fn check_aligned(offset: u64, len: usize, size: u64) -> io::Result<()> {
-    if offset % ALIGN as u64 != 0 || len % ALIGN != 0 {
+    if !offset.is_multiple_of(ALIGN as u64) || !len.is_multiple_of(ALIGN) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("unaligned io {offset}+{len}"),
