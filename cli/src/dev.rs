@@ -44,6 +44,8 @@ pub struct UpOptions {
     pub image_size: u64,
     pub no_image: bool,
     pub timeout: Duration,
+    /// Passed to the monitor: seconds without a report before an OSD is marked down.
+    pub osd_grace_secs: Option<f64>,
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -288,7 +290,13 @@ async fn create(o: &UpOptions, dir: &Path) -> anyhow::Result<DevCluster> {
         daemons: vec![Daemon {
             name: "mon.a".into(),
             program: prog("atlant-mon"),
-            args: vec!["run".into(), "--data".into(), mon_data],
+            args: {
+                let mut a = vec!["run".to_string(), "--data".into(), mon_data];
+                if let Some(g) = o.osd_grace_secs {
+                    a.extend(["--osd-grace-secs".to_string(), g.to_string()]);
+                }
+                a
+            },
             pid: None,
         }],
     };

@@ -173,6 +173,9 @@ enum DevCmd {
         /// Do not create pool `rbd` and image `vm1`.
         #[arg(long)]
         no_image: bool,
+        /// Seconds without a report before the monitor marks an OSD down (monitor default if absent).
+        #[arg(long)]
+        osd_grace_secs: Option<f64>,
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
@@ -724,6 +727,7 @@ async fn dev_cmd(d: &DevCmd, json_out: bool) -> anyhow::Result<i32> {
             image_size,
             no_image,
             timeout_secs,
+            osd_grace_secs,
         } => {
             let c = dev::up(dev::UpOptions {
                 dir: dir.clone(),
@@ -735,6 +739,7 @@ async fn dev_cmd(d: &DevCmd, json_out: bool) -> anyhow::Result<i32> {
                 image_size: size_arg(image_size)?,
                 no_image: *no_image,
                 timeout: Duration::from_secs(*timeout_secs),
+                osd_grace_secs: *osd_grace_secs,
             })
             .await?;
             let env = c.dir.join("cluster.env");

@@ -49,6 +49,8 @@ pub fn mkfs(cfg: &MkfsConfig) -> anyhow::Result<u128> {
 
 pub struct Config {
     pub data: PathBuf,
+    /// An OSD that has not reported for this long is marked down.
+    pub osd_grace: std::time::Duration,
 }
 
 /// Runs the monitor until the process is stopped.
@@ -59,6 +61,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", id.addr))?;
     let svc = service::MapService::new(id.name.clone(), id.addr.clone(), store, map);
+    {
+        let svc = Arc::clone(&svc);
+        let grace = cfg.osd_grace;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                svc.expire_leases(grace);
+            }
+        });
+    }
     net::transport::serve(listener, move |f, r| server::handle(Arc::clone(&svc), f, r)).await;
     Ok(())
 }

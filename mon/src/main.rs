@@ -28,6 +28,9 @@ enum Cmd {
     Run {
         #[arg(long)]
         data: PathBuf,
+        /// Seconds without a report after which an OSD is marked down.
+        #[arg(long, default_value_t = 8.0)]
+        osd_grace_secs: f64,
     },
 }
 
@@ -60,12 +63,20 @@ fn main() -> anyhow::Result<()> {
             println!("{}", proto::uuid_hex(fsid));
             Ok(())
         }
-        Cmd::Run { data } => {
+        Cmd::Run {
+            data,
+            osd_grace_secs,
+        } => {
+            anyhow::ensure!(
+                osd_grace_secs > 0.0 && osd_grace_secs < 3600.0,
+                "--osd-grace-secs must be in (0, 3600)"
+            );
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(mon::run(mon::Config { data }))
+            let osd_grace = std::time::Duration::from_secs_f64(osd_grace_secs);
+            rt.block_on(mon::run(mon::Config { data, osd_grace }))
         }
     }
 }

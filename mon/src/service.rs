@@ -10,6 +10,7 @@ use proto::msg::{MonStatus, OsdStats, StatusReport};
 use proto::{ClusterMap, Command, CommandResult, Epoch, MapError, OsdId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub struct MapService {
     store: Mutex<MonStore>,
     current: watch::Sender<Arc<ClusterMap>>,
     stats: Mutex<BTreeMap<u32, (Epoch, OsdStats)>>,
+    /// When each OSD incarnation last reported (its lease), by OSD id.
+    last_report: Mutex<BTreeMap<u32, (Epoch, Instant)>>,
 }
 
 impl MapService {
@@ -37,6 +40,7 @@ impl MapService {
             store: Mutex::new(store),
             current,
             stats: Mutex::new(BTreeMap::new()),
+            last_report: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -84,6 +88,41 @@ impl MapService {
             }
         }
         true
+    }
+
+    /// Marks down every up OSD whose incarnation has not reported for longer than `grace`
+    /// (counted from when this monitor first saw the incarnation up).
+    /// A restarted OSD registers a new incarnation and is up again at once; one wrongly
+    /// marked down registers again itself.
+    pub fn expire_leases(&self, grace: Duration) {
+        let map = self.map();
+        let now = Instant::now();
+        let expired: Vec<(OsdId, Epoch, Duration)> = {
+            let mut seen = self.last_report.lock().unwrap_or_else(|p| p.into_inner());
+            let mut expired = Vec::new();
+            for o in map.osds.values().filter(|o| o.up) {
+                match seen.get(&o.id.0) {
+                    Some((inc, t)) if *inc == o.up_from => {
+                        let silent = now.duration_since(*t);
+                        if silent > grace {
+                            expired.push((o.id, o.up_from, silent));
+                        }
+                    }
+                    // An incarnation not heard from yet (new boot, or this monitor just
+                    // started): its lease starts now.
+                    _ => {
+                        seen.insert(o.id.0, (o.up_from, now));
+                    }
+                }
+            }
+            expired
+        };
+        for (id, up_from, silent) in expired {
+            tracing::warn!(%id, silent_ms = silent.as_millis() as u64, "no report within the grace period: marking down");
+            if let Err(e) = self.apply(&Command::MarkOsdDown { id, up_from }) {
+                tracing::debug!(%id, "mark down: {e}");
+            }
+        }
     }
 
     pub fn status(&self) -> StatusReport {

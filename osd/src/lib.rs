@@ -198,6 +198,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // monitor marks a filling OSD full before its device overflows.
     {
         let (mon, store, map_rx) = (Arc::clone(&mon), Arc::clone(&store), sender.subscribe());
+        let osd_for_reports = Arc::clone(&osd);
         let interval = cfg.report_interval;
         tokio::spawn(async move {
             let mut last_sent = std::time::Instant::now() - interval;
@@ -211,7 +212,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 if last_sent.elapsed() >= interval || last_class != Some(class) {
                     let req = proto::msg::ControlRequest::OsdReport {
                         id,
-                        up_from: epoch,
+                        up_from: osd_for_reports.up_from.load(Ordering::SeqCst),
                         stats,
                     };
                     match mon.call(&req).await {
@@ -221,6 +222,47 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     last_sent = std::time::Instant::now();
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+    // Wrongly marked down (the monitors missed our reports while we were stalled or cut
+    // off): register a new incarnation and serve again.
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (osd, mon, store, stopping) = (
+            Arc::clone(&osd),
+            Arc::clone(&mon),
+            Arc::clone(&store),
+            Arc::clone(&stopping),
+        );
+        let mut rx = sender.subscribe();
+        let store_uuid = sb.store_uuid;
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let current = osd.up_from.load(Ordering::SeqCst);
+                let marked_down = rx
+                    .borrow_and_update()
+                    .osd(id)
+                    .is_some_and(|o| !o.up && o.up_from == current);
+                if !marked_down || stopping.load(Ordering::SeqCst) || store.failure().is_some() {
+                    continue;
+                }
+                tracing::warn!(%id, up_from = current, "the map marks this running OSD down: registering again");
+                match mon
+                    .command(Command::BootOsd {
+                        id,
+                        store_uuid,
+                        addr: addr.clone(),
+                    })
+                    .await
+                {
+                    Ok((epoch, _)) => {
+                        osd.up_from.store(epoch, Ordering::SeqCst);
+                        tracing::info!(%id, up_from = epoch, "serving again");
+                    }
+                    Err(e) => tracing::warn!(%id, "could not register again: {e}"),
+                }
             }
         });
     }
@@ -240,6 +282,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         _ = shutdown_signal() => None,
         why = failed => Some(why),
     };
+    stopping.store(true, Ordering::SeqCst);
+    let epoch = osd.up_from.load(Ordering::SeqCst);
     if let Some(reason) = reason {
         tracing::error!(%id, "device failed: {reason}; marking this OSD down and out and stopping");
         let cmd = mon.command(Command::MarkOsdFailed {

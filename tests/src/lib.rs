@@ -149,3 +149,17 @@ pub fn start_mon(dir: &Path) -> (Daemon, String) {
     assert!(ok, "monitor did not come up");
     (d, addr)
 }
+
+/// Runs `atlant dev up --dir DIR ARGS...` and returns the variables of its `cluster.env`.
+pub fn dev_up(dir: &Path, args: &[&str]) -> std::collections::HashMap<String, String> {
+    let d = dir.to_str().expect("utf-8 path");
+    let mut all = vec!["dev", "up", "--dir", d];
+    all.extend_from_slice(args);
+    let o = run("atlant", &all);
+    assert!(o.status.success(), "dev up: {}", text(&o));
+    let env = std::fs::read_to_string(dir.join("cluster.env")).expect("cluster.env");
+    env.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}

@@ -25,13 +25,9 @@ fn health(mon: &str) -> serde_json::Value {
 fn a_full_cluster_refuses_writes_with_enospc_and_loses_nothing() {
     let dir = TempDir::new("capacity");
     let d = dir.path().to_str().unwrap();
-    let o = run(
-        "atlant",
+    let env = dev_up(
+        dir.path(),
         &[
-            "dev",
-            "up",
-            "--dir",
-            d,
             "--osd-size",
             "48M",
             "--image-size",
@@ -40,14 +36,7 @@ fn a_full_cluster_refuses_writes_with_enospc_and_loses_nothing() {
             "16",
         ],
     );
-    assert!(o.status.success(), "dev up: {}", text(&o));
-    let env = std::fs::read_to_string(dir.path().join("cluster.env")).unwrap();
-    let mon = env
-        .lines()
-        .find_map(|l| l.strip_prefix("ATLANT_MON="))
-        .unwrap()
-        .trim_matches('\'')
-        .to_string();
+    let mon = env["ATLANT_MON"].clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -30,13 +30,9 @@ fn osd_state(mon: &str, id: u64) -> (bool, bool) {
 fn checksum_errors_past_the_limit_take_the_osd_down_and_out() {
     let dir = TempDir::new("devfail");
     let d = dir.path().to_str().unwrap();
-    let o = run(
-        "atlant",
+    let env = dev_up(
+        dir.path(),
         &[
-            "dev",
-            "up",
-            "--dir",
-            d,
             "--osd-size",
             "64M",
             "--image-size",
@@ -45,15 +41,7 @@ fn checksum_errors_past_the_limit_take_the_osd_down_and_out() {
             "8",
         ],
     );
-    assert!(o.status.success(), "dev up: {}", text(&o));
-    let env = std::fs::read_to_string(dir.path().join("cluster.env")).unwrap();
-    let var = |k: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap()
-            .trim_matches('\'')
-            .to_string()
-    };
+    let var = |k: &str| env[k].clone();
     let mon = var("ATLANT_MON");
     let osd0_pid: u32 = var("OSD_PIDS")
         .split(' ')

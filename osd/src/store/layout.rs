@@ -121,6 +121,19 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
+    fn object(&mut self) -> Result<ObjectId, LayoutError> {
+        Ok(ObjectId {
+            pool: self.u32()?,
+            image: self.u64()?,
+            index: self.u64()?,
+        })
+    }
+    fn version(&mut self) -> Result<Version, LayoutError> {
+        Ok(Version {
+            epoch: self.u64()?,
+            seq: self.u64()?,
+        })
+    }
     fn u128(&mut self) -> Result<u128, LayoutError> {
         let mut a = [0u8; 16];
         a.copy_from_slice(self.take(16)?);
@@ -366,15 +379,8 @@ impl Record {
         let nblocks = r.u16()?;
         r.u16()?;
         let id = r.u64()?;
-        let object = ObjectId {
-            pool: r.u32()?,
-            image: r.u64()?,
-            index: r.u64()?,
-        };
-        let version = Version {
-            epoch: r.u64()?,
-            seq: r.u64()?,
-        };
+        let object = r.object()?;
+        let version = r.version()?;
         let max_blocks = (MAX_OBJECT_SIZE as usize / BLOCK) as u32;
         if nblocks == 0 || first_block as u32 + nblocks as u32 > max_blocks {
             return Err(bad(
@@ -589,15 +595,8 @@ impl CheckpointEntry {
         let max_blocks = MAX_OBJECT_SIZE as usize / BLOCK;
         let mut out = Vec::with_capacity((objects as usize).min(body.len() / ENTRY_FIXED + 1));
         for _ in 0..objects {
-            let object = ObjectId {
-                pool: r.u32()?,
-                image: r.u64()?,
-                index: r.u64()?,
-            };
-            let version = Version {
-                epoch: r.u64()?,
-                seq: r.u64()?,
-            };
+            let object = r.object()?;
+            let version = r.version()?;
             let last_record_id = r.u64()?;
             let n = r.u16()? as usize;
             if n > max_blocks {

@@ -1,0 +1,108 @@
+//! OSD liveness on real processes: a killed OSD is marked down within the grace period and
+//! up again when it restarts; a hung OSD (SIGSTOP) is marked down, and after SIGCONT it
+//! registers a new incarnation by itself; IO works afterwards.
+
+use atlant_tests::*;
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+
+fn osd_up(mon: &str, id: u64) -> Option<bool> {
+    let o = run("atlant", &["--mon", mon, "osd", "ls", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    v.as_array()?
+        .iter()
+        .find(|o| o["id"] == id)
+        .map(|o| o["up"] == true)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill {sig} {pid}");
+}
+
+fn pid_of(env: &std::collections::HashMap<String, String>, dir: &std::path::Path, id: u64) -> u32 {
+    // cluster.env is rewritten by `dev start`; read the current one.
+    let text = std::fs::read_to_string(dir.join("cluster.env")).unwrap_or_default();
+    let pids = text
+        .lines()
+        .find_map(|l| l.strip_prefix("OSD_PIDS="))
+        .map(|s| s.trim_matches('\'').to_string())
+        .unwrap_or_else(|| env["OSD_PIDS"].clone());
+    pids.split(' ')
+        .find_map(|kv| kv.strip_prefix(&format!("{id}=")))
+        .and_then(|p| p.parse().ok())
+        .expect("pid")
+}
+
+#[test]
+fn killed_and_hung_osds_are_marked_down_and_come_back() {
+    let dir = TempDir::new("liveness");
+    let env = dev_up(
+        dir.path(),
+        &[
+            "--osd-size",
+            "64M",
+            "--image-size",
+            "64M",
+            "--pg-count",
+            "8",
+            "--osd-grace-secs",
+            "2",
+        ],
+    );
+    let mon = env["ATLANT_MON"].clone();
+    let d = dir.path().to_str().unwrap();
+
+    // kill -9: down within the grace period (plus the check interval and a margin).
+    signal(pid_of(&env, dir.path(), 1), "-KILL");
+    let t = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(6), || osd_up(&mon, 1) == Some(false)),
+        "osd.1 not marked down"
+    );
+    println!("killed osd.1 marked down after {:?}", t.elapsed());
+    let status = run("atlant", &["--mon", &mon, "status", "--format", "json"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("osds down"),
+        "status does not warn"
+    );
+    let o = run("atlant", &["dev", "start", "--dir", d, "osd.1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        wait_until(Duration::from_secs(10), || osd_up(&mon, 1) == Some(true)),
+        "restarted osd.1 not up"
+    );
+
+    // SIGSTOP past the grace period: down; SIGCONT: it registers again by itself.
+    let pid2 = pid_of(&env, dir.path(), 2);
+    signal(pid2, "-STOP");
+    let down = wait_until(Duration::from_secs(6), || osd_up(&mon, 2) == Some(false));
+    signal(pid2, "-CONT");
+    assert!(down, "hung osd.2 not marked down");
+    let t = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || osd_up(&mon, 2) == Some(true)),
+        "osd.2 did not come back after SIGCONT"
+    );
+    println!("osd.2 up again {:?} after SIGCONT", t.elapsed());
+
+    // IO works on the healed cluster.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cluster = client::Cluster::connect(vec![mon.clone()]).await.unwrap();
+        let image = client::Image::open(&cluster, "rbd", "vm1").unwrap();
+        let data = Bytes::from(vec![0x3cu8; 1 << 20]);
+        image.write(0, data.clone(), false).await.unwrap();
+        assert_eq!(image.read(0, 1 << 20).await.unwrap(), data);
+    });
+    let o = run("atlant", &["dev", "down", "--dir", d]);
+    assert!(o.status.success(), "{}", text(&o));
+}
