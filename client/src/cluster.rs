@@ -158,6 +158,14 @@ impl Cluster {
                 .pools
                 .get(&req.object.pool)
                 .ok_or_else(|| ClientError::NotFound(format!("pool {}", req.object.pool)))?;
+            if !proto::placement::supports(pool) {
+                return Err(ClientError::Invalid(format!(
+                    "pool {} uses placement algorithm {}, this client knows {}: upgrade it",
+                    pool.name,
+                    pool.placement,
+                    proto::placement::PLACEMENT_ALGORITHM
+                )));
+            }
             let pg = object_pg(&req.object, pool);
             let mappings = self.mappings_of(&map, pool);
             let Some(mapping) = mappings.get(pg.seed as usize) else {

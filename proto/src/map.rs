@@ -137,6 +137,10 @@ pub struct Pool {
     pub pg_count: u32,
     pub object_size: u32,
     pub failure_domain: FailureDomain,
+    /// The placement algorithm the pool was created with
+    /// (`placement::PLACEMENT_ALGORITHM`). A build that does not know it refuses the pool's IO
+    /// instead of computing different sets than its peers.
+    pub placement: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -474,6 +478,7 @@ impl ClusterMap {
                         pg_count: *pg_count,
                         object_size: *object_size,
                         failure_domain: *failure_domain,
+                        placement: crate::placement::PLACEMENT_ALGORITHM,
                     },
                 );
                 Ok(CommandResult::Pool(id))

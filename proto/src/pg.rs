@@ -20,6 +20,8 @@ pub enum PgState {
     Down,
     /// Fewer failure domains than `min_size`: no IO until the cluster grows.
     Undersized,
+    /// The pool uses a placement algorithm this build does not know: no IO from here.
+    UnknownPlacement,
 }
 
 impl PgState {
@@ -29,6 +31,7 @@ impl PgState {
             PgState::ActiveUndersized => "active+undersized",
             PgState::Down => "down",
             PgState::Undersized => "undersized",
+            PgState::UnknownPlacement => "unknown-placement",
         }
     }
 }
@@ -77,7 +80,9 @@ fn mapping_of(map: &ClusterMap, pool: &Pool, seed: u32, osds: Vec<OsdId>) -> PgM
             (*id, up_from)
         })
         .collect();
-    let state = if osds.len() < pool.min_size as usize {
+    let state = if !crate::placement::supports(pool) {
+        PgState::UnknownPlacement
+    } else if osds.len() < pool.min_size as usize {
         PgState::Undersized
     } else if interval_key.iter().any(|(_, e)| *e == 0) {
         PgState::Down
@@ -94,5 +99,48 @@ fn mapping_of(map: &ClusterMap, pool: &Pool, seed: u32, osds: Vec<OsdId>) -> PgM
         osds,
         state,
         interval_key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::{Command, FailureDomain, WEIGHT_ONE};
+
+    #[test]
+    fn a_pool_of_an_unknown_placement_algorithm_serves_no_io() {
+        let mut m = ClusterMap::new(1, vec![]);
+        for (i, h) in ["a", "b", "c"].iter().enumerate() {
+            let create = Command::CreateOsd {
+                host: h.to_string(),
+                weight: WEIGHT_ONE,
+                store_uuid: i as u128 + 1,
+                capacity_bytes: 1 << 30,
+            };
+            m = m.apply(&create).unwrap().0;
+            let boot = Command::BootOsd {
+                id: crate::OsdId(i as u32),
+                store_uuid: i as u128 + 1,
+                addr: "127.0.0.1:1".into(),
+            };
+            m = m.apply(&boot).unwrap().0;
+        }
+        let pool = Command::CreatePool {
+            name: "p".into(),
+            size: 3,
+            min_size: 2,
+            pg_count: 4,
+            object_size: 4096,
+            failure_domain: FailureDomain::Host,
+        };
+        m = m.apply(&pool).unwrap().0;
+        let mut p = m.pools[&1].clone();
+        assert!(pool_mappings(&m, &p)
+            .iter()
+            .all(|g| g.state == PgState::ActiveClean));
+        p.placement = crate::placement::PLACEMENT_ALGORITHM + 1;
+        assert!(pool_mappings(&m, &p)
+            .iter()
+            .all(|g| g.state == PgState::UnknownPlacement && !g.is_active()));
     }
 }

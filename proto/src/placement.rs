@@ -99,6 +99,15 @@ use crate::map::{ClusterMap, FailureDomain, Pool};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
+/// The algorithm this module implements, recorded in every pool it places. Any change that
+/// moves a set must bump it (and keep the old one for existing pools).
+pub const PLACEMENT_ALGORITHM: u8 = 1;
+
+/// Whether this build places `pool` the way every other member of the cluster does.
+pub fn supports(pool: &Pool) -> bool {
+    pool.placement == PLACEMENT_ALGORITHM
+}
+
 /// The PG of an object: stable hash of the object id modulo the pool's PG count.
 pub fn object_pg(obj: &ObjectId, pool: &Pool) -> PgId {
     PgId {
@@ -523,6 +532,7 @@ mod tests {
             pg_count: 64,
             object_size: 128 << 10,
             failure_domain,
+            placement: PLACEMENT_ALGORITHM,
         }
     }
 

@@ -93,6 +93,7 @@ fn pool(size: u8, failure_domain: FailureDomain) -> Pool {
         pg_count: 1 << 16,
         object_size: 128 << 10,
         failure_domain,
+        placement: proto::placement::PLACEMENT_ALGORITHM,
     }
 }
 
