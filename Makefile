@@ -32,6 +32,7 @@ test: deps build
 	@$(SUITE) daemons $(CARGO) nextest run $(PROFILE) -p atlant-tests --no-fail-fast
 	@$(SUITE) skeleton tests/skeleton.sh
 	@echo "==> suites:"; cat target/suites.log
+	@awk '$$2 == "PASS" { p++ } $$2 != "PASS" { f++ } END { printf "suites: %d passed, %d failed\n", p, f }' target/suites.log
 
 # The randomised suites for much longer: 20000 crash points per durability mode, 200000
 # fuzz cases per decoder, 1000 cases per property.
