@@ -150,16 +150,47 @@ pub fn start_mon(dir: &Path) -> (Daemon, String) {
     (d, addr)
 }
 
-/// Runs `atlant dev up --dir DIR ARGS...` and returns the variables of its `cluster.env`.
-pub fn dev_up(dir: &Path, args: &[&str]) -> std::collections::HashMap<String, String> {
+/// A cluster started by `atlant dev up`; its `cluster.env` variables are indexable by name,
+/// and dropping it stops the cluster, so a failing test leaves no processes behind.
+pub struct DevCluster {
+    dir: PathBuf,
+    env: std::collections::HashMap<String, String>,
+}
+
+impl std::ops::Index<&str> for DevCluster {
+    type Output = String;
+    fn index(&self, key: &str) -> &String {
+        self.env
+            .get(key)
+            .unwrap_or_else(|| panic!("cluster.env has no {key}"))
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        if let Some(d) = self.dir.to_str() {
+            let _ = run("atlant", &["dev", "down", "--dir", d]);
+        }
+    }
+}
+
+/// Runs `atlant dev up --dir DIR ARGS...`.
+pub fn dev_up(dir: &Path, args: &[&str]) -> DevCluster {
     let d = dir.to_str().expect("utf-8 path");
     let mut all = vec!["dev", "up", "--dir", d];
     all.extend_from_slice(args);
     let o = run("atlant", &all);
+    // Guards whatever started, even if `dev up` then failed.
+    let mut cluster = DevCluster {
+        dir: dir.to_path_buf(),
+        env: Default::default(),
+    };
     assert!(o.status.success(), "dev up: {}", text(&o));
     let env = std::fs::read_to_string(dir.join("cluster.env")).expect("cluster.env");
-    env.lines()
+    cluster.env = env
+        .lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect()
+        .collect();
+    cluster
 }

@@ -24,7 +24,7 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
-fn pid_of(env: &std::collections::HashMap<String, String>, dir: &std::path::Path, id: u64) -> u32 {
+fn pid_of(env: &DevCluster, dir: &std::path::Path, id: u64) -> u32 {
     // cluster.env is rewritten by `dev start`; read the current one.
     let text = std::fs::read_to_string(dir.join("cluster.env")).unwrap_or_default();
     let pids = text
