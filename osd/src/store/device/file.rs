@@ -104,12 +104,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| io::Error::other(e.to_string()))
 }
 
-impl BlockDevice for FileDevice {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn read(&self, offset: u64, mut buf: AlignedBuf) -> IoFuture<'_, (AlignedBuf, io::Result<()>)> {
+impl FileDevice {
+    /// Checks the range, then runs `io` on the blocking pool and hands the buffer back.
+    fn positioned(
+        &self,
+        offset: u64,
+        mut buf: AlignedBuf,
+        io: impl FnOnce(&File, &mut [u8], u64) -> io::Result<()> + Send + 'static,
+    ) -> IoFuture<'_, (AlignedBuf, io::Result<()>)> {
         let file = Arc::clone(&self.file);
         let size = self.size;
         Box::pin(async move {
@@ -117,7 +119,7 @@ impl BlockDevice for FileDevice {
                 return (buf, Err(e));
             }
             match blocking(move || {
-                let r = file.read_exact_at(&mut buf, offset);
+                let r = io(&file, &mut buf, offset);
                 (buf, r)
             })
             .await
@@ -127,6 +129,18 @@ impl BlockDevice for FileDevice {
             }
         })
     }
+}
+
+impl BlockDevice for FileDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&self, offset: u64, buf: AlignedBuf) -> IoFuture<'_, (AlignedBuf, io::Result<()>)> {
+        self.positioned(offset, buf, |file, buf, offset| {
+            file.read_exact_at(buf, offset)
+        })
+    }
 
     fn write(
         &self,
@@ -134,24 +148,11 @@ impl BlockDevice for FileDevice {
         buf: AlignedBuf,
         durable: bool,
     ) -> IoFuture<'_, (AlignedBuf, io::Result<()>)> {
-        let file = Arc::clone(&self.file);
-        let size = self.size;
-        Box::pin(async move {
-            if let Err(e) = check_aligned(offset, buf.len(), size) {
-                return (buf, Err(e));
-            }
-            match blocking(move || {
-                let r = if durable {
-                    pwrite_dsync(&file, &buf, offset)
-                } else {
-                    file.write_all_at(&buf, offset)
-                };
-                (buf, r)
-            })
-            .await
-            {
-                Ok(x) => x,
-                Err(e) => (AlignedBuf::zeroed(0), Err(e)),
+        self.positioned(offset, buf, move |file, buf, offset| {
+            if durable {
+                pwrite_dsync(file, buf, offset)
+            } else {
+                file.write_all_at(buf, offset)
             }
         })
     }

@@ -44,12 +44,16 @@ pub struct CrashStats {
 
 impl SimDevice {
     pub fn new(size: u64) -> Arc<SimDevice> {
-        let bytes = vec![0u8; size as usize];
+        Self::with_image(vec![0u8; size as usize])
+    }
+
+    /// A powered-on device whose medium holds `image`, with nothing pending.
+    fn with_image(image: Vec<u8>) -> Arc<SimDevice> {
         Arc::new(SimDevice {
-            size,
+            size: image.len() as u64,
             state: Mutex::new(State {
-                stable: bytes.clone(),
-                current: bytes,
+                stable: image.clone(),
+                current: image,
                 pending: BTreeMap::new(),
                 next_write: 0,
                 ops: 0,
@@ -116,19 +120,7 @@ impl SimDevice {
                 image[at..at + SECTOR].copy_from_slice(data);
             }
         }
-        let dev = Arc::new(SimDevice {
-            size: self.size,
-            state: Mutex::new(State {
-                stable: image.clone(),
-                current: image,
-                pending: BTreeMap::new(),
-                next_write: 0,
-                ops: 0,
-                cut_at: None,
-                cut: false,
-                bad_read: None,
-            }),
-        });
+        let dev = Self::with_image(image);
         (dev, stats)
     }
 
