@@ -44,8 +44,11 @@ pub struct UpOptions {
     pub image_size: u64,
     pub no_image: bool,
     pub timeout: Duration,
-    /// Passed to the monitor: seconds without a report before an OSD is marked down.
+    /// Passed to the monitors (seconds without a report before an OSD is marked down) and
+    /// to the OSDs (seconds of unanswered heartbeats before a peer is reported).
     pub osd_grace_secs: Option<f64>,
+    /// Passed to the monitors: seconds a down OSD stays in before it is marked out.
+    pub down_out_interval_secs: Option<f64>,
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -249,9 +252,9 @@ pub async fn up(o: UpOptions) -> anyhow::Result<DevCluster> {
 }
 
 async fn create(o: &UpOptions, dir: &Path) -> anyhow::Result<DevCluster> {
-    if o.mons != 1 {
+    if !(1..=9).contains(&o.mons) || o.mons.is_multiple_of(2) {
         bail!(
-            "--mons {}: this version runs one monitor (monitor quorum is not built yet)",
+            "--mons {}: a monitor group has an odd number of members, 1 to 9 (3 survives one failure, 5 two)",
             o.mons
         );
     }
@@ -261,7 +264,20 @@ async fn create(o: &UpOptions, dir: &Path) -> anyhow::Result<DevCluster> {
     let bins = bin_dir()?;
     let prog = |n: &str| bins.join(n).display().to_string();
     let d = dir.display().to_string();
-    let mon_addr = format!("127.0.0.1:{}", free_port()?);
+    let names: Vec<String> = (0..o.mons)
+        .map(|i| ((b'a' + i as u8) as char).to_string())
+        .collect();
+    let mut mon_addrs = Vec::new();
+    for _ in &names {
+        mon_addrs.push(format!("127.0.0.1:{}", free_port()?));
+    }
+    let initial = names
+        .iter()
+        .zip(&mon_addrs)
+        .map(|(n, a)| format!("{n}={a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mon_list = mon_addrs.join(",");
     let nbd_addr = format!(
         "127.0.0.1:{}",
         match o.nbd_port {
@@ -270,46 +286,69 @@ async fn create(o: &UpOptions, dir: &Path) -> anyhow::Result<DevCluster> {
         }
     );
     let nbd_socket = dir.join("nbd.sock");
-    let mon_data = format!("{d}/mon.a");
-    let status = std::process::Command::new(prog("atlant-mon"))
-        .args([
-            "mkfs", "--data", &mon_data, "--name", "a", "--addr", &mon_addr,
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .context("cannot run atlant-mon mkfs")?;
-    if !status.success() {
-        bail!("atlant-mon mkfs failed");
-    }
     let mut c = DevCluster {
         dir: dir.to_path_buf(),
-        mon_addrs: vec![mon_addr.clone()],
+        mon_addrs: mon_addrs.clone(),
         nbd_addr: nbd_addr.clone(),
         nbd_socket: nbd_socket.clone(),
         export: "rbd/vm1".into(),
-        daemons: vec![Daemon {
-            name: "mon.a".into(),
-            program: prog("atlant-mon"),
-            args: {
-                let mut a = vec!["run".to_string(), "--data".into(), mon_data];
-                if let Some(g) = o.osd_grace_secs {
-                    a.extend(["--osd-grace-secs".to_string(), g.to_string()]);
-                }
-                a
-            },
-            pid: None,
-        }],
+        daemons: Vec::new(),
     };
-    c.start("mon.a")?;
+    // Every initial monitor gets the same cluster id and the same member list.
+    let fsid = format!("{:032x}", rand::random::<u128>());
+    for (name, addr) in names.iter().zip(&mon_addrs) {
+        let mon_data = format!("{d}/mon.{name}");
+        let out = std::process::Command::new(prog("atlant-mon"))
+            .args(["mkfs", "--data", &mon_data, "--name", name, "--addr", addr])
+            .args(["--fsid", &fsid, "--initial", &initial])
+            .output()
+            .context("cannot run atlant-mon mkfs")?;
+        if !out.status.success() {
+            bail!(
+                "atlant-mon mkfs failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut args = vec!["run".to_string(), "--data".into(), mon_data];
+        if let Some(g) = o.osd_grace_secs {
+            args.extend(["--osd-grace-secs".to_string(), g.to_string()]);
+        }
+        if let Some(g) = o.down_out_interval_secs {
+            args.extend(["--down-out-interval-secs".to_string(), g.to_string()]);
+        }
+        c.daemons.push(Daemon {
+            name: format!("mon.{name}"),
+            program: prog("atlant-mon"),
+            args,
+            pid: None,
+        });
+    }
+    for name in &names {
+        c.start(&format!("mon.{name}"))?;
+    }
     c.save()?;
     let mon = MonClient::new(c.mon_addrs.clone())?;
+    // The group is formed once a change commits (a leader was elected).
     let deadline = Instant::now() + o.timeout;
-    while mon.get_map().await.is_err() {
-        if Instant::now() > deadline {
-            bail!("the monitor did not come up; see {}/log/mon.a.log", d);
+    loop {
+        match mon
+            .command(Command::SetFlag {
+                flag: proto::map::ClusterFlag::NoOut,
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                bail!("the monitors did not form a group: {e}; see {d}/log/mon.*.log")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    mon.command(Command::UnsetFlag {
+        flag: proto::map::ClusterFlag::NoOut,
+    })
+    .await?;
+    let mon_addr = mon_list.clone();
     for i in 0..o.osds {
         let device = format!("{d}/osd{i}.img");
         let out = std::process::Command::new(prog("atlant-osd"))
@@ -340,11 +379,17 @@ async fn create(o: &UpOptions, dir: &Path) -> anyhow::Result<DevCluster> {
         c.daemons.push(Daemon {
             name: name.clone(),
             program: prog("atlant-osd"),
-            args: [
-                "run", "--device", &device, "--mon", &mon_addr, "--addr", &addr,
-            ]
-            .map(String::from)
-            .to_vec(),
+            args: {
+                let mut a: Vec<String> = [
+                    "run", "--device", &device, "--mon", &mon_addr, "--addr", &addr,
+                ]
+                .map(String::from)
+                .to_vec();
+                if let Some(g) = o.osd_grace_secs {
+                    a.extend(["--heartbeat-grace-secs".to_string(), g.to_string()]);
+                }
+                a
+            },
             pid: None,
         });
         c.start(&name)?;

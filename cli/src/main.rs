@@ -53,6 +53,9 @@ enum Format {
 enum Cmd {
     /// Cluster health, epoch, monitors, OSDs, PGs, pools, images and capacity.
     Status,
+    /// The monitor group.
+    #[command(subcommand)]
+    Mon(MonCmd),
     #[command(subcommand)]
     Osd(OsdCmd),
     #[command(subcommand)]
@@ -87,9 +90,45 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum MonCmd {
+    /// Lists the monitors, with quorum membership and the leader.
+    Ls,
+    /// Adds a monitor to the group. Create and start it first:
+    /// `atlant-mon mkfs --join --fsid FSID --name NAME --addr ADDR --data DIR` and
+    /// `atlant-mon run --data DIR`.
+    Add { name: String, addr: String },
+    /// Removes a monitor from the group (stop its process afterwards).
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
 enum OsdCmd {
     /// Lists OSDs.
     Ls,
+    /// Marks OSDs out: their data moves to the others.
+    Out {
+        ids: Vec<u32>,
+    },
+    /// Marks OSDs in again.
+    In {
+        ids: Vec<u32>,
+    },
+    /// Sets an OSD's placement weight (1.0 = 1 TiB by convention).
+    Reweight {
+        id: u32,
+        weight: f64,
+    },
+    /// Removes OSDs that are down and out from the map.
+    Rm {
+        ids: Vec<u32>,
+    },
+    /// Sets a cluster flag: noout (down OSDs are never marked out), nodown.
+    Set {
+        flag: proto::map::ClusterFlag,
+    },
+    Unset {
+        flag: proto::map::ClusterFlag,
+    },
     /// The placement hierarchy: root → host → osd, with weights.
     Tree,
     /// Formats a device as a new OSD store and registers it (runs `atlant-osd mkfs`).
@@ -124,6 +163,16 @@ enum PoolCmd {
         failure_domain: FailureDomain,
     },
     Ls,
+    /// Changes a pool setting: `min_size N`.
+    Set {
+        name: String,
+        key: String,
+        value: String,
+    },
+    /// Removes a pool that holds no images.
+    Rm {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -158,7 +207,8 @@ enum DevCmd {
     Up {
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long, default_value_t = 1)]
+        /// Monitors in the group (odd: 3 survives one failure).
+        #[arg(long, default_value_t = 3)]
         mons: u32,
         #[arg(long, default_value_t = 3)]
         osds: u32,
@@ -176,6 +226,9 @@ enum DevCmd {
         /// Seconds without a report before the monitor marks an OSD down (monitor default if absent).
         #[arg(long)]
         osd_grace_secs: Option<f64>,
+        /// Seconds a down OSD stays in before it is marked out (monitor default if absent).
+        #[arg(long)]
+        down_out_interval_secs: Option<f64>,
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
@@ -362,6 +415,137 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     );
                 }
             }
+        }
+        Cmd::Mon(MonCmd::Ls) => {
+            let ControlResponse::Status(r) = mon.call(&ControlRequest::GetStatus).await? else {
+                bail!("monitor sent no status")
+            };
+            if json_out {
+                let v: Vec<_> = r
+                    .mons
+                    .iter()
+                    .map(|m| {
+                        json!({"name": m.name, "addr": m.addr,
+                    "in_quorum": m.in_quorum, "leader": m.leader})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{:<10} {:<22} {:<10} ROLE", "NAME", "ADDR", "QUORUM");
+                for m in &r.mons {
+                    println!(
+                        "{:<10} {:<22} {:<10} {}",
+                        m.name,
+                        m.addr,
+                        if m.in_quorum { "in" } else { "out" },
+                        if m.leader { "leader" } else { "" }
+                    );
+                }
+            }
+        }
+        Cmd::Mon(MonCmd::Add { name, addr }) => {
+            let r = mon
+                .call(&ControlRequest::AddMonitor {
+                    name: name.clone(),
+                    addr: addr.clone(),
+                })
+                .await?;
+            let epoch = committed(r)?;
+            report(
+                json_out,
+                json!({"mon": name, "addr": addr, "epoch": epoch}),
+                &format!("monitor {name} ({addr}) added (epoch {epoch})"),
+            )?;
+        }
+        Cmd::Mon(MonCmd::Rm { name }) => {
+            let r = mon
+                .call(&ControlRequest::RemoveMonitor { name: name.clone() })
+                .await?;
+            let epoch = committed(r)?;
+            report(
+                json_out,
+                json!({"mon": name, "removed": true, "epoch": epoch}),
+                &format!("monitor {name} removed (epoch {epoch}); stop its process now"),
+            )?;
+        }
+        Cmd::Osd(OsdCmd::Out { ref ids })
+        | Cmd::Osd(OsdCmd::In { ref ids })
+        | Cmd::Osd(OsdCmd::Rm { ref ids }) => {
+            if ids.is_empty() {
+                bail!("give at least one OSD id");
+            }
+            let (verb, make): (&str, fn(OsdId) -> Command) = match cli.cmd {
+                Cmd::Osd(OsdCmd::Out { .. }) => ("marked out", |id| Command::MarkOsdOut { id }),
+                Cmd::Osd(OsdCmd::In { .. }) => ("marked in", |id| Command::MarkOsdIn { id }),
+                _ => ("removed", |id| Command::RemoveOsd { id }),
+            };
+            for id in ids {
+                let (epoch, _) = mon.command(make(OsdId(*id))).await?;
+                report(
+                    json_out,
+                    json!({"osd": id, "result": verb, "epoch": epoch}),
+                    &format!("osd.{id} {verb} (epoch {epoch})"),
+                )?;
+            }
+        }
+        Cmd::Osd(OsdCmd::Reweight { id, weight }) => {
+            if !(weight > 0.0 && weight < 65536.0) {
+                bail!("weight {weight} must be in (0, 65536)");
+            }
+            let w = (weight * proto::map::WEIGHT_ONE as f64).round().max(1.0) as u32;
+            let (epoch, _) = mon
+                .command(Command::ReweightOsd {
+                    id: OsdId(id),
+                    weight: w,
+                })
+                .await?;
+            report(
+                json_out,
+                json!({"osd": id, "weight": weight, "epoch": epoch}),
+                &format!("osd.{id} weight {weight} (epoch {epoch})"),
+            )?;
+        }
+        Cmd::Osd(OsdCmd::Set { flag }) | Cmd::Osd(OsdCmd::Unset { flag }) => {
+            let set = matches!(cli.cmd, Cmd::Osd(OsdCmd::Set { .. }));
+            let cmd = if set {
+                Command::SetFlag { flag }
+            } else {
+                Command::UnsetFlag { flag }
+            };
+            let (epoch, _) = mon.command(cmd).await?;
+            let verb = if set { "set" } else { "unset" };
+            report(
+                json_out,
+                json!({"flag": flag.to_string(), "set": set, "epoch": epoch}),
+                &format!("{flag} is {verb} (epoch {epoch})"),
+            )?;
+        }
+        Cmd::Pool(PoolCmd::Set { name, key, value }) => {
+            let cmd = match key.as_str() {
+                "min_size" => Command::SetPoolMinSize {
+                    pool: name.clone(),
+                    min_size: value
+                        .parse()
+                        .with_context(|| format!("min_size {value:?} is not a number"))?,
+                },
+                other => bail!("pool setting {other:?} cannot be changed (settable: min_size)"),
+            };
+            let (epoch, _) = mon.command(cmd).await?;
+            report(
+                json_out,
+                json!({"pool": name, key.clone(): value, "epoch": epoch}),
+                &format!("pool {name}: {key} = {value} (epoch {epoch})"),
+            )?;
+        }
+        Cmd::Pool(PoolCmd::Rm { name }) => {
+            let (epoch, _) = mon
+                .command(Command::RemovePool { name: name.clone() })
+                .await?;
+            report(
+                json_out,
+                json!({"pool": name, "removed": true, "epoch": epoch}),
+                &format!("pool {name} removed (epoch {epoch})"),
+            )?;
         }
         Cmd::Osd(OsdCmd::Tree) => {
             let map = mon.get_map().await?;
@@ -623,6 +807,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The epoch of a committed admin request, or its refusal as an error.
+fn committed(r: ControlResponse) -> anyhow::Result<u64> {
+    match r {
+        ControlResponse::Committed { epoch, .. } => Ok(epoch),
+        ControlResponse::Refused(e) => bail!("{e}"),
+        ControlResponse::Error(e) | ControlResponse::NoQuorum(e) => bail!("monitor: {e}"),
+        other => bail!("unexpected monitor reply {other:?}"),
+    }
+}
+
 fn report(json_out: bool, v: serde_json::Value, human: &str) -> anyhow::Result<()> {
     if json_out {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -728,6 +922,7 @@ async fn dev_cmd(d: &DevCmd, json_out: bool) -> anyhow::Result<i32> {
             no_image,
             timeout_secs,
             osd_grace_secs,
+            down_out_interval_secs,
         } => {
             let c = dev::up(dev::UpOptions {
                 dir: dir.clone(),
@@ -740,6 +935,7 @@ async fn dev_cmd(d: &DevCmd, json_out: bool) -> anyhow::Result<i32> {
                 no_image: *no_image,
                 timeout: Duration::from_secs(*timeout_secs),
                 osd_grace_secs: *osd_grace_secs,
+                down_out_interval_secs: *down_out_interval_secs,
             })
             .await?;
             let env = c.dir.join("cluster.env");

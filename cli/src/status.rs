@@ -37,6 +37,46 @@ pub fn status_json(r: &StatusReport) -> Value {
     }
     let mut checks = Vec::new();
     let mut level = 0;
+    let in_quorum = r.mons.iter().filter(|m| m.in_quorum).count();
+    if in_quorum * 2 <= r.mons.len() {
+        checks.push(format!(
+            "no monitor quorum ({in_quorum} of {} monitors reachable): map changes wait",
+            r.mons.len()
+        ));
+        level = level.max(2);
+    } else if in_quorum < r.mons.len() {
+        let out: Vec<String> = r
+            .mons
+            .iter()
+            .filter(|m| !m.in_quorum)
+            .map(|m| format!("mon.{}", m.name))
+            .collect();
+        checks.push(format!(
+            "{} of {} monitors down or out of the quorum: {}",
+            out.len(),
+            r.mons.len(),
+            out.join(", ")
+        ));
+        level = level.max(1);
+    }
+    for f in &map.flags {
+        checks.push(format!("{f} flag is set"));
+        level = level.max(1);
+    }
+    let out_osds: Vec<String> = map
+        .osds
+        .values()
+        .filter(|o| !o.is_in)
+        .map(|o| o.id.to_string())
+        .collect();
+    if !out_osds.is_empty() {
+        checks.push(format!(
+            "{} osds out: {}",
+            out_osds.len(),
+            out_osds.join(", ")
+        ));
+        level = level.max(1);
+    }
     if total == 0 {
         checks.push("no OSDs in the cluster".to_string());
         level = level.max(1);
@@ -135,6 +175,9 @@ pub fn status_json(r: &StatusReport) -> Value {
         "fsid": proto::uuid_hex(map.fsid),
         "health": {"status": health, "checks": checks},
         "epoch": map.epoch,
+        "flags": map.flags.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+        "quorum": r.mons.iter().filter(|m| m.in_quorum).map(|m| m.name.clone()).collect::<Vec<_>>(),
+        "leader": r.mons.iter().find(|m| m.leader).map(|m| m.name.clone()),
         "mons": r.mons.iter().map(|m| json!({"name": m.name, "addr": m.addr, "in_quorum": m.in_quorum, "leader": m.leader})).collect::<Vec<_>>(),
         "osds": {"total": total, "up": up, "in": in_},
         "pgs": pgs,
@@ -166,7 +209,13 @@ pub fn print_human(v: &Value) {
                 "{}@{}{}",
                 s(&m["name"]),
                 s(&m["addr"]),
-                if m["leader"] == true { " (leader)" } else { "" }
+                if m["leader"] == true {
+                    " (leader)"
+                } else if m["in_quorum"] == true {
+                    ""
+                } else {
+                    " (DOWN)"
+                }
             )
         })
         .collect();

@@ -3,8 +3,12 @@
 
 use bytes::Bytes;
 use net::{Conn, NetError};
-use proto::msg::{decode_control, encode_control, msg_type, ControlRequest, ControlResponse};
+use proto::msg::{
+    decode_control, encode_control, map_crc, msg_type, ControlRequest, ControlResponse, MapUpdate,
+    MonRequest,
+};
 use proto::{ClusterMap, Command, CommandResult, Epoch, MapError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -28,6 +32,11 @@ pub enum MonError {
 pub struct MonClient {
     addrs: Vec<String>,
     conn: Mutex<Option<Arc<Conn>>>,
+    /// Which address to try first: moves on when a monitor fails or has no quorum.
+    next: AtomicUsize,
+    /// This client's identity for map changes: a retry of (client, seq) applies once.
+    client: u128,
+    seq: AtomicU64,
 }
 
 /// Splits `a,b,c` into addresses.
@@ -44,8 +53,11 @@ impl MonClient {
             return Err(MonError::NoAddress);
         }
         Ok(Arc::new(MonClient {
+            next: AtomicUsize::new(rand::random::<u32>() as usize % addrs.len()),
             addrs,
             conn: Mutex::new(None),
+            client: rand::random(),
+            seq: AtomicU64::new(1),
         }))
     }
 
@@ -59,18 +71,38 @@ impl MonClient {
                 return Ok(c);
             }
         }
-        let (c, _) = connect_any(&self.addrs).await?;
+        let start = self.next.load(Ordering::Relaxed);
+        let (c, i) = connect_any(&self.addrs, start).await?;
+        self.next.store(i, Ordering::Relaxed);
         if let Ok(mut slot) = self.conn.lock() {
             *slot = Some(c.clone());
         }
         Ok(c)
     }
 
-    /// Sends a control request to a live monitor (trying the others if one fails).
+    fn move_on(&self) {
+        if let Ok(mut slot) = self.conn.lock() {
+            *slot = None;
+        }
+        let n = self.addrs.len();
+        let _ = self
+            .next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |i| Some((i + 1) % n));
+    }
+
+    /// Sends a control request to a live monitor, moving on to the others when one fails
+    /// or answers that it has no quorum.
     pub async fn call(&self, req: &ControlRequest) -> Result<ControlResponse, MonError> {
         let mut last = String::new();
-        for _ in 0..self.addrs.len().max(2) {
-            let c = self.connection().await?;
+        for _ in 0..(2 * self.addrs.len()).max(3) {
+            let c = match self.connection().await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
             match c
                 .call(
                     msg_type::CONTROL,
@@ -80,15 +112,17 @@ impl MonClient {
                 )
                 .await
             {
-                Ok(f) => {
-                    return decode_control(&f.meta)
-                        .map_err(|e| MonError::Unexpected(e.to_string()));
-                }
+                Ok(f) => match decode_control(&f.meta) {
+                    Ok(ControlResponse::NoQuorum(why)) => {
+                        last = why;
+                        self.move_on();
+                    }
+                    Ok(r) => return Ok(r),
+                    Err(e) => return Err(MonError::Unexpected(e.to_string())),
+                },
                 Err(e) => {
                     last = e.to_string();
-                    if let Ok(mut slot) = self.conn.lock() {
-                        *slot = None;
-                    }
+                    self.move_on();
                 }
             }
         }
@@ -126,8 +160,15 @@ impl MonClient {
     }
 
     /// Commits a map change; returns the epoch that holds it and the result.
+    /// A retry after a monitor failed or lost its quorum carries the same request id, so
+    /// the change is applied once.
     pub async fn command(&self, cmd: Command) -> Result<(Epoch, CommandResult), MonError> {
-        match self.call(&ControlRequest::Command(cmd)).await? {
+        let req = ControlRequest::Submit(MonRequest {
+            client: self.client,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            cmd,
+        });
+        match self.call(&req).await? {
             ControlResponse::Committed { epoch, result } => Ok((epoch, result)),
             other => Err(unexpected(other)),
         }
@@ -162,7 +203,8 @@ impl MonClient {
         have: Epoch,
         tx: &watch::Sender<Arc<ClusterMap>>,
     ) -> Result<(), MonError> {
-        let (conn, _) = connect_any(&self.addrs).await?;
+        let start = self.next.load(Ordering::Relaxed);
+        let (conn, _) = connect_any(&self.addrs, start).await?;
         let mut pushes = conn
             .take_pushes()
             .ok_or_else(|| MonError::Unexpected("push channel taken".into()))?;
@@ -175,21 +217,69 @@ impl MonClient {
                 last: e.to_string(),
             })?;
         match decode_control::<ControlResponse>(&f.meta) {
+            Ok(ControlResponse::Subscribed { .. }) => {}
             Ok(ControlResponse::Map(m)) => publish(tx, *m),
             Ok(ControlResponse::UpToDate { .. }) => {}
             Ok(other) => return Err(unexpected(other)),
             Err(e) => return Err(MonError::Unexpected(e.to_string())),
         }
         while let Some(f) = pushes.recv().await {
-            if f.msg_type == msg_type::MAP_PUSH {
-                match decode_control::<ClusterMap>(&f.meta) {
-                    Ok(m) => publish(tx, m),
-                    Err(e) => tracing::warn!("bad map push: {e}"),
+            if f.msg_type != msg_type::MAP_PUSH {
+                continue;
+            }
+            match decode_control::<MapUpdate>(&f.meta) {
+                Ok(MapUpdate::Full(m)) => publish(tx, *m),
+                Ok(MapUpdate::Incremental { from, cmds, crc }) => {
+                    let cur = tx.borrow().clone();
+                    if cur.epoch >= from + cmds.len() as u64 {
+                        continue; // already have it (e.g. fetched directly)
+                    }
+                    match apply_incremental(&cur, from, &cmds, crc) {
+                        Ok(m) => publish(tx, m),
+                        Err(why) => {
+                            tracing::warn!(
+                                "map update {from}+{}: {why}; fetching the full map",
+                                cmds.len()
+                            );
+                            publish(tx, self.get_map().await?);
+                        }
+                    }
                 }
+                Err(e) => tracing::warn!("bad map push: {e}"),
             }
         }
         Ok(())
     }
+}
+
+/// Applies the commands of an incremental update to `cur` (which must be at `from`) and
+/// checks the result against the monitor's crc.
+pub fn apply_incremental(
+    cur: &ClusterMap,
+    from: Epoch,
+    cmds: &[Command],
+    crc: u32,
+) -> Result<ClusterMap, String> {
+    if cur.epoch != from {
+        return Err(format!(
+            "our map is at epoch {}, the update starts at {from}",
+            cur.epoch
+        ));
+    }
+    let mut m = cur.clone();
+    for c in cmds {
+        m = m
+            .apply(c)
+            .map_err(|e| format!("command of epoch {} refused here: {e}", m.epoch + 1))?
+            .0;
+    }
+    if map_crc(&m) != crc {
+        return Err(format!(
+            "map of epoch {} differs from the monitors' (crc)",
+            m.epoch
+        ));
+    }
+    Ok(m)
 }
 
 /// Publishes `m` if it is newer than the current map.
@@ -204,11 +294,22 @@ pub fn publish(tx: &watch::Sender<Arc<ClusterMap>>, m: ClusterMap) {
     });
 }
 
-async fn connect_any(addrs: &[String]) -> Result<(Arc<Conn>, String), MonError> {
+/// Connects to the first reachable monitor, starting at `start`; returns its index.
+async fn connect_any(addrs: &[String], start: usize) -> Result<(Arc<Conn>, usize), MonError> {
     let mut last = String::from("no address");
-    for a in addrs {
-        match net::transport::connect(a).await {
-            Ok(c) => return Ok((c, a.clone())),
+    for k in 0..addrs.len() {
+        let i = (start + k) % addrs.len();
+        let a = &addrs[i];
+        let connect = net::transport::connect(a);
+        match tokio::time::timeout(Duration::from_secs(2), connect)
+            .await
+            .unwrap_or_else(|_| {
+                Err(NetError::Connect {
+                    addr: a.clone(),
+                    reason: "timed out".into(),
+                })
+            }) {
+            Ok(c) => return Ok((c, i)),
             Err(e @ NetError::Connect { .. }) | Err(e) => last = e.to_string(),
         }
     }

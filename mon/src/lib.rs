@@ -1,73 +1,224 @@
-//! The Atlant monitor.
+//! The Atlant monitor: one member of the Raft group that keeps the cluster map.
 //!
-//! - `store`: the durable map store (redb), checked at start;
-//! - `service`: the map state machine driver: apply, persist, publish;
-//! - `server`: the network front (control requests, subscriptions).
-//!
-//! One monitor for now; the quorum issue makes it a Raft group driving the same service.
+//! - `raft`: openraft types, runtime and network seam;
+//! - `log`: the durable log, vote, applied map and snapshots (redb, or memory in the simulator);
+//! - `service`: commands through the log, reads from the applied map, the OSD liveness policy;
+//! - `server`: the network front (control requests, Raft RPCs, map subscriptions);
+//! - `sim`: a deterministic simulation of a monitor group (tests).
 
+pub mod log;
+pub mod raft;
 pub mod server;
 pub mod service;
+pub mod sim;
 pub mod store;
 
 use anyhow::Context;
+use futures::future::BoxFuture;
+use net::ConnCache;
 use proto::map::MonInfo;
-use proto::ClusterMap;
+use proto::msg::{decode_control, encode_control, msg_type};
+use raft::{MonNode, NodeId, RaftReply, RaftRpc, RaftTransport};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use store::{Identity, MonStore};
+use std::time::Duration;
+use store::Identity;
 
 pub struct MkfsConfig {
     pub data: PathBuf,
     pub name: String,
     pub addr: String,
     pub fsid: Option<u128>,
+    /// The monitors of a new cluster (this one among them); empty to join an existing group.
+    pub initial: Vec<MonInfo>,
 }
 
-/// Creates a monitor store holding the first map of a new cluster.
+/// Creates a monitor store: for a new cluster (with the initial monitor list), or to join
+/// an existing one (`initial` empty; `fsid` required).
 pub fn mkfs(cfg: &MkfsConfig) -> anyhow::Result<u128> {
     proto::map::check_name("monitor", &cfg.name).map_err(anyhow::Error::msg)?;
     cfg.addr
         .parse::<std::net::SocketAddr>()
         .with_context(|| format!("monitor address {:?} is not ip:port", cfg.addr))?;
+    if cfg.initial.is_empty() {
+        anyhow::ensure!(
+            cfg.fsid.is_some(),
+            "a monitor joining an existing cluster needs its --fsid"
+        );
+    } else {
+        anyhow::ensure!(
+            cfg.initial
+                .iter()
+                .any(|m| m.name == cfg.name && m.addr == cfg.addr),
+            "the initial monitors {} do not include this one ({}={})",
+            cfg.initial
+                .iter()
+                .map(|m| format!("{}={}", m.name, m.addr))
+                .collect::<Vec<_>>()
+                .join(","),
+            cfg.name,
+            cfg.addr
+        );
+        let mut ids = std::collections::BTreeSet::new();
+        for m in &cfg.initial {
+            proto::map::check_name("monitor", &m.name).map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(
+                ids.insert(raft::node_id(&m.name)),
+                "monitor {:?} listed twice",
+                m.name
+            );
+        }
+    }
     let fsid = cfg.fsid.unwrap_or_else(rand::random);
     let id = Identity {
         name: cfg.name.clone(),
         addr: cfg.addr.clone(),
         fsid,
+        initial: cfg.initial.clone(),
     };
-    let map = ClusterMap::new(
-        fsid,
-        vec![MonInfo {
-            name: cfg.name.clone(),
-            addr: cfg.addr.clone(),
-        }],
-    );
-    MonStore::create(&cfg.data, &id, &map)?;
+    let disk = log::RedbDisk::create(&cfg.data).map_err(anyhow::Error::msg)?;
+    log::format(&disk, &id).map_err(anyhow::Error::msg)?;
     Ok(fsid)
+}
+
+/// Parses `a=127.0.0.1:6789,b=...`.
+pub fn parse_initial(s: &str) -> anyhow::Result<Vec<MonInfo>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (name, addr) = p
+                .trim()
+                .split_once('=')
+                .with_context(|| format!("{p:?} is not name=ip:port"))?;
+            Ok(MonInfo {
+                name: name.into(),
+                addr: addr.into(),
+            })
+        })
+        .collect()
 }
 
 pub struct Config {
     pub data: PathBuf,
-    /// An OSD that has not reported for this long is marked down.
-    pub osd_grace: std::time::Duration,
+    pub policy: service::Policy,
+}
+
+/// Raft RPCs over the monitors' TCP connections.
+#[derive(Default)]
+pub struct TcpRaftTransport {
+    conns: Arc<ConnCache<u64>>,
+}
+
+impl RaftTransport for TcpRaftTransport {
+    fn call(
+        &self,
+        target: NodeId,
+        node: &MonNode,
+        rpc: RaftRpc,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<RaftReply, String>> {
+        let conns = Arc::clone(&self.conns);
+        let addr = node.addr.clone();
+        let req = encode_control(&rpc);
+        Box::pin(async move {
+            let c = tokio::time::timeout(timeout, conns.get(target, &addr))
+                .await
+                .map_err(|_| format!("connecting to {addr} timed out"))?
+                .map_err(|e| e.to_string())?;
+            let f = c
+                .call(msg_type::RAFT, req, bytes::Bytes::new(), timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            decode_control(&f.meta).map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Opens the store, starts Raft (forming the group on first start) and the service.
+pub async fn start(
+    disk: Arc<dyn log::Disk>,
+    transport: Arc<dyn RaftTransport>,
+    policy: service::Policy,
+) -> anyhow::Result<Arc<service::MapService>> {
+    let name = log::open(Arc::clone(&disk))
+        .map_err(anyhow::Error::msg)?
+        .identity
+        .fsid;
+    start_with(
+        disk,
+        transport,
+        policy,
+        raft::config(&proto::uuid_hex(name)),
+    )
+    .await
+}
+
+/// [`start`] with a given Raft configuration (the simulator snapshots more often).
+pub async fn start_with(
+    disk: Arc<dyn log::Disk>,
+    transport: Arc<dyn RaftTransport>,
+    policy: service::Policy,
+    config: openraft::Config,
+) -> anyhow::Result<Arc<service::MapService>> {
+    let opened = log::open(disk).map_err(anyhow::Error::msg)?;
+    let id = opened.identity.clone();
+    let (node, me) = log::node_of(&id);
+    let logstore = log::MonLog::new(&opened);
+    let (sm, published) = log::MonStateMachine::new(&opened);
+    let config = Arc::new(config.validate().context("raft configuration")?);
+    let raft = raft::Raft::new(node, config, raft::Network { transport }, logstore, sm)
+        .await
+        .context("starting raft")?;
+    if !id.initial.is_empty() && !raft.is_initialized().await.unwrap_or(true) {
+        let members: BTreeMap<NodeId, MonNode> = id
+            .initial
+            .iter()
+            .map(|m| {
+                (
+                    raft::node_id(&m.name),
+                    MonNode {
+                        name: m.name.clone(),
+                        addr: m.addr.clone(),
+                    },
+                )
+            })
+            .collect();
+        if let Err(e) = raft.initialize(members).await {
+            tracing::debug!("initialize: {e}");
+        }
+    }
+    tracing::info!(name = %id.name, addr = %id.addr, node, epoch = published.map().epoch, fsid = %proto::uuid_hex(id.fsid), "monitor starting");
+    Ok(service::MapService::new(node, &me, raft, published, policy))
 }
 
 /// Runs the monitor until the process is stopped.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let (store, id, map) = MonStore::open(&cfg.data)?;
-    tracing::info!(name = %id.name, addr = %id.addr, epoch = map.epoch, fsid = %proto::uuid_hex(id.fsid), "monitor starting");
-    let listener = tokio::net::TcpListener::bind(&id.addr)
+    let disk = log::RedbDisk::open(&cfg.data).map_err(anyhow::Error::msg)?;
+    let svc = start(
+        Arc::new(disk),
+        Arc::new(TcpRaftTransport::default()),
+        cfg.policy,
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(&svc.addr)
         .await
-        .with_context(|| format!("cannot listen on {}", id.addr))?;
-    let svc = service::MapService::new(id.name.clone(), id.addr.clone(), store, map);
+        .with_context(|| format!("cannot listen on {}", svc.addr))?;
     {
         let svc = Arc::clone(&svc);
-        let grace = cfg.osd_grace;
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                svc.expire_leases(grace);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                svc.tick().await;
+            }
+        });
+    }
+    {
+        let svc = Arc::clone(&svc);
+        tokio::spawn(async move {
+            loop {
+                svc.probe_mons().await;
+                tokio::time::sleep(Duration::from_millis(1000)).await;
             }
         });
     }

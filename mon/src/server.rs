@@ -1,23 +1,38 @@
-//! The monitor's network front: control requests in, map pushes out.
+//! The monitor's network front: control requests, Raft RPCs between monitors, and map
+//! pushes to subscribers.
 
+use crate::raft::{handle_rpc, RaftRpc};
 use crate::service::{MapService, ServiceError};
 use bytes::Bytes;
 use net::conn::{OutFrame, Responder};
 use proto::frame::Frame;
-use proto::msg::{decode_control, encode_control, msg_type, ControlRequest, ControlResponse};
+use proto::msg::{
+    decode_control, encode_control, map_crc, msg_type, ControlRequest, ControlResponse, MapUpdate,
+};
 use std::sync::Arc;
 
 pub async fn handle(svc: Arc<MapService>, f: Frame, r: Responder) {
-    if f.msg_type != msg_type::CONTROL {
-        reply(
+    match f.msg_type {
+        msg_type::RAFT => {
+            let reply = match decode_control::<RaftRpc>(&f.meta) {
+                Ok(rpc) => encode_control(&handle_rpc(&svc.raft, rpc).await),
+                // A malformed RPC: no reply; the sender sees a timeout and retries.
+                Err(e) => {
+                    tracing::warn!("bad raft rpc: {e}");
+                    return;
+                }
+            };
+            r.reply(msg_type::RAFT, reply, Bytes::new());
+        }
+        msg_type::CONTROL => control(svc, f, r).await,
+        other => reply(
             &r,
-            &ControlResponse::Error(format!(
-                "monitor does not serve message type {}",
-                f.msg_type
-            )),
-        );
-        return;
+            &ControlResponse::Error(format!("monitor does not serve message type {other}")),
+        ),
     }
+}
+
+async fn control(svc: Arc<MapService>, f: Frame, r: Responder) {
     let req: ControlRequest = match decode_control(&f.meta) {
         Ok(req) => req,
         Err(e) => {
@@ -26,58 +41,127 @@ pub async fn handle(svc: Arc<MapService>, f: Frame, r: Responder) {
         }
     };
     match req {
-        ControlRequest::GetMap { have } => reply(&r, &map_or_up_to_date(&svc, have)),
-        ControlRequest::Subscribe { have } => {
-            let mut rx = svc.subscribe();
-            reply(&r, &map_or_up_to_date(&svc, have));
-            let mut sent = have.max(svc.map().epoch);
-            // Push every later map until the subscriber goes away.
-            while rx.changed().await.is_ok() {
-                let m = rx.borrow_and_update().clone();
-                if m.epoch <= sent {
-                    continue;
-                }
-                sent = m.epoch;
-                let push =
-                    OutFrame::new(msg_type::MAP_PUSH, 0, 0, encode_control(&*m), Bytes::new());
-                if !r.sender.send(push) {
-                    break;
-                }
-            }
-        }
-        ControlRequest::Command(cmd) => {
-            let resp = match svc.apply(&cmd) {
-                Ok((epoch, result)) => ControlResponse::Committed { epoch, result },
-                Err(ServiceError::Refused(e)) => ControlResponse::Refused(e),
-                Err(e) => {
-                    tracing::error!("cannot commit {cmd:?}: {e}");
-                    ControlResponse::Error(e.to_string())
-                }
+        ControlRequest::GetMap { have } => {
+            let m = svc.map();
+            let resp = if m.epoch > have {
+                ControlResponse::Map(Box::new((*m).clone()))
+            } else {
+                ControlResponse::UpToDate { epoch: m.epoch }
             };
             reply(&r, &resp);
+        }
+        ControlRequest::Subscribe { have } => subscription(&svc, have, &r).await,
+        ControlRequest::Submit(req) => reply(&r, &committed(svc.submit(req, true).await)),
+        ControlRequest::Forwarded(req) => reply(&r, &committed(svc.submit(req, false).await)),
+        ControlRequest::AddMonitor { name, addr } => {
+            let res = if svc.is_leader() {
+                svc.add_monitor(&name, &addr).await
+            } else {
+                return forward_admin(&svc, ControlRequest::AddMonitor { name, addr }, &r).await;
+            };
+            reply(&r, &committed(res.map(|e| (e, proto::CommandResult::Done))));
+        }
+        ControlRequest::RemoveMonitor { name } => {
+            let res = if svc.is_leader() {
+                svc.remove_monitor(&name).await
+            } else {
+                return forward_admin(&svc, ControlRequest::RemoveMonitor { name }, &r).await;
+            };
+            reply(&r, &committed(res.map(|e| (e, proto::CommandResult::Done))));
         }
         ControlRequest::OsdReport { id, up_from, stats } => {
-            let resp = if svc.report(id, up_from, stats) {
-                ControlResponse::Ok
-            } else {
-                ControlResponse::Error(format!("{id}: report from a stale incarnation {up_from}"))
-            };
-            reply(&r, &resp);
+            let ok = svc.report(id, up_from, stats.clone()).await;
+            svc.relay_to_leader(ControlRequest::OsdReport { id, up_from, stats });
+            reply(
+                &r,
+                &if ok {
+                    ControlResponse::Ok
+                } else {
+                    ControlResponse::Error(format!(
+                        "{id}: report from a stale incarnation {up_from}"
+                    ))
+                },
+            );
         }
-        ControlRequest::GetStatus => reply(&r, &ControlResponse::Status(Box::new(svc.status()))),
-        ControlRequest::ListObjects { .. } | ControlRequest::Flush => reply(
+        ControlRequest::OsdFailure {
+            reporter,
+            target,
+            target_up_from,
+        } => {
+            svc.failure_report(reporter, target, target_up_from);
+            svc.relay_to_leader(ControlRequest::OsdFailure {
+                reporter,
+                target,
+                target_up_from,
+            });
+            reply(&r, &ControlResponse::Ok);
+        }
+        ControlRequest::GetStatus => {
+            reply(&r, &ControlResponse::Status(Box::new(svc.status().await)))
+        }
+        ControlRequest::ListObjects { .. }
+        | ControlRequest::Flush
+        | ControlRequest::Heartbeat { .. } => reply(
             &r,
             &ControlResponse::Error("this request is served by OSDs, not monitors".into()),
         ),
     }
 }
 
-fn map_or_up_to_date(svc: &MapService, have: proto::Epoch) -> ControlResponse {
-    let m = svc.map();
-    if m.epoch > have {
-        ControlResponse::Map(Box::new((*m).clone()))
-    } else {
-        ControlResponse::UpToDate { epoch: m.epoch }
+async fn forward_admin(svc: &MapService, req: ControlRequest, r: &Responder) {
+    let resp = match svc.call_leader(&req).await {
+        Ok(resp) => resp,
+        Err(e) => ControlResponse::NoQuorum(e),
+    };
+    reply(r, &resp);
+}
+
+fn committed(res: Result<(proto::Epoch, proto::CommandResult), ServiceError>) -> ControlResponse {
+    match res {
+        Ok((epoch, result)) => ControlResponse::Committed { epoch, result },
+        Err(ServiceError::Refused(e)) => ControlResponse::Refused(e),
+        Err(ServiceError::NoQuorum(e)) => ControlResponse::NoQuorum(e),
+        Err(ServiceError::Other(e)) => ControlResponse::Error(e),
+    }
+}
+
+/// Keeps the connection as a subscription: pushes the commands that lead from the
+/// subscriber's epoch to each new map (or the full map when they are no longer kept).
+async fn subscription(svc: &MapService, have: proto::Epoch, r: &Responder) {
+    let mut rx = svc.subscribe();
+    reply(
+        r,
+        &ControlResponse::Subscribed {
+            epoch: svc.map().epoch,
+        },
+    );
+    let mut sent = have;
+    loop {
+        let m = rx.borrow_and_update().clone();
+        if m.epoch > sent {
+            let update = match svc.published().between(sent, m.epoch) {
+                Some(cmds) if sent > 0 => MapUpdate::Incremental {
+                    from: sent,
+                    cmds,
+                    crc: map_crc(&m),
+                },
+                _ => MapUpdate::Full(Box::new((*m).clone())),
+            };
+            let push = OutFrame::new(
+                msg_type::MAP_PUSH,
+                0,
+                0,
+                encode_control(&update),
+                Bytes::new(),
+            );
+            if !r.sender.send(push) {
+                return;
+            }
+            sent = m.epoch;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 

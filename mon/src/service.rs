@@ -1,144 +1,641 @@
-//! The map service: applies commands to the map one at a time, persists each new map
-//! before anyone sees it, and publishes it to subscribers.
+//! The map service: a monitor's view of the group. Map changes go through the Raft log
+//! (forwarded to the leader when this monitor is not it); reads are served from this
+//! monitor's applied state. The leader also runs the OSD liveness policy.
 //!
-//! Invariant: the published map is always the latest durably stored one; a command is
-//! acknowledged only after its map is on disk. The quorum issue replaces the single store
-//! with a Raft log that drives the same `ClusterMap::apply`.
+//! Invariants:
+//! - a command is acknowledged only once it is committed by a quorum and applied here;
+//! - a retried request (same client and seq) is applied at most once (the state machine
+//!   keeps each client's last answer);
+//! - only the leader marks OSDs down or out, and only from its own observations: a lease
+//!   that expired, or failure reports from at least `min_down_reporters` distinct OSDs.
 
-use crate::store::{MonStore, StoreError};
-use proto::msg::{MonStatus, OsdStats, StatusReport};
+use crate::log::Published;
+use crate::raft::{MonNode, NodeId, Raft};
+use bytes::Bytes;
+use net::ConnCache;
+use openraft::error::{ClientWriteError, RaftError};
+use proto::map::ClusterFlag;
+use proto::msg::{
+    decode_control, encode_control, msg_type, ControlRequest, ControlResponse, MonRequest,
+    MonStatus, OsdStats, StatusReport,
+};
 use proto::{ClusterMap, Command, CommandResult, Epoch, MapError, OsdId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
     Refused(#[from] MapError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The leader's OSD liveness policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// An OSD incarnation silent this long (no report reached the leader) is marked down.
+    pub osd_grace: Duration,
+    /// A down OSD is marked out after this long, unless `noout` is set.
+    pub down_out_interval: Duration,
+    /// Distinct OSDs that must report a peer dead before the leader marks it down.
+    pub min_down_reporters: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            osd_grace: Duration::from_secs(8),
+            down_out_interval: Duration::from_secs(600),
+            min_down_reporters: 2,
+        }
+    }
+}
+
+/// How long a command waits for a leader before answering "no quorum".
+const LEADER_WAIT: Duration = Duration::from_secs(8);
+/// Damping of an OSD marked down while its process kept running: held down for
+/// `FLAP_BASE * 2^(n-1)` after its n-th such mark-down within `FLAP_WINDOW`.
+const FLAP_BASE: Duration = Duration::from_secs(2);
+const FLAP_MAX: Duration = Duration::from_secs(300);
+const FLAP_WINDOW: Duration = Duration::from_secs(600);
+
+#[derive(Default)]
+struct Liveness {
+    /// When each OSD incarnation last reported, by OSD id.
+    leases: BTreeMap<u32, (Epoch, Instant)>,
+    /// Failure reports about an incarnation: reporter → when.
+    failures: BTreeMap<u32, (Epoch, BTreeMap<u32, Instant>)>,
+    /// When this leader first saw each down-and-in OSD down.
+    down_since: BTreeMap<u32, Instant>,
+    /// Mark-downs of running processes.
+    flaps: BTreeMap<u32, Flap>,
+}
+
+struct Flap {
+    /// Mark-downs of a running process within `FLAP_WINDOW` of each other.
+    count: u32,
+    /// The incarnation last counted (each mark-down counts once).
+    counted: Epoch,
+    last: Instant,
+    /// A boot of the same process is refused until then.
+    until: Instant,
 }
 
 pub struct MapService {
-    name: String,
-    addr: String,
-    store: Mutex<MonStore>,
-    current: watch::Sender<Arc<ClusterMap>>,
+    pub node: NodeId,
+    pub name: String,
+    pub addr: String,
+    pub raft: Raft,
+    published: Arc<Published>,
+    policy: Policy,
+    peers: ConnCache<u64>,
+    client: u128,
+    seq: AtomicU64,
     stats: Mutex<BTreeMap<u32, (Epoch, OsdStats)>>,
-    /// When each OSD incarnation last reported (its lease), by OSD id.
-    last_report: Mutex<BTreeMap<u32, (Epoch, Instant)>>,
+    live: Mutex<Liveness>,
+    /// When each other monitor last answered this one's probe.
+    mon_seen: Mutex<BTreeMap<String, Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl MapService {
-    pub fn new(name: String, addr: String, store: MonStore, map: ClusterMap) -> Arc<Self> {
-        let (current, _) = watch::channel(Arc::new(map));
+    pub fn new(
+        node: NodeId,
+        me: &MonNode,
+        raft: Raft,
+        published: Arc<Published>,
+        policy: Policy,
+    ) -> Arc<Self> {
         Arc::new(MapService {
-            name,
-            addr,
-            store: Mutex::new(store),
-            current,
+            node,
+            name: me.name.clone(),
+            addr: me.addr.clone(),
+            raft,
+            published,
+            policy,
+            peers: ConnCache::default(),
+            client: rand::random(),
+            seq: AtomicU64::new(1),
             stats: Mutex::new(BTreeMap::new()),
-            last_report: Mutex::new(BTreeMap::new()),
+            live: Mutex::new(Liveness::default()),
+            mon_seen: Mutex::new(BTreeMap::new()),
         })
     }
 
     pub fn map(&self) -> Arc<ClusterMap> {
-        self.current.borrow().clone()
+        self.published.map()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterMap>> {
-        self.current.subscribe()
+        self.published.map.subscribe()
     }
 
-    /// Applies a command: validated, persisted, then published.
-    pub fn apply(&self, cmd: &Command) -> Result<(Epoch, CommandResult), ServiceError> {
-        // The store lock serialises commands, so each applies to the latest map.
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        let (next, result) = self.map().apply(cmd)?;
-        store.save(&next)?;
-        let epoch = next.epoch;
-        tracing::info!(epoch, ?cmd, "map committed");
-        self.current.send_replace(Arc::new(next));
-        Ok((epoch, result))
+    pub fn published(&self) -> &Published {
+        &self.published
     }
 
-    pub fn map_at(&self, epoch: Epoch) -> Option<ClusterMap> {
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        store.map_at(epoch).ok().flatten()
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node)
     }
 
-    /// Records an OSD's usage report if it is about the current incarnation, and commits a
-    /// change of its fullness (so primaries refuse writes before a replica overflows).
-    pub fn report(&self, id: OsdId, up_from: Epoch, s: OsdStats) -> bool {
+    fn leader(&self) -> Option<(NodeId, MonNode)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// Commits a command this monitor itself decided on (liveness policy).
+    pub async fn apply_own(&self, cmd: Command) -> Result<(Epoch, CommandResult), ServiceError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.submit(
+            MonRequest {
+                client: self.client,
+                seq,
+                cmd,
+            },
+            true,
+        )
+        .await
+    }
+
+    /// Commits a request: on the leader directly, otherwise forwarded to it (once).
+    pub async fn submit(
+        &self,
+        req: MonRequest,
+        may_forward: bool,
+    ) -> Result<(Epoch, CommandResult), ServiceError> {
+        if let Command::SetMonitors { .. } = req.cmd {
+            return Err(MapError::Invalid(
+                "the monitor list changes with `atlant mon add|rm`".into(),
+            )
+            .into());
+        }
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            if self.is_leader() {
+                self.admit(&req.cmd)?;
+            }
+            let err = match self.raft.client_write(req.clone()).await {
+                Ok(resp) => return resp.data.map_err(ServiceError::Refused),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    match (f.leader_id, f.leader_node) {
+                        (Some(id), Some(node)) if id != self.node && may_forward => {
+                            match self.forward(id, &node, &req).await {
+                                Ok(r) => return r,
+                                Err(e) => e,
+                            }
+                        }
+                        _ => "no leader elected".to_string(),
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(ServiceError::NoQuorum(format!(
+                    "monitor {} could not commit within {:?}: {err}",
+                    self.name, LEADER_WAIT
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn forward(
+        &self,
+        id: NodeId,
+        node: &MonNode,
+        req: &MonRequest,
+    ) -> Result<Result<(Epoch, CommandResult), ServiceError>, String> {
+        let r = self
+            .call_mon(id, &node.addr, &ControlRequest::Forwarded(req.clone()))
+            .await?;
+        Ok(match r {
+            ControlResponse::Committed { epoch, result } => Ok((epoch, result)),
+            ControlResponse::Refused(e) => Err(ServiceError::Refused(e)),
+            ControlResponse::NoQuorum(e) => return Err(e),
+            ControlResponse::Error(e) => Err(ServiceError::Other(e)),
+            other => Err(ServiceError::Other(format!("unexpected reply {other:?}"))),
+        })
+    }
+
+    async fn call_mon(
+        &self,
+        id: u64,
+        addr: &str,
+        req: &ControlRequest,
+    ) -> Result<ControlResponse, String> {
+        let c = self.peers.get(id, addr).await.map_err(|e| e.to_string())?;
+        let f = c
+            .call(
+                msg_type::CONTROL,
+                encode_control(req),
+                Bytes::new(),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        decode_control(&f.meta).map_err(|e| e.to_string())
+    }
+
+    /// The leader's checks before a command enters the log.
+    fn admit(&self, cmd: &Command) -> Result<(), MapError> {
+        let map = self.map();
+        if let Command::BootOsd { id, process, .. } = cmd {
+            let now = Instant::now();
+            let mut live = lock(&self.live);
+            if let Some(o) = map.osd(*id) {
+                if !o.up && o.process == *process && o.up_from > 0 {
+                    // The same process is booting again: it was marked down while running.
+                    let f = live.flaps.entry(id.0).or_insert(Flap {
+                        count: 0,
+                        counted: 0,
+                        last: now,
+                        until: now,
+                    });
+                    if f.counted != o.up_from {
+                        f.count = if now.duration_since(f.last) > FLAP_WINDOW {
+                            1
+                        } else {
+                            f.count + 1
+                        };
+                        f.counted = o.up_from;
+                        f.last = now;
+                        let hold = FLAP_BASE * 2u32.pow((f.count - 1).min(16));
+                        f.until = now + hold.min(FLAP_MAX);
+                    }
+                    if now < f.until {
+                        return Err(MapError::Invalid(format!(
+                            "{id} was marked down while running {} time(s) recently (flapping): held down for another {:.1}s",
+                            f.count,
+                            (f.until - now).as_secs_f64()
+                        )));
+                    }
+                }
+            }
+        }
+        guard_data_movement(&map, cmd)
+    }
+
+    /// Records an OSD's usage report (and renews its lease) if it is about the current
+    /// incarnation. Commits a change of its fullness.
+    pub async fn report(&self, id: OsdId, up_from: Epoch, s: OsdStats) -> bool {
         let map = self.map();
         let Some(osd) = map.osd(id).filter(|o| o.up_from == up_from) else {
             return false;
         };
         let fullness = map.ratios.classify(s.used_bytes, s.capacity_bytes);
-        let changed = osd.fullness != fullness;
-        self.stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.0, (up_from, s));
-        if changed {
-            if let Err(e) = self.apply(&Command::SetOsdFullness { id, fullness }) {
+        lock(&self.stats).insert(id.0, (up_from, s));
+        lock(&self.live)
+            .leases
+            .insert(id.0, (up_from, Instant::now()));
+        if osd.fullness != fullness && self.is_leader() {
+            if let Err(e) = self
+                .apply_own(Command::SetOsdFullness { id, fullness })
+                .await
+            {
                 tracing::warn!(%id, "cannot record fullness {fullness:?}: {e}");
             }
         }
         true
     }
 
-    /// Marks down every up OSD whose incarnation has not reported for longer than `grace`
-    /// (counted from when this monitor first saw the incarnation up).
-    /// A restarted OSD registers a new incarnation and is up again at once; one wrongly
-    /// marked down registers again itself.
-    pub fn expire_leases(&self, grace: Duration) {
+    /// Records a peer's report that `target` stopped answering heartbeats.
+    pub fn failure_report(&self, reporter: OsdId, target: OsdId, target_up_from: Epoch) {
+        let map = self.map();
+        let reporter_ok = map.osd(reporter).is_some_and(|o| o.up);
+        let target_current = map
+            .osd(target)
+            .is_some_and(|o| o.up && o.up_from == target_up_from);
+        if !reporter_ok || !target_current || reporter == target {
+            return;
+        }
+        let mut live = lock(&self.live);
+        let e = live
+            .failures
+            .entry(target.0)
+            .or_insert((target_up_from, BTreeMap::new()));
+        if e.0 != target_up_from {
+            *e = (target_up_from, BTreeMap::new());
+        }
+        e.1.insert(reporter.0, Instant::now());
+    }
+
+    /// One round of the leader's liveness policy: expired leases and agreed failure
+    /// reports mark OSDs down; OSDs down for `down_out_interval` are marked out.
+    pub async fn tick(&self) {
+        if !self.is_leader() {
+            // Another monitor leads: its observations count, not ours. Forget ours so a
+            // later leadership starts every lease afresh.
+            let mut live = lock(&self.live);
+            live.failures.clear();
+            live.down_since.clear();
+            return;
+        }
         let map = self.map();
         let now = Instant::now();
-        let expired: Vec<(OsdId, Epoch, Duration)> = {
-            let mut seen = self.last_report.lock().unwrap_or_else(|p| p.into_inner());
-            let mut expired = Vec::new();
+        let mut down: Vec<(OsdId, Epoch, String)> = Vec::new();
+        let mut out: Vec<OsdId> = Vec::new();
+        {
+            let mut live = lock(&self.live);
+            let grace = self.policy.osd_grace;
             for o in map.osds.values().filter(|o| o.up) {
-                match seen.get(&o.id.0) {
+                match live.leases.get(&o.id.0) {
                     Some((inc, t)) if *inc == o.up_from => {
                         let silent = now.duration_since(*t);
                         if silent > grace {
-                            expired.push((o.id, o.up_from, silent));
+                            down.push((o.id, o.up_from, format!("no report for {silent:?}")));
+                            continue;
                         }
                     }
-                    // An incarnation not heard from yet (new boot, or this monitor just
-                    // started): its lease starts now.
+                    // An incarnation not heard from yet (new boot, or leadership just
+                    // changed): its lease starts now.
                     _ => {
-                        seen.insert(o.id.0, (o.up_from, now));
+                        live.leases.insert(o.id.0, (o.up_from, now));
+                    }
+                }
+                if let Some((inc, reps)) = live.failures.get_mut(&o.id.0) {
+                    reps.retain(|r, t| {
+                        now.duration_since(*t) <= grace && map.osd(OsdId(*r)).is_some_and(|x| x.up)
+                    });
+                    if *inc == o.up_from && reps.len() >= self.policy.min_down_reporters {
+                        let who: Vec<String> = reps.keys().map(|r| format!("osd.{r}")).collect();
+                        down.push((
+                            o.id,
+                            o.up_from,
+                            format!("reported dead by {}", who.join(", ")),
+                        ));
                     }
                 }
             }
-            expired
-        };
-        for (id, up_from, silent) in expired {
-            tracing::warn!(%id, silent_ms = silent.as_millis() as u64, "no report within the grace period: marking down");
-            if let Err(e) = self.apply(&Command::MarkOsdDown { id, up_from }) {
-                tracing::debug!(%id, "mark down: {e}");
+            let noout = map.flags.contains(&ClusterFlag::NoOut);
+            let down_in: BTreeSet<u32> = map
+                .osds
+                .values()
+                .filter(|o| !o.up && o.is_in)
+                .map(|o| o.id.0)
+                .collect();
+            live.down_since.retain(|id, _| down_in.contains(id));
+            for id in down_in {
+                let since = *live.down_since.entry(id).or_insert(now);
+                if !noout && now.duration_since(since) >= self.policy.down_out_interval {
+                    out.push(OsdId(id));
+                }
+            }
+        }
+        if map.flags.contains(&ClusterFlag::NoDown) {
+            down.clear();
+        }
+        for (id, up_from, why) in down {
+            tracing::warn!(%id, "marking down: {why}");
+            match self.apply_own(Command::MarkOsdDown { id, up_from }).await {
+                Ok(_) => {
+                    let mut live = lock(&self.live);
+                    live.failures.remove(&id.0);
+                }
+                Err(e) => tracing::debug!(%id, "mark down: {e}"),
+            }
+        }
+        for id in out {
+            match self.apply_own(Command::MarkOsdOut { id }).await {
+                Ok(_) => {
+                    tracing::warn!(%id, "down for {:?}: marked out", self.policy.down_out_interval)
+                }
+                Err(e) => {
+                    tracing::warn!(%id, "down for {:?} but not marked out: {e}", self.policy.down_out_interval);
+                    // Try again one interval later rather than every tick.
+                    lock(&self.live).down_since.insert(id.0, Instant::now());
+                }
             }
         }
     }
 
-    pub fn status(&self) -> StatusReport {
+    /// Probes the other monitors (for `status`: which are in the quorum).
+    pub async fn probe_mons(&self) {
+        let map = self.map();
+        for m in map.mons.iter().filter(|m| m.name != self.name) {
+            let id = crate::raft::node_id(&m.name);
+            let probe = self.call_mon(id, &m.addr, &ControlRequest::GetMap { have: u64::MAX });
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(800), probe).await {
+                lock(&self.mon_seen).insert(m.name.clone(), Instant::now());
+            }
+        }
+    }
+
+    /// This monitor's status report. Monitors not heard from in 3 s are out of the quorum.
+    pub fn local_status(&self) -> StatusReport {
         let map = (*self.map()).clone();
-        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader;
+        let has_quorum = leader.is_some()
+            && (leader != Some(self.node)
+                || metrics.millis_since_quorum_ack.is_some_and(|ms| ms < 3000));
+        let seen = lock(&self.mon_seen).clone();
+        let now = Instant::now();
+        let mons = map
+            .mons
+            .iter()
+            .map(|m| {
+                let id = crate::raft::node_id(&m.name);
+                let me = m.name == self.name;
+                let alive = me
+                    || seen
+                        .get(&m.name)
+                        .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3));
+                MonStatus {
+                    name: m.name.clone(),
+                    addr: m.addr.clone(),
+                    in_quorum: has_quorum && alive,
+                    leader: leader == Some(id),
+                    applied: if me {
+                        metrics.last_applied.map(|l| l.index).unwrap_or(0)
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect();
+        let stats = lock(&self.stats);
         let osd_stats = stats.iter().map(|(id, (_, s))| (*id, s.clone())).collect();
-        let mons = vec![MonStatus {
-            name: self.name.clone(),
-            addr: self.addr.clone(),
-            in_quorum: true,
-            leader: true,
-        }];
         StatusReport {
             map,
             mons,
             osd_stats,
         }
     }
+
+    /// The status as the leader sees it (it has every report); this monitor's own view if
+    /// the leader cannot be reached.
+    pub async fn status(&self) -> StatusReport {
+        if !self.is_leader() {
+            if let Some((id, node)) = self.leader() {
+                let r = self.call_mon(id, &node.addr, &ControlRequest::GetStatus);
+                if let Ok(Ok(ControlResponse::Status(s))) =
+                    tokio::time::timeout(Duration::from_secs(2), r).await
+                {
+                    return *s;
+                }
+            }
+        }
+        self.local_status()
+    }
+
+    /// Sends a request to the leader (admin requests a follower received).
+    pub async fn call_leader(&self, req: &ControlRequest) -> Result<ControlResponse, String> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            match self.leader() {
+                Some((id, node)) if id != self.node => {
+                    return self.call_mon(id, &node.addr, req).await
+                }
+                _ if Instant::now() >= deadline => {
+                    return Err(format!("monitor {} knows no leader", self.name))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Passes an OSD's report or failure report on to the leader (fire and forget).
+    pub fn relay_to_leader(self: &Arc<Self>, req: ControlRequest) {
+        if self.is_leader() {
+            return;
+        }
+        let Some((id, node)) = self.leader() else {
+            return;
+        };
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), me.call_mon(id, &node.addr, &req))
+                .await;
+        });
+    }
+
+    /// Adds a monitor to the group: as a learner first (it catches up from the log or a
+    /// snapshot), then as a voter.
+    pub async fn add_monitor(&self, name: &str, addr: &str) -> Result<Epoch, ServiceError> {
+        proto::map::check_name("monitor", name)?;
+        addr.parse::<std::net::SocketAddr>()
+            .map_err(|_| MapError::Invalid(format!("monitor address {addr:?} is not ip:port")))?;
+        let map = self.map();
+        if map.mons.iter().any(|m| m.name == name) {
+            return Err(MapError::Exists {
+                what: "monitor".into(),
+                name: name.into(),
+            }
+            .into());
+        }
+        if !self.is_leader() {
+            return Err(ServiceError::Other(
+                "mon add must be sent to the leader".into(),
+            ));
+        }
+        let id = crate::raft::node_id(name);
+        let node = MonNode {
+            name: name.into(),
+            addr: addr.into(),
+        };
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(|e| ServiceError::Other(format!("adding {name} as a learner: {e}")))?;
+        let mut voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| ServiceError::Other(format!("adding {name} as a voter: {e}")))?;
+        Ok(self.map().epoch)
+    }
+
+    pub async fn remove_monitor(&self, name: &str) -> Result<Epoch, ServiceError> {
+        let map = self.map();
+        if !map.mons.iter().any(|m| m.name == name) {
+            return Err(MapError::NotFound {
+                what: "monitor".into(),
+                name: name.into(),
+            }
+            .into());
+        }
+        if map.mons.len() == 1 {
+            return Err(MapError::Invalid("cannot remove the last monitor".into()).into());
+        }
+        if !self.is_leader() {
+            return Err(ServiceError::Other(
+                "mon rm must be sent to the leader".into(),
+            ));
+        }
+        let id = crate::raft::node_id(name);
+        let voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != id)
+            .collect();
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| ServiceError::Other(format!("removing {name}: {e}")))?;
+        Ok(self.map().epoch)
+    }
+}
+
+/// Until recovery (backfill) exists, a map change must not give a PG of a pool that holds
+/// images a member that does not already have its data: that member would serve zeros.
+/// Such changes (marking OSDs out or in, reweighting, adding OSDs) are refused with a reason.
+pub fn guard_data_movement(map: &ClusterMap, cmd: &Command) -> Result<(), MapError> {
+    let moves = matches!(
+        cmd,
+        Command::MarkOsdOut { .. }
+            | Command::MarkOsdIn { .. }
+            | Command::ReweightOsd { .. }
+            | Command::CreateOsd { .. }
+            | Command::RemoveOsd { .. }
+    );
+    if !moves {
+        return Ok(());
+    }
+    let Ok((next, _)) = map.apply(cmd) else {
+        return Ok(()); // apply itself refuses it, with its own reason
+    };
+    for pool in map.pools.values() {
+        if !map.images.values().any(|i| i.pool == pool.id) {
+            continue;
+        }
+        let Some(np) = next.pools.get(&pool.id) else {
+            continue;
+        };
+        let before = proto::pg::pool_mappings(map, pool);
+        let after = proto::pg::pool_mappings(&next, np);
+        for (b, a) in before.iter().zip(after.iter()) {
+            if let Some(new) = a.osds.iter().find(|o| !b.osds.contains(o)) {
+                return Err(MapError::Invalid(format!(
+                    "this would move pg {} of pool {:?} to {new}, which holds none of its data; \
+                     data movement needs recovery, which this build does not have yet",
+                    b.pg, pool.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -131,6 +131,7 @@ pub async fn handle(osd: Arc<Osd>, f: Frame, r: Responder) {
                 Ok(ControlRequest::ListObjects { pool }) => {
                     ControlResponse::Objects(osd.store.list(pool))
                 }
+                Ok(ControlRequest::Heartbeat { .. }) => ControlResponse::Ok,
                 Ok(ControlRequest::Flush) => match osd.store.flush().await {
                     Ok(()) => ControlResponse::Ok,
                     Err(e) => ControlResponse::Error(e.to_string()),

@@ -6,6 +6,7 @@
 //! - `daemon`: shared state and dispatch; `primary` and `replica`: the two roles of a write.
 
 pub mod daemon;
+pub mod heartbeat;
 pub mod pgs;
 pub mod primary;
 pub mod replica;
@@ -120,6 +121,8 @@ pub struct Config {
     /// Address to serve on (`ip:port`; port 0 picks one).
     pub addr: String,
     pub report_interval: Duration,
+    /// A peer that has not answered heartbeats for this long is reported to the monitors.
+    pub heartbeat_grace: Duration,
 }
 
 /// Runs the OSD until SIGTERM/SIGINT; then marks itself down and returns.
@@ -183,11 +186,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             daemon::handle(Arc::clone(&osd), f, r)
         }));
     }
+    // A new value per process: the monitors tell a restart (up at once) from a running
+    // process that was marked down (damped if it keeps happening).
+    let process: u64 = rand::random();
     let (epoch, _) = mon
         .command(Command::BootOsd {
             id,
             store_uuid: sb.store_uuid,
             addr: addr.clone(),
+            process,
         })
         .await?;
     osd.up_from.store(epoch, Ordering::SeqCst);
@@ -249,23 +256,39 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     continue;
                 }
                 tracing::warn!(%id, up_from = current, "the map marks this running OSD down: registering again");
-                match mon
-                    .command(Command::BootOsd {
-                        id,
-                        store_uuid,
-                        addr: addr.clone(),
-                    })
-                    .await
-                {
-                    Ok((epoch, _)) => {
-                        osd.up_from.store(epoch, Ordering::SeqCst);
-                        tracing::info!(%id, up_from = epoch, "serving again");
+                // Retry until the monitors take it: they hold a flapping OSD down for a while.
+                loop {
+                    if stopping.load(Ordering::SeqCst) || store.failure().is_some() {
+                        break;
                     }
-                    Err(e) => tracing::warn!(%id, "could not register again: {e}"),
+                    match mon
+                        .command(Command::BootOsd {
+                            id,
+                            store_uuid,
+                            addr: addr.clone(),
+                            process,
+                        })
+                        .await
+                    {
+                        Ok((epoch, _)) => {
+                            osd.up_from.store(epoch, Ordering::SeqCst);
+                            tracing::info!(%id, up_from = epoch, "serving again");
+                            break;
+                        }
+                        Err(e) => tracing::warn!(%id, "could not register again: {e}"),
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         });
     }
+    heartbeat::spawn(
+        id,
+        Arc::clone(&osd),
+        Arc::clone(&mon),
+        sender.subscribe(),
+        cfg.heartbeat_grace,
+    );
     // A failing device stops the OSD: the monitors mark it down and out at once.
     let failed = {
         let store = Arc::clone(&store);

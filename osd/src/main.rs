@@ -44,12 +44,24 @@ enum Cmd {
         /// `immediate`: a completed write is durable; `lazy`: durable at the next flush.
         #[arg(long, default_value = "immediate")]
         durability: osd::Durability,
+        /// Seconds a peer may leave heartbeats unanswered before it is reported dead.
+        #[arg(long, default_value_t = 6.0, value_parser = grace_secs)]
+        heartbeat_grace_secs: f64,
     },
     /// Checks a store offline: every checksum and index invariant. Exits 1 on errors.
     Fsck {
         #[arg(long)]
         device: PathBuf,
     },
+}
+
+fn grace_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if v > 0.0 && v < 3600.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in (0, 3600)"))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,12 +117,14 @@ fn main() -> anyhow::Result<()> {
             mon,
             addr,
             durability,
+            heartbeat_grace_secs,
         } => rt.block_on(osd::run(osd::Config {
             device,
             durability,
             mon: client::parse_addrs(&mon),
             addr,
             report_interval: Duration::from_secs(1),
+            heartbeat_grace: Duration::from_secs_f64(heartbeat_grace_secs),
         })),
     }
 }

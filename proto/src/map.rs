@@ -14,7 +14,7 @@
 
 use crate::ids::{Epoch, ImageId, OsdId, PoolId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Weights are fixed point with 16 fractional bits: `WEIGHT_ONE` is 1.0 (by convention
 /// 1 TiB of capacity), so placement math is integer and identical on every machine.
@@ -51,6 +51,8 @@ pub struct OsdInfo {
     pub capacity_bytes: u64,
     /// How full the OSD last reported itself, against the map's ratios.
     pub fullness: Fullness,
+    /// The process that booted the current incarnation (`Command::BootOsd::process`).
+    pub process: u64,
 }
 
 /// An OSD's usage against the cluster's ratios. A write is refused (ENOSPC, before anything
@@ -164,6 +166,43 @@ pub struct ClusterMap {
     pub next_pool_id: PoolId,
     pub next_image_id: ImageId,
     pub ratios: FullRatios,
+    /// Cluster-wide flags set by the operator (`atlant osd set FLAG`).
+    pub flags: BTreeSet<ClusterFlag>,
+}
+
+/// Operator flags that suspend parts of the monitor's automatic policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ClusterFlag {
+    /// Down OSDs are never marked out automatically (maintenance, planned reboots).
+    NoOut,
+    /// OSDs are never marked down automatically (lease expiry or peer reports).
+    NoDown,
+}
+
+impl ClusterFlag {
+    pub const ALL: [ClusterFlag; 2] = [ClusterFlag::NoOut, ClusterFlag::NoDown];
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterFlag::NoOut => "noout",
+            ClusterFlag::NoDown => "nodown",
+        }
+    }
+}
+
+impl std::str::FromStr for ClusterFlag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ClusterFlag::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("unknown flag {s:?} (expected noout or nodown)"))
+    }
+}
+
+impl std::fmt::Display for ClusterFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A change to the map. Every variant is validated by `apply` before anything changes.
@@ -181,6 +220,10 @@ pub enum Command {
         id: OsdId,
         store_uuid: u128,
         addr: String,
+        /// Random per OSD process: a boot from the process that booted the current
+        /// incarnation means it was marked down while running (flapping, damped by the
+        /// monitors), a new value means a restart.
+        process: u64,
     },
     /// The daemon of incarnation `up_from` stopped (or was seen dead): mark it down.
     /// A stale report about an older incarnation is refused.
@@ -225,6 +268,40 @@ pub enum Command {
         pool: String,
         name: String,
     },
+    /// The monitor group's committed membership changed (written by the monitors only).
+    SetMonitors {
+        mons: Vec<MonInfo>,
+    },
+    /// The OSD holds no data any more: its placement moves to the others.
+    MarkOsdOut {
+        id: OsdId,
+    },
+    MarkOsdIn {
+        id: OsdId,
+    },
+    ReweightOsd {
+        id: OsdId,
+        weight: u32,
+    },
+    /// Forgets an OSD that is down and out. Its id is never reused.
+    RemoveOsd {
+        id: OsdId,
+    },
+    SetFlag {
+        flag: ClusterFlag,
+    },
+    UnsetFlag {
+        flag: ClusterFlag,
+    },
+    /// Changes a pool's min_size (how many current copies a PG needs to accept writes).
+    SetPoolMinSize {
+        pool: String,
+        min_size: u8,
+    },
+    /// Removes a pool that holds no images.
+    RemovePool {
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +344,7 @@ impl ClusterMap {
             next_pool_id: 1,
             next_image_id: 1,
             ratios: FullRatios::default(),
+            flags: BTreeSet::new(),
         }
     }
 
@@ -304,6 +382,12 @@ impl ClusterMap {
         Ok((next, result))
     }
 
+    fn osd_mut(&mut self, id: OsdId) -> Result<&mut OsdInfo, MapError> {
+        self.osds
+            .get_mut(&id.0)
+            .ok_or_else(|| not_found("osd", &id.0.to_string()))
+    }
+
     fn apply_in_place(&mut self, cmd: &Command) -> Result<CommandResult, MapError> {
         match cmd {
             Command::CreateOsd {
@@ -337,6 +421,7 @@ impl ClusterMap {
                         store_uuid: *store_uuid,
                         capacity_bytes: *capacity_bytes,
                         fullness: Fullness::Ok,
+                        process: 0,
                     },
                 );
                 Ok(CommandResult::Osd(OsdId(id)))
@@ -345,6 +430,7 @@ impl ClusterMap {
                 id,
                 store_uuid,
                 addr,
+                process,
             } => {
                 let epoch = self.epoch;
                 let osd = self
@@ -366,6 +452,7 @@ impl ClusterMap {
                 osd.up = true;
                 osd.addr = addr.clone();
                 osd.up_from = epoch;
+                osd.process = *process;
                 Ok(CommandResult::Done)
             }
             Command::MarkOsdDown { id, up_from } => {
@@ -531,6 +618,100 @@ impl ClusterMap {
                 self.images.remove(&id);
                 Ok(CommandResult::Image(id))
             }
+            Command::SetMonitors { mons } => {
+                if mons.is_empty() {
+                    return Err(MapError::Invalid(
+                        "a cluster needs at least one monitor".into(),
+                    ));
+                }
+                for m in mons {
+                    check_name("monitor", &m.name)?;
+                }
+                self.mons = mons.clone();
+                Ok(CommandResult::Done)
+            }
+            Command::MarkOsdOut { id } => {
+                let osd = self.osd_mut(*id)?;
+                if !osd.is_in {
+                    return Err(MapError::Invalid(format!("{id} is already out")));
+                }
+                osd.is_in = false;
+                Ok(CommandResult::Done)
+            }
+            Command::MarkOsdIn { id } => {
+                let osd = self.osd_mut(*id)?;
+                if osd.is_in {
+                    return Err(MapError::Invalid(format!("{id} is already in")));
+                }
+                osd.is_in = true;
+                Ok(CommandResult::Done)
+            }
+            Command::ReweightOsd { id, weight } => {
+                if *weight == 0 {
+                    return Err(MapError::Invalid(
+                        "osd weight must be > 0 (mark the OSD out instead)".into(),
+                    ));
+                }
+                let osd = self.osd_mut(*id)?;
+                osd.weight = *weight;
+                Ok(CommandResult::Done)
+            }
+            Command::RemoveOsd { id } => {
+                let osd = self.osd_mut(*id)?;
+                if osd.up || osd.is_in {
+                    return Err(MapError::Invalid(format!(
+                        "{id} is {} and {}: only an OSD that is down and out can be removed",
+                        if osd.up { "up" } else { "down" },
+                        if osd.is_in { "in" } else { "out" }
+                    )));
+                }
+                self.osds.remove(&id.0);
+                Ok(CommandResult::Done)
+            }
+            Command::SetFlag { flag } => {
+                if !self.flags.insert(*flag) {
+                    return Err(MapError::Invalid(format!("flag {flag} is already set")));
+                }
+                Ok(CommandResult::Done)
+            }
+            Command::UnsetFlag { flag } => {
+                if !self.flags.remove(flag) {
+                    return Err(MapError::Invalid(format!("flag {flag} is not set")));
+                }
+                Ok(CommandResult::Done)
+            }
+            Command::SetPoolMinSize { pool, min_size } => {
+                let id = self
+                    .pool_by_name(pool)
+                    .ok_or_else(|| not_found("pool", pool))?
+                    .id;
+                let p = self
+                    .pools
+                    .get_mut(&id)
+                    .ok_or_else(|| not_found("pool", pool))?;
+                if *min_size == 0 || *min_size > p.size {
+                    return Err(MapError::Invalid(format!(
+                        "min_size {min_size} not in 1..={}",
+                        p.size
+                    )));
+                }
+                p.min_size = *min_size;
+                Ok(CommandResult::Pool(id))
+            }
+            Command::RemovePool { name } => {
+                let id = self
+                    .pool_by_name(name)
+                    .ok_or_else(|| not_found("pool", name))?
+                    .id;
+                let n = self.images.values().filter(|i| i.pool == id).count();
+                if n > 0 {
+                    return Err(MapError::Invalid(format!(
+                        "pool {name:?} still holds {n} image(s); remove them first"
+                    )));
+                }
+                self.pools.remove(&id);
+                Ok(CommandResult::Pool(id))
+            }
         }
     }
 }
@@ -674,6 +855,7 @@ mod tests {
         assert_eq!(r, CommandResult::Osd(OsdId(0)));
         assert!(matches!(m.apply(&create), Err(MapError::Exists { .. })));
         let wrong = Command::BootOsd {
+            process: 1,
             id: OsdId(0),
             store_uuid: 43,
             addr: "127.0.0.1:1".into(),
@@ -683,6 +865,7 @@ mod tests {
             Err(MapError::StoreMismatch { .. })
         ));
         let boot = Command::BootOsd {
+            process: 1,
             id: OsdId(0),
             store_uuid: 42,
             addr: "127.0.0.1:1".into(),

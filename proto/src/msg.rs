@@ -31,8 +31,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub mod msg_type {
     /// Control request/response: postcard `ControlRequest` / `ControlResponse`.
     pub const CONTROL: u16 = 1;
-    /// Unsolicited map push to a subscriber: postcard `ClusterMap`.
+    /// Unsolicited map push to a subscriber: postcard `MapUpdate`.
     pub const MAP_PUSH: u16 = 2;
+    /// Monitor ↔ monitor Raft RPC: postcard `RaftRpc` / `RaftReply` (mon crate).
+    pub const RAFT: u16 = 3;
     /// Client → primary object op.
     pub const OBJECT_OP: u16 = 10;
     /// Primary → replica object op.
@@ -382,7 +384,25 @@ pub enum ControlRequest {
     Subscribe {
         have: Epoch,
     },
-    Command(Command),
+    /// A map change. `client` and `seq` identify it: a retry (to the same or another
+    /// monitor, after a leader change) is applied at most once.
+    Submit(MonRequest),
+    /// A map change forwarded by a monitor to the leader; the leader does not forward again.
+    Forwarded(MonRequest),
+    /// Adds a monitor (created with `atlant-mon mkfs --join` and running) to the group.
+    AddMonitor {
+        name: String,
+        addr: String,
+    },
+    RemoveMonitor {
+        name: String,
+    },
+    /// An OSD's report that a peer stopped answering its heartbeats.
+    OsdFailure {
+        reporter: OsdId,
+        target: OsdId,
+        target_up_from: Epoch,
+    },
     /// An OSD's periodic report.
     OsdReport {
         id: OsdId,
@@ -397,6 +417,38 @@ pub enum ControlRequest {
     },
     /// OSD: makes every write it acknowledged durable (OSDs in lazy durability mode).
     Flush,
+    /// OSD ↔ OSD liveness probe; answered with `Ok` by a serving OSD.
+    Heartbeat {
+        from: OsdId,
+        epoch: Epoch,
+    },
+}
+
+/// A map change as the monitors' log carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonRequest {
+    pub client: u128,
+    pub seq: u64,
+    pub cmd: Command,
+}
+
+/// A map push to a subscriber (`MAP_PUSH` frames).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapUpdate {
+    Full(Box<ClusterMap>),
+    /// The commands that take the subscriber's map from `from` to `from + cmds.len()`, and
+    /// the crc32c of the resulting map's encoding. A subscriber whose map is not at `from`,
+    /// or whose result does not match the crc, asks for the full map.
+    Incremental {
+        from: Epoch,
+        cmds: Vec<Command>,
+        crc: u32,
+    },
+}
+
+/// The crc of a map's encoding, as `MapUpdate::Incremental` carries it.
+pub fn map_crc(m: &ClusterMap) -> u32 {
+    crate::checksum::crc32c(&encode_control(m))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,6 +457,9 @@ pub struct MonStatus {
     pub addr: String,
     pub in_quorum: bool,
     pub leader: bool,
+    /// The last log index this monitor applied (when it answered).
+    #[serde(default)]
+    pub applied: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,13 +472,24 @@ pub struct StatusReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlResponse {
     Map(Box<ClusterMap>),
-    UpToDate { epoch: Epoch },
-    Committed { epoch: Epoch, result: CommandResult },
+    UpToDate {
+        epoch: Epoch,
+    },
+    Committed {
+        epoch: Epoch,
+        result: CommandResult,
+    },
     Refused(MapError),
     Ok,
     Status(Box<StatusReport>),
     Objects(Vec<ObjectEntry>),
     Error(String),
+    /// This monitor cannot reach a quorum (or has no leader yet): try another.
+    NoQuorum(String),
+    /// The subscription is open; map updates follow as `MAP_PUSH` frames.
+    Subscribed {
+        epoch: Epoch,
+    },
 }
 
 pub fn encode_control<T: Serialize>(v: &T) -> Vec<u8> {
@@ -532,10 +598,14 @@ mod tests {
 
     #[test]
     fn control_round_trip() {
-        let req = ControlRequest::Command(Command::CreateImage {
-            pool: "rbd".into(),
-            name: "vm1".into(),
-            size_bytes: 1 << 30,
+        let req = ControlRequest::Submit(MonRequest {
+            client: 7,
+            seq: 1,
+            cmd: Command::CreateImage {
+                pool: "rbd".into(),
+                name: "vm1".into(),
+                size_bytes: 1 << 30,
+            },
         });
         let back: ControlRequest = decode_control(&encode_control(&req)).unwrap();
         assert_eq!(back, req);

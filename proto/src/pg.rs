@@ -119,6 +119,7 @@ mod tests {
             };
             m = m.apply(&create).unwrap().0;
             let boot = Command::BootOsd {
+                process: 1,
                 id: crate::OsdId(i as u32),
                 store_uuid: i as u128 + 1,
                 addr: "127.0.0.1:1".into(),

@@ -516,6 +516,7 @@ mod tests {
                     store_uuid: u128::from(id) + 1,
                     capacity_bytes: 1 << 40,
                     fullness: Default::default(),
+                    process: 0,
                 },
             );
         }

@@ -77,6 +77,7 @@ fn build_map(hosts: &[Vec<Osd>]) -> ClusterMap {
                     store_uuid: u128::from(id) + 1,
                     capacity_bytes: 1 << 40,
                     fullness: Default::default(),
+                    process: 0,
                 },
             );
         }
@@ -389,6 +390,7 @@ fn adding_an_osd_moves_about_its_share() {
                     store_uuid: u128::from(new_id) + 1,
                     capacity_bytes: 1 << 40,
                     fullness: Default::default(),
+                    process: 0,
                 },
             );
             let fd = c.failure_domain;
