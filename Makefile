@@ -5,7 +5,7 @@ BIN := target/release
 DEMO_DIR ?= demo
 SUITE := scripts/suite.sh
 
-.PHONY: all build deps demo demo-down test test-long test-unit check fmt clippy bench bench-store bench-cluster clean
+.PHONY: all build deps demo demo-down test test-long test-unit check fmt clippy bench bench-store bench-cluster clean sim-mon
 
 all: build
 
@@ -15,7 +15,7 @@ build:
 deps:
 	@scripts/install-deps.sh
 
-# Starts a local 1-monitor, 3-OSD cluster under ./demo with image rbd/vm1 served over NBD.
+# Starts a local 3-monitor, 3-OSD cluster under ./demo with image rbd/vm1 served over NBD.
 demo: build
 	@$(BIN)/atlant dev up --dir $(DEMO_DIR)
 	@. $(DEMO_DIR)/cluster.env && $(BIN)/atlant status
@@ -27,7 +27,8 @@ demo-down:
 # Everything CI runs. Installs the Debian packages it needs when they are missing.
 test: deps build
 	@rm -f target/suites.log
-	@$(SUITE) unit $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast -E 'not (binary(store_model) | package(atlant-tests))'
+	@$(SUITE) unit $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast -E 'not (binary(store_model) | binary(sim) | package(atlant-tests))'
+	@MON_SIM_SEEDS=200 $(SUITE) mon-sim $(CARGO) nextest run $(PROFILE) -p atlant-mon --no-fail-fast --no-capture -E 'binary(sim)'
 	@$(SUITE) store-crash-points $(CARGO) nextest run $(PROFILE) -p atlant-osd --no-fail-fast --no-capture -E 'binary(store_model)'
 	@$(SUITE) daemons $(CARGO) nextest run $(PROFILE) -p atlant-tests --no-fail-fast
 	@$(SUITE) skeleton tests/skeleton.sh
@@ -35,9 +36,13 @@ test: deps build
 	@awk '$$2 == "PASS" { p++ } $$2 != "PASS" { f++ } END { printf "suites: %d passed, %d failed\n", p, f }' target/suites.log
 
 # The randomised suites for much longer: 20000 crash points per durability mode, 200000
-# fuzz cases per decoder, 1000 cases per property.
+# fuzz cases per decoder, 1000 cases per property, 5000 seeds of the monitor simulation.
 test-long: build
-	STORE_CRASHES=20000 FUZZ_CASES=200000 PROPTEST_CASES=1000 $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast
+	STORE_CRASHES=20000 FUZZ_CASES=200000 PROPTEST_CASES=1000 MON_SIM_SEEDS=5000 $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast
+
+# Replays one seed of the monitor-group simulation: make sim-mon SEED=n
+sim-mon:
+	MON_SIM_SEED=$(SEED) $(CARGO) nextest run $(PROFILE) -p atlant-mon --no-capture -E 'binary(sim) & test(monitor_group)'
 
 test-unit: build
 	$(CARGO) nextest run $(PROFILE) --workspace

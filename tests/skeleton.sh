@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The walking-skeleton acceptance test, on real processes: a 1-monitor, 3-OSD cluster
+# The walking-skeleton acceptance test, on real processes: a 3-monitor, 3-OSD cluster
 # started by `atlant dev up`, checked with real clients:
 #   - nbd-conformance (TCP and unix socket) with no FAIL;
 #   - qemu-img convert of a 256 MiB random file into an image, then qemu-img compare;
@@ -52,7 +52,8 @@ import json,sys; s=json.load(sys.stdin)
 assert s[\"health\"][\"status\"]==\"HEALTH_OK\", s[\"health\"]
 assert s[\"osds\"]==dict(total=3,up=3,**{\"in\":3}), s[\"osds\"]
 assert s[\"pgs\"][\"total\"]==s[\"pgs\"].get(\"active+clean\"), s[\"pgs\"]
-assert s[\"mons\"][0][\"leader\"] and s[\"mons\"][0][\"in_quorum\"]
+assert len(s[\"mons\"])==3 and all(m[\"in_quorum\"] for m in s[\"mons\"]), s[\"mons\"]
+assert sum(1 for m in s[\"mons\"] if m[\"leader\"])==1, s[\"mons\"]
 assert [i[\"name\"] for i in s[\"images\"]]==[\"vm1\"] and s[\"epoch\"]>0
 "' "$ATLANT"
 

@@ -60,6 +60,8 @@ impl Default for Policy {
 
 /// How long a command waits for a leader before answering "no quorum".
 const LEADER_WAIT: Duration = Duration::from_secs(8);
+/// How long a follower waits for the leader it forwarded a command to.
+const FORWARD_WAIT: Duration = Duration::from_secs(2);
 /// Damping of an OSD marked down while its process kept running: held down for
 /// `FLAP_BASE * 2^(n-1)` after its n-th such mark-down within `FLAP_WINDOW`.
 const FLAP_BASE: Duration = Duration::from_secs(2);
@@ -186,7 +188,17 @@ impl MapService {
             if self.is_leader() {
                 self.admit(&req.cmd)?;
             }
-            let err = match self.raft.client_write(req.clone()).await {
+            // A leader cut off from the others cannot commit: do not wait for it forever.
+            // The write may still commit later; a retry carries the same (client, seq).
+            let left = deadline.saturating_duration_since(Instant::now());
+            let write = tokio::time::timeout(left, self.raft.client_write(req.clone())).await;
+            let Ok(write) = write else {
+                return Err(ServiceError::NoQuorum(format!(
+                    "monitor {} could not commit within {LEADER_WAIT:?} (is it cut off from the others?)",
+                    self.name
+                )));
+            };
+            let err = match write {
                 Ok(resp) => return resp.data.map_err(ServiceError::Refused),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     match (f.leader_id, f.leader_node) {
@@ -217,9 +229,19 @@ impl MapService {
         node: &MonNode,
         req: &MonRequest,
     ) -> Result<Result<(Epoch, CommandResult), ServiceError>, String> {
-        let r = self
-            .call_mon(id, &node.addr, &ControlRequest::Forwarded(req.clone()))
-            .await?;
+        // The leader commits in milliseconds; one that does not answer within
+        // `FORWARD_WAIT` is probably cut off, so look for the leader again (a retry carries
+        // the same request id, so it applies once).
+        let fwd = ControlRequest::Forwarded(req.clone());
+        let call = self.call_mon(id, &node.addr, &fwd);
+        let r = tokio::time::timeout(FORWARD_WAIT, call)
+            .await
+            .map_err(|_| {
+                format!(
+                    "leader {} did not answer within {FORWARD_WAIT:?}",
+                    node.name
+                )
+            })??;
         Ok(match r {
             ControlResponse::Committed { epoch, result } => Ok((epoch, result)),
             ControlResponse::Refused(e) => Err(ServiceError::Refused(e)),

@@ -536,7 +536,7 @@ pub fn run(opts: SimOptions) -> Result<SimReport, String> {
     crate::raft::seed_thread_rng(opts.seed);
     let seed = opts.seed;
     let res = rt.block_on(run_inner(opts));
-    res.map_err(|e| format!("seed {seed}: {e}\n  replay: make sim SEED={seed}"))
+    res.map_err(|e| format!("seed {seed}: {e}\n  replay: make sim-mon SEED={seed}"))
 }
 
 async fn run_inner(opts: SimOptions) -> Result<SimReport, String> {

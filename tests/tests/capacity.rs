@@ -43,7 +43,9 @@ fn a_full_cluster_refuses_writes_with_enospc_and_loses_nothing() {
         .build()
         .unwrap();
     let result = rt.block_on(async {
-        let cluster = client::Cluster::connect(vec![mon.clone()]).await.unwrap();
+        let cluster = client::Cluster::connect(client::parse_addrs(&mon))
+            .await
+            .unwrap();
         let image = client::Image::open(&cluster, "rbd", "vm1").unwrap();
         let mut written = 0u64;
         let refusal = loop {

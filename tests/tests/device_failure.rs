@@ -55,7 +55,9 @@ fn checksum_errors_past_the_limit_take_the_osd_down_and_out() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let cluster = client::Cluster::connect(vec![mon.clone()]).await.unwrap();
+        let cluster = client::Cluster::connect(client::parse_addrs(&mon))
+            .await
+            .unwrap();
         let image = client::Image::open(&cluster, "rbd", "vm1").unwrap();
         for i in 0..32 {
             image.write(i << 20, chunk(i), false).await.unwrap();

@@ -97,7 +97,9 @@ fn killed_and_hung_osds_are_marked_down_and_come_back() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let cluster = client::Cluster::connect(vec![mon.clone()]).await.unwrap();
+        let cluster = client::Cluster::connect(client::parse_addrs(&mon))
+            .await
+            .unwrap();
         let image = client::Image::open(&cluster, "rbd", "vm1").unwrap();
         let data = Bytes::from(vec![0x3cu8; 1 << 20]);
         image.write(0, data.clone(), false).await.unwrap();
@@ -105,4 +107,111 @@ fn killed_and_hung_osds_are_marked_down_and_come_back() {
     });
     let o = run("atlant", &["dev", "down", "--dir", d]);
     assert!(o.status.success(), "{}", text(&o));
+}
+
+fn osd_in(mon: &str, id: u64) -> Option<bool> {
+    let o = run("atlant", &["--mon", mon, "osd", "ls", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    v.as_array()?
+        .iter()
+        .find(|o| o["id"] == id)
+        .map(|o| o["in"] == true)
+}
+
+/// One OSD's reports cannot get a healthy peer marked down; `noout` keeps a down OSD in;
+/// without it the OSD is marked out after `down_out_interval`; marking it in again is
+/// refused while that would put it back into PGs that went on without it.
+#[test]
+fn single_reporter_noout_and_down_out_interval() {
+    let dir = TempDir::new("downout");
+    let env = dev_up(
+        dir.path(),
+        &[
+            "--osd-size",
+            "64M",
+            "--image-size",
+            "64M",
+            "--pg-count",
+            "8",
+            "--osd-grace-secs",
+            "2",
+            "--down-out-interval-secs",
+            "3",
+        ],
+    );
+    let mon = env["ATLANT_MON"].clone();
+    let d = dir.path().to_str().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // osd.1 alone claims osd.0 is dead, for longer than the grace period: ignored.
+    rt.block_on(async {
+        let m = client::MonClient::new(client::parse_addrs(&mon)).unwrap();
+        let map = m.get_map().await.unwrap();
+        let up_from = map.osd(proto::OsdId(0)).unwrap().up_from;
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            let req = proto::msg::ControlRequest::OsdFailure {
+                reporter: proto::OsdId(1),
+                target: proto::OsdId(0),
+                target_up_from: up_from,
+            };
+            m.call(&req).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    assert_eq!(
+        osd_up(&mon, 0),
+        Some(true),
+        "one reporter got a healthy OSD marked down"
+    );
+
+    // noout: down, but stays in past the interval.
+    let o = run("atlant", &["--mon", &mon, "osd", "set", "noout"]);
+    assert!(o.status.success(), "{}", text(&o));
+    signal(pid_of(&env, dir.path(), 2), "-KILL");
+    assert!(
+        wait_until(Duration::from_secs(6), || osd_up(&mon, 2) == Some(false)),
+        "osd.2 not marked down"
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        osd_in(&mon, 2),
+        Some(true),
+        "noout is set but osd.2 was marked out"
+    );
+
+    // Without noout: out after the interval.
+    let o = run("atlant", &["--mon", &mon, "osd", "unset", "noout"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || osd_in(&mon, 2) == Some(false)),
+        "osd.2 not marked out after down_out_interval"
+    );
+    println!(
+        "osd.2 marked out {:?} after noout was unset (interval 3 s)",
+        t.elapsed()
+    );
+    let status = run("atlant", &["--mon", &mon, "status", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["osds"]["in"], 2, "{v}");
+
+    // Back in would make it a member of PGs that were written without it: refused until
+    // recovery exists, with the reason.
+    let o = run("atlant", &["--mon", &mon, "osd", "in", "2"]);
+    assert!(!o.status.success(), "osd in was accepted");
+    assert!(text(&o).contains("recovery"), "{}", text(&o));
+
+    // A restarted OSD is up at once (a new incarnation), and stays out.
+    let o = run("atlant", &["dev", "start", "--dir", d, "osd.2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        wait_until(Duration::from_secs(10), || osd_up(&mon, 2) == Some(true)),
+        "restarted osd.2 not up"
+    );
+    assert_eq!(osd_in(&mon, 2), Some(false));
 }
