@@ -326,3 +326,34 @@ fn unexpected(r: ControlResponse) -> MonError {
         other => MonError::Unexpected(format!("{other:?}").chars().take(200).collect()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::map::{ClusterFlag, FullRatios};
+
+    #[test]
+    fn incremental_updates_apply_only_on_the_right_map_and_crc() {
+        let m0 = ClusterMap::new(7, vec![]);
+        let cmds = vec![
+            Command::SetFlag {
+                flag: ClusterFlag::NoOut,
+            },
+            Command::SetFullRatios {
+                ratios: FullRatios {
+                    nearfull: 800,
+                    backfillfull: 850,
+                    full: 900,
+                },
+            },
+        ];
+        let want = m0.apply(&cmds[0]).unwrap().0.apply(&cmds[1]).unwrap().0;
+        let crc = map_crc(&want);
+        assert_eq!(apply_incremental(&m0, m0.epoch, &cmds, crc).unwrap(), want);
+        // Wrong base epoch, wrong result, or a command this map refuses: fetch the full map.
+        assert!(apply_incremental(&m0, m0.epoch + 1, &cmds, crc).is_err());
+        assert!(apply_incremental(&m0, m0.epoch, &cmds, crc ^ 1).is_err());
+        let twice = vec![cmds[0].clone(), cmds[0].clone()];
+        assert!(apply_incremental(&m0, m0.epoch, &twice, crc).is_err());
+    }
+}

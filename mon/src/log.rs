@@ -769,3 +769,59 @@ pub fn node_of(id: &Identity) -> (NodeId, MonNode) {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            name: "a".into(),
+            addr: "127.0.0.1:1".into(),
+            fsid: 5,
+            initial: vec![],
+        }
+    }
+
+    #[test]
+    fn open_refuses_damaged_records_and_foreign_state() {
+        let disk = MemDisk::default();
+        format(&disk, &identity()).unwrap();
+        let opened = open(Arc::new(disk.clone())).unwrap();
+        assert_eq!(opened.identity.name, "a");
+        assert_eq!(opened.applied.map.fsid, 5);
+
+        // A flipped bit in the vote.
+        let mut b = Batch::default();
+        b.put(Table::Meta, key::VOTE, &Vote::new(3, 1));
+        disk.commit(b).unwrap();
+        open(Arc::new(disk.clone())).unwrap();
+        {
+            let mut t = disk.0.lock().unwrap();
+            let v = t.meta.get_mut(&key::VOTE).unwrap();
+            let last = v.len() - 1;
+            v[last] ^= 1;
+        }
+        let e = open(Arc::new(disk.clone())).err().unwrap();
+        assert!(e.contains("vote") && e.contains("damaged"), "{e}");
+
+        // A state machine of another cluster.
+        let disk = MemDisk::default();
+        format(&disk, &identity()).unwrap();
+        let mut b = Batch::default();
+        let foreign = Applied {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            map: ClusterMap::new(6, vec![]),
+            sessions: BTreeMap::new(),
+        };
+        b.put(Table::Meta, key::APPLIED, &foreign);
+        disk.commit(b).unwrap();
+        let e = open(Arc::new(disk)).err().unwrap();
+        assert!(e.contains("another cluster"), "{e}");
+
+        // No identity: not a monitor store.
+        let e = open(Arc::new(MemDisk::default())).err().unwrap();
+        assert!(e.contains("identity"), "{e}");
+    }
+}

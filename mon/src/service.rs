@@ -183,10 +183,11 @@ impl MapService {
             )
             .into());
         }
+        let mut req = req;
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             if self.is_leader() {
-                self.admit(&req.cmd)?;
+                req.cmd = self.admit(req.cmd.clone())?;
             }
             // A leader cut off from the others cannot commit: do not wait for it forever.
             // The write may still commit later; a retry carries the same (client, seq).
@@ -270,9 +271,26 @@ impl MapService {
         decode_control(&f.meta).map_err(|e| e.to_string())
     }
 
-    /// The leader's checks before a command enters the log.
-    fn admit(&self, cmd: &Command) -> Result<(), MapError> {
+    /// The leader's checks before a command enters the log; returns the command to log.
+    fn admit(&self, cmd: Command) -> Result<Command, MapError> {
         let map = self.map();
+        // A failed device is marked down and out at once, unless out would move its PGs to
+        // OSDs without their data (no recovery yet): then down only, and its PGs wait.
+        if let Command::MarkOsdFailed {
+            id,
+            up_from,
+            reason,
+        } = &cmd
+        {
+            if let Err(e) = guard_data_movement(&map, &Command::MarkOsdOut { id: *id }) {
+                tracing::warn!(%id, "device failed ({reason}); marking it down but not out: {e}");
+                return Ok(Command::MarkOsdDown {
+                    id: *id,
+                    up_from: *up_from,
+                });
+            }
+        }
+        let cmd = &cmd;
         if let Command::BootOsd { id, process, .. } = cmd {
             let now = Instant::now();
             let mut live = lock(&self.live);
@@ -306,7 +324,8 @@ impl MapService {
                 }
             }
         }
-        guard_data_movement(&map, cmd)
+        guard_data_movement(&map, cmd)?;
+        Ok(cmd.clone())
     }
 
     /// Records an OSD's usage report (and renews its lease) if it is about the current
@@ -660,4 +679,73 @@ pub fn guard_data_movement(map: &ClusterMap, cmd: &Command) -> Result<(), MapErr
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::map::FailureDomain;
+
+    fn cluster(osds: u32, image: bool) -> ClusterMap {
+        let mut m = ClusterMap::new(1, vec![]);
+        let mut step = |m: &ClusterMap, c: Command| m.apply(&c).unwrap().0;
+        for i in 0..osds {
+            m = step(
+                &m,
+                Command::CreateOsd {
+                    host: format!("h{i}"),
+                    weight: proto::map::WEIGHT_ONE,
+                    store_uuid: i as u128 + 1,
+                    capacity_bytes: 1 << 30,
+                },
+            );
+        }
+        m = step(
+            &m,
+            Command::CreatePool {
+                name: "rbd".into(),
+                size: 3,
+                min_size: 2,
+                pg_count: 32,
+                object_size: 1 << 20,
+                failure_domain: FailureDomain::Host,
+            },
+        );
+        if image {
+            m = step(
+                &m,
+                Command::CreateImage {
+                    pool: "rbd".into(),
+                    name: "vm".into(),
+                    size_bytes: 1 << 30,
+                },
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn data_movement_to_empty_osds_is_refused_until_recovery_exists() {
+        let out0 = Command::MarkOsdOut { id: OsdId(0) };
+        // Four hosts, size 3: out moves PGs onto the fourth OSD, which has no data.
+        let e = guard_data_movement(&cluster(4, true), &out0).unwrap_err();
+        assert!(e.to_string().contains("recovery"), "{e}");
+        // Three hosts: out leaves the PGs undersized on OSDs that hold them.
+        guard_data_movement(&cluster(3, true), &out0).unwrap();
+        // No images: nothing to lose.
+        guard_data_movement(&cluster(4, false), &out0).unwrap();
+        // A new OSD would take PGs it has no data for.
+        let add = Command::CreateOsd {
+            host: "h9".into(),
+            weight: proto::map::WEIGHT_ONE,
+            store_uuid: 99,
+            capacity_bytes: 1 << 30,
+        };
+        assert!(guard_data_movement(&cluster(3, true), &add).is_err());
+        // Commands that move nothing pass.
+        let flag = Command::SetFlag {
+            flag: ClusterFlag::NoOut,
+        };
+        guard_data_movement(&cluster(4, true), &flag).unwrap();
+    }
 }

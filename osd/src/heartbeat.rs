@@ -11,8 +11,9 @@ use proto::{ClusterMap, OsdId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 const INTERVAL: Duration = Duration::from_secs(1);
 
