@@ -688,7 +688,7 @@ mod tests {
 
     fn cluster(osds: u32, image: bool) -> ClusterMap {
         let mut m = ClusterMap::new(1, vec![]);
-        let mut step = |m: &ClusterMap, c: Command| m.apply(&c).unwrap().0;
+        let step = |m: &ClusterMap, c: Command| m.apply(&c).unwrap().0;
         for i in 0..osds {
             m = step(
                 &m,
