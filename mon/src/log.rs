@@ -168,9 +168,22 @@ impl RedbDisk {
 
 impl Disk for RedbDisk {
     fn load(&self) -> Result<Tables, String> {
-        use redb::{ReadableDatabase, ReadableTable};
+        use redb::{ReadableDatabase, ReadableTable, TableHandle};
         let p = self.path.display();
         let txn = self.db.begin_read().map_err(|e| format!("{p}: {e}"))?;
+        // Format 2 (one monitor) kept a table of maps.
+        let old = txn
+            .list_tables()
+            .map_err(|e| format!("{p}: {e}"))?
+            .any(|t| t.name() == "maps");
+        if old {
+            return Err(format!(
+                "{p} is a monitor store of format 2 (one monitor, written by an older build); \
+                 this build reads format {}: recreate this monitor with `atlant-mon mkfs --join` \
+                 and add it to the group",
+                crate::store::FORMAT_VERSION
+            ));
+        }
         let mut out = Tables::default();
         for t in [Table::Log, Table::Meta, Table::Hist] {
             let tab = match txn.open_table(def(t)) {
@@ -823,5 +836,25 @@ mod tests {
         // No identity: not a monitor store.
         let e = open(Arc::new(MemDisk::default())).err().unwrap();
         assert!(e.contains("identity"), "{e}");
+    }
+
+    #[test]
+    fn a_format_2_store_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("atlant-mon-v2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let db = redb::Database::create(RedbDisk::path_in(&dir)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let def: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("maps");
+                let mut t = txn.open_table(def).unwrap();
+                t.insert(1, [1u8, 2, 3].as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let e = RedbDisk::open(&dir).unwrap().load().err().unwrap();
+        assert!(e.contains("format 2"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

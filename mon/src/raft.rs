@@ -88,9 +88,9 @@ pub fn config(cluster: &str) -> openraft::Config {
 pub fn config_with(cluster: &str, snapshot_every: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster.to_string(),
-        heartbeat_interval: 150,
-        election_timeout_min: 600,
-        election_timeout_max: 1200,
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
         install_snapshot_timeout: 2000,
         // Snapshots bound the log: one every `snapshot_every` entries, keeping a fifth of
         // that behind it for peers that are only a little behind.

@@ -91,6 +91,8 @@ pub struct SimOptions {
     /// lagging monitor happen in every run).
     pub snapshot_every: u64,
     pub bug: Option<PlantedBug>,
+    /// A fault is injected every this many simulated milliseconds (uniform in the range).
+    pub fault_every_ms: (u64, u64),
 }
 
 impl SimOptions {
@@ -101,6 +103,7 @@ impl SimOptions {
             secs: 60,
             snapshot_every: 64,
             bug: None,
+            fault_every_ms: (1000, 4000),
         }
     }
 }
@@ -436,7 +439,8 @@ impl World {
         let ids: Vec<NodeId> = lock(&self.mons).iter().map(|m| m.id).collect();
         let n = ids.len();
         while tokio::time::Instant::now() < until {
-            let wait = self.rand(|r| r.random_range(1000..4000));
+            let (lo, hi) = self.opts.fault_every_ms;
+            let wait = self.rand(|r| r.random_range(lo..hi));
             tokio::time::sleep(Duration::from_millis(wait)).await;
             let kind = self.rand(|r| r.random_range(0..6));
             let hold = Duration::from_millis(self.rand(|r| r.random_range(500..6000)));
