@@ -69,6 +69,9 @@ fn pool(name: String) -> Command {
     }
 }
 
+/// (pool, epoch, when the request was sent, when it was acknowledged)
+type Acked = (String, u64, Instant, Instant);
+
 #[test]
 fn leader_kills_lose_no_change_and_a_full_restart_keeps_the_map() {
     let dir = TempDir::new("quorum");
@@ -87,8 +90,7 @@ fn leader_kills_lose_no_change_and_a_full_restart_keeps_the_map() {
 
     // A stream of changes: every acknowledged one is recorded with its epoch.
     let stop = Arc::new(AtomicBool::new(false));
-    // (pool, epoch, when the request was sent, when it was acknowledged)
-    let acked: Arc<Mutex<Vec<(String, u64, Instant, Instant)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
     let writer = {
         let (mon, stop, acked, errors) = (
