@@ -590,20 +590,19 @@ impl MapService {
             .add_learner(id, node, true)
             .await
             .map_err(|e| ServiceError::Other(format!("adding {name} as a learner: {e}")))?;
-        let mut voters: BTreeSet<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let mut voters = self.voters();
         voters.insert(id);
         self.raft
             .change_membership(voters, false)
             .await
             .map_err(|e| ServiceError::Other(format!("adding {name} as a voter: {e}")))?;
         Ok(self.map().epoch)
+    }
+
+    /// The voting members of the committed membership.
+    fn voters(&self) -> BTreeSet<NodeId> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().voter_ids().collect()
     }
 
     pub async fn remove_monitor(&self, name: &str) -> Result<Epoch, ServiceError> {
@@ -624,15 +623,8 @@ impl MapService {
             ));
         }
         let id = crate::raft::node_id(name);
-        let voters: BTreeSet<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .filter(|v| *v != id)
-            .collect();
+        let mut voters = self.voters();
+        voters.remove(&id);
         self.raft
             .change_membership(voters, false)
             .await

@@ -194,3 +194,12 @@ pub fn dev_up(dir: &Path, args: &[&str]) -> DevCluster {
         .collect();
     cluster
 }
+
+/// A two-worker tokio runtime for tests that drive the client library.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

@@ -37,11 +37,7 @@ fn a_full_cluster_refuses_writes_with_enospc_and_loses_nothing() {
         ],
     );
     let mon = env["ATLANT_MON"].clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let result = rt.block_on(async {
         let cluster = client::Cluster::connect(client::parse_addrs(&mon))
             .await

@@ -49,11 +49,7 @@ fn checksum_errors_past_the_limit_take_the_osd_down_and_out() {
         .unwrap()
         .parse()
         .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let cluster = client::Cluster::connect(client::parse_addrs(&mon))
             .await

@@ -91,11 +91,7 @@ fn killed_and_hung_osds_are_marked_down_and_come_back() {
     println!("osd.2 up again {:?} after SIGCONT", t.elapsed());
 
     // IO works on the healed cluster.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let cluster = client::Cluster::connect(client::parse_addrs(&mon))
             .await
@@ -141,11 +137,7 @@ fn single_reporter_noout_and_down_out_interval() {
     );
     let mon = env["ATLANT_MON"].clone();
     let d = dir.path().to_str().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
 
     // osd.1 alone claims osd.0 is dead, for longer than the grace period: ignored.
     rt.block_on(async {

@@ -198,11 +198,7 @@ fn an_isolated_monitor_commits_nothing_and_catches_up() {
             .expect("spawn monitor in its namespace");
         mons.push(Daemon(child));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let all = MonClient::new(addrs.clone()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);

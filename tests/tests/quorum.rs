@@ -17,14 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn env_var(dir: &std::path::Path, key: &str) -> String {
     let text = std::fs::read_to_string(dir.join("cluster.env")).unwrap_or_default();
     text.lines()
@@ -85,7 +77,7 @@ fn leader_kills_lose_no_change_and_a_full_restart_keeps_the_map() {
         .map(String::from)
         .collect();
     assert_eq!(addrs.len(), 3, "dev up starts three monitors by default");
-    let rt = rt();
+    let rt = runtime();
     let mon = MonClient::new(addrs.clone()).unwrap();
 
     // A stream of changes: every acknowledged one is recorded with its epoch.
