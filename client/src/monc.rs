@@ -30,7 +30,9 @@ pub enum MonError {
 }
 
 pub struct MonClient {
-    addrs: Vec<String>,
+    /// The monitors to try: those given, then the group the map lists once one is known
+    /// (so `mon add` / `mon rm` reach clients without a restart).
+    addrs: Mutex<Vec<String>>,
     conn: Mutex<Option<Arc<Conn>>>,
     /// Which address to try first: moves on when a monitor fails or has no quorum.
     next: AtomicUsize,
@@ -54,15 +56,29 @@ impl MonClient {
         }
         Ok(Arc::new(MonClient {
             next: AtomicUsize::new(rand::random::<u32>() as usize % addrs.len()),
-            addrs,
+            addrs: Mutex::new(addrs),
             conn: Mutex::new(None),
             client: rand::random(),
             seq: AtomicU64::new(1),
         }))
     }
 
-    pub fn addrs(&self) -> &[String] {
-        &self.addrs
+    pub fn addrs(&self) -> Vec<String> {
+        self.addrs.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Adopts the monitor group a map lists (ignored if it lists none).
+    pub fn learn(&self, map: &ClusterMap) {
+        let listed: Vec<String> = map.mons.iter().map(|m| m.addr.clone()).collect();
+        if listed.is_empty() {
+            return;
+        }
+        if let Ok(mut a) = self.addrs.lock() {
+            if *a != listed {
+                tracing::info!("monitors are now {}", listed.join(","));
+                *a = listed;
+            }
+        }
     }
 
     async fn connection(&self) -> Result<Arc<Conn>, MonError> {
@@ -72,7 +88,7 @@ impl MonClient {
             }
         }
         let start = self.next.load(Ordering::Relaxed);
-        let (c, i) = connect_any(&self.addrs, start).await?;
+        let (c, i) = connect_any(&self.addrs(), start).await?;
         self.next.store(i, Ordering::Relaxed);
         if let Ok(mut slot) = self.conn.lock() {
             *slot = Some(c.clone());
@@ -84,7 +100,7 @@ impl MonClient {
         if let Ok(mut slot) = self.conn.lock() {
             *slot = None;
         }
-        let n = self.addrs.len();
+        let n = self.addrs().len().max(1);
         let _ = self
             .next
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |i| Some((i + 1) % n));
@@ -94,7 +110,7 @@ impl MonClient {
     /// or answers that it has no quorum.
     pub async fn call(&self, req: &ControlRequest) -> Result<ControlResponse, MonError> {
         let mut last = String::new();
-        for _ in 0..(2 * self.addrs.len()).max(3) {
+        for _ in 0..(2 * self.addrs().len()).max(3) {
             let c = match self.connection().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -127,7 +143,7 @@ impl MonClient {
             }
         }
         Err(MonError::Unreachable {
-            addrs: self.addrs.join(","),
+            addrs: self.addrs().join(","),
             last,
         })
     }
@@ -178,6 +194,7 @@ impl MonClient {
     /// reconnecting (to any monitor) whenever the connection drops.
     /// The sender is shared so a caller that fetched a newer map directly can publish it.
     pub fn subscribe(self: &Arc<Self>, initial: ClusterMap) -> Arc<watch::Sender<Arc<ClusterMap>>> {
+        self.learn(&initial);
         let (tx, _) = watch::channel(Arc::new(initial));
         let tx = Arc::new(tx);
         let me = Arc::clone(self);
@@ -189,7 +206,10 @@ impl MonClient {
                 let have = tx.borrow().epoch;
                 match me.subscription(have, &tx).await {
                     Ok(()) => backoff = Duration::from_millis(50),
-                    Err(e) => tracing::debug!("map subscription: {e}"),
+                    Err(e) => {
+                        tracing::debug!("map subscription: {e}");
+                        me.move_on();
+                    }
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -204,7 +224,7 @@ impl MonClient {
         tx: &watch::Sender<Arc<ClusterMap>>,
     ) -> Result<(), MonError> {
         let start = self.next.load(Ordering::Relaxed);
-        let (conn, _) = connect_any(&self.addrs, start).await?;
+        let (conn, _) = connect_any(&self.addrs(), start).await?;
         let mut pushes = conn
             .take_pushes()
             .ok_or_else(|| MonError::Unexpected("push channel taken".into()))?;
@@ -247,6 +267,8 @@ impl MonClient {
                 }
                 Err(e) => tracing::warn!("bad map push: {e}"),
             }
+            let newest = tx.borrow().clone();
+            self.learn(&newest);
         }
         Ok(())
     }

@@ -40,6 +40,16 @@ async fn control(svc: Arc<MapService>, f: Frame, r: Responder) {
             return;
         }
     };
+    if !svc.is_member() {
+        reply(
+            &r,
+            &ControlResponse::NoQuorum(format!(
+                "monitor {} is not a member of the monitor group (not added yet, or removed)",
+                svc.name
+            )),
+        );
+        return;
+    }
     match req {
         ControlRequest::GetMap { have } => {
             let m = svc.map();

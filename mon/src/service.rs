@@ -599,6 +599,13 @@ impl MapService {
         Ok(self.map().epoch)
     }
 
+    /// Whether this monitor votes in the group it knows of. A monitor created to join that
+    /// has not been added yet, or one that was removed, serves no requests (its map would be
+    /// stale); it still takes Raft traffic.
+    pub fn is_member(&self) -> bool {
+        self.voters().contains(&self.node)
+    }
+
     /// The voting members of the committed membership.
     fn voters(&self) -> BTreeSet<NodeId> {
         let m = self.raft.metrics().borrow().membership_config.clone();

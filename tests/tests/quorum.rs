@@ -356,6 +356,32 @@ fn monitors_join_and_leave_without_downtime() {
         .collect();
     assert_eq!(names, ["b", "c", "x"], "{v}");
     assert!(v["flags"].as_array().unwrap().is_empty());
+
+    // A client given one monitor learns the group from the map: with that monitor stopped
+    // it still commits through the others, including the one added after it started.
+    let b_addr = v["mons"][0]["addr"].as_str().unwrap().to_string();
+    let rt = runtime();
+    rt.block_on(async {
+        let mon = MonClient::new(vec![b_addr.clone()]).unwrap();
+        let map = mon.get_map().await.unwrap();
+        let _sub = mon.subscribe(map);
+        let learned = async {
+            while mon.addrs().len() != 3 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), learned)
+            .await
+            .expect("the client did not learn the monitor group from the map");
+        assert!(mon.addrs().contains(&addr), "{:?}", mon.addrs());
+        let o = run("atlant", &["dev", "stop", "--dir", &d, "mon.b"]);
+        assert!(o.status.success(), "{}", text(&o));
+        mon.command(Command::SetFlag {
+            flag: proto::map::ClusterFlag::NoDown,
+        })
+        .await
+        .expect("commit with the only given monitor stopped");
+    });
 }
 
 /// kill -9 of a monitor this test started.
