@@ -174,6 +174,36 @@ impl DevCluster {
         Ok(child.id())
     }
 
+    /// Waits until a monitor answers, failing at once (with the reason from its log) if a
+    /// monitor process exits, e.g. on a damaged or old-format store.
+    async fn wait_mons(&self, timeout: Duration) -> anyhow::Result<()> {
+        let mon = MonClient::new(self.mon_addrs.clone())?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            for d in self.daemons.iter().filter(|d| d.name.starts_with("mon.")) {
+                if d.pid.is_some_and(has_exited) {
+                    let log = self.dir.join("log").join(format!("{}.log", d.name));
+                    let why = std::fs::read_to_string(&log)
+                        .unwrap_or_default()
+                        .lines()
+                        .rev()
+                        .find(|l| l.starts_with("Error"))
+                        .unwrap_or("no error line in its log")
+                        .to_string();
+                    bail!("{} exited: {why} (log: {})", d.name, log.display());
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(2), mon.get_map()).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if Instant::now() > deadline => return Err(e.into()),
+                Err(_) if Instant::now() > deadline => {
+                    bail!("no monitor answered within {timeout:?}")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
     /// Stops one daemon (SIGTERM, then SIGKILL after `grace`).
     pub fn stop(&mut self, name: &str, grace: Duration) -> anyhow::Result<()> {
         let d = self.daemon_mut(name)?;
@@ -190,6 +220,18 @@ impl DevCluster {
         }
         d.pid = None;
         Ok(())
+    }
+}
+
+/// True once a process this command started has exited (gone, or a zombie). Unlike
+/// `is_running`, a child between fork and exec does not count as exited.
+fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z')),
     }
 }
 
@@ -232,13 +274,13 @@ pub async fn up(o: UpOptions) -> anyhow::Result<DevCluster> {
                 2
             }
         });
+        let mut mons_waited = false;
         for n in names {
-            c.start(&n)?;
-            if n.starts_with("mon.") {
-                MonClient::new(c.mon_addrs.clone())?
-                    .wait_for_map(o.timeout)
-                    .await?;
+            if !n.starts_with("mon.") && !mons_waited {
+                c.wait_mons(o.timeout).await?;
+                mons_waited = true;
             }
+            c.start(&n)?;
         }
         c.save()?;
         c
