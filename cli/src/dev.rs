@@ -370,26 +370,22 @@ async fn create(o: &UpOptions, dir: &Path) -> anyhow::Result<DevCluster> {
     }
     c.save()?;
     let mon = MonClient::new(c.mon_addrs.clone())?;
-    // The group is formed once a change commits (a leader was elected).
+    // The group is formed once a leader holds a quorum.
     let deadline = Instant::now() + o.timeout;
     loop {
-        match mon
-            .command(Command::SetFlag {
-                flag: proto::map::ClusterFlag::NoOut,
-            })
-            .await
+        if let Ok(proto::msg::ControlResponse::Status(s)) =
+            mon.call(&proto::msg::ControlRequest::GetStatus).await
         {
-            Ok(_) => break,
-            Err(e) if Instant::now() > deadline => {
-                bail!("the monitors did not form a group: {e}; see {d}/log/mon.*.log")
+            let quorum = s.mons.iter().filter(|m| m.in_quorum).count();
+            if s.mons.iter().any(|m| m.leader) && quorum * 2 > s.mons.len() {
+                break;
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+        if Instant::now() > deadline {
+            bail!("the monitors did not form a group; see {d}/log/mon.*.log");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    mon.command(Command::UnsetFlag {
-        flag: proto::map::ClusterFlag::NoOut,
-    })
-    .await?;
     let mon_addr = mon_list.clone();
     for i in 0..o.osds {
         let device = format!("{d}/osd{i}.img");

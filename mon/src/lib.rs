@@ -141,31 +141,23 @@ pub async fn start(
     transport: Arc<dyn RaftTransport>,
     policy: service::Policy,
 ) -> anyhow::Result<Arc<service::MapService>> {
-    let name = log::open(Arc::clone(&disk))
-        .map_err(anyhow::Error::msg)?
-        .identity
-        .fsid;
-    start_with(
-        disk,
-        transport,
-        policy,
-        raft::config(&proto::uuid_hex(name)),
-    )
-    .await
+    start_with(disk, transport, policy, raft::SNAPSHOT_EVERY).await
 }
 
-/// [`start`] with a given Raft configuration (the simulator snapshots more often).
+/// [`start`] with a snapshot every `snapshot_every` log entries (the simulator snapshots
+/// more often).
 pub async fn start_with(
     disk: Arc<dyn log::Disk>,
     transport: Arc<dyn RaftTransport>,
     policy: service::Policy,
-    config: openraft::Config,
+    snapshot_every: u64,
 ) -> anyhow::Result<Arc<service::MapService>> {
     let opened = log::open(disk).map_err(anyhow::Error::msg)?;
     let id = opened.identity.clone();
     let (node, me) = log::node_of(&id);
     let logstore = log::MonLog::new(&opened);
     let (sm, published) = log::MonStateMachine::new(&opened);
+    let config = raft::config_with(&proto::uuid_hex(id.fsid), snapshot_every);
     let config = Arc::new(config.validate().context("raft configuration")?);
     let raft = raft::Raft::new(node, config, raft::Network { transport }, logstore, sm)
         .await
@@ -184,8 +176,13 @@ pub async fn start_with(
                 )
             })
             .collect();
-        if let Err(e) = raft.initialize(members).await {
-            tracing::debug!("initialize: {e}");
+        match raft.initialize(members).await {
+            Ok(()) => {}
+            // Another initial monitor formed the group first: expected.
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => {}
+            Err(e) => anyhow::bail!("forming the monitor group: {e}"),
         }
     }
     tracing::info!(name = %id.name, addr = %id.addr, node, epoch = published.map().epoch, fsid = %proto::uuid_hex(id.fsid), "monitor starting");

@@ -79,12 +79,11 @@ pub fn node_id(name: &str) -> NodeId {
     h.max(1)
 }
 
-/// Timing of the monitor group. Elections settle within a few seconds of a leader's death.
-pub fn config(cluster: &str) -> openraft::Config {
-    config_with(cluster, 500)
-}
+/// A monitor snapshots its state every this many log entries.
+pub const SNAPSHOT_EVERY: u64 = 500;
 
-/// [`config`] with a snapshot every `snapshot_every` entries.
+/// Timing of the monitor group (elections settle within a few seconds of a leader's
+/// death), with a snapshot every `snapshot_every` entries.
 pub fn config_with(cluster: &str, snapshot_every: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster.to_string(),
@@ -273,7 +272,6 @@ impl Peer {
     }
 }
 
-#[allow(clippy::result_large_err)]
 fn mismatched<E: std::error::Error>(
     got: &RaftReply,
 ) -> RPCError<NodeId, MonNode, RaftError<NodeId, E>> {

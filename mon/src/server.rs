@@ -63,20 +63,22 @@ async fn control(svc: Arc<MapService>, f: Frame, r: Responder) {
         ControlRequest::Subscribe { have } => subscription(&svc, have, &r).await,
         ControlRequest::Submit(req) => reply(&r, &committed(svc.submit(req, true).await)),
         ControlRequest::Forwarded(req) => reply(&r, &committed(svc.submit(req, false).await)),
-        ControlRequest::AddMonitor { name, addr } => {
-            let res = if svc.is_leader() {
-                svc.add_monitor(&name, &addr).await
-            } else {
-                return forward_admin(&svc, ControlRequest::AddMonitor { name, addr }, &r).await;
+        // Membership changes run on the leader; a follower passes them on.
+        req @ (ControlRequest::AddMonitor { .. } | ControlRequest::RemoveMonitor { .. })
+            if !svc.is_leader() =>
+        {
+            let resp = match svc.call_leader(&req).await {
+                Ok(resp) => resp,
+                Err(e) => ControlResponse::NoQuorum(e),
             };
+            reply(&r, &resp);
+        }
+        ControlRequest::AddMonitor { name, addr } => {
+            let res = svc.add_monitor(&name, &addr).await;
             reply(&r, &committed(res.map(|e| (e, proto::CommandResult::Done))));
         }
         ControlRequest::RemoveMonitor { name } => {
-            let res = if svc.is_leader() {
-                svc.remove_monitor(&name).await
-            } else {
-                return forward_admin(&svc, ControlRequest::RemoveMonitor { name }, &r).await;
-            };
+            let res = svc.remove_monitor(&name).await;
             reply(&r, &committed(res.map(|e| (e, proto::CommandResult::Done))));
         }
         ControlRequest::OsdReport { id, up_from, stats } => {
@@ -116,14 +118,6 @@ async fn control(svc: Arc<MapService>, f: Frame, r: Responder) {
             &ControlResponse::Error("this request is served by OSDs, not monitors".into()),
         ),
     }
-}
-
-async fn forward_admin(svc: &MapService, req: ControlRequest, r: &Responder) {
-    let resp = match svc.call_leader(&req).await {
-        Ok(resp) => resp,
-        Err(e) => ControlResponse::NoQuorum(e),
-    };
-    reply(r, &resp);
 }
 
 fn committed(res: Result<(proto::Epoch, proto::CommandResult), ServiceError>) -> ControlResponse {

@@ -245,8 +245,6 @@ impl Checker {
 
 struct World {
     opts: SimOptions,
-    fsid: u128,
-    initial: Vec<MonInfo>,
     net: Arc<Mutex<Net>>,
     mons: Mutex<Vec<Mon>>,
     checker: Arc<Mutex<Checker>>,
@@ -269,7 +267,7 @@ impl World {
             Arc::new(disk),
             transport,
             Policy::default(),
-            crate::raft::config_with(&format!("sim-{}", self.opts.seed), self.opts.snapshot_every),
+            self.opts.snapshot_every,
         )
         .await
         .unwrap_or_else(|e| panic!("seed {}: starting {name}: {e:#}", self.opts.seed));
@@ -577,8 +575,6 @@ async fn run_inner(opts: SimOptions) -> Result<SimReport, String> {
     }
     let world = Arc::new(World {
         opts: opts.clone(),
-        fsid,
-        initial: initial.clone(),
         net: Arc::new(Mutex::new(Net {
             rng,
             nodes: BTreeMap::new(),
@@ -681,8 +677,6 @@ async fn run_inner(opts: SimOptions) -> Result<SimReport, String> {
         if metrics.snapshot.is_some() {
             snapshots += 1;
         }
-        let _ = world.fsid;
-        let _ = &world.initial;
     }
     // History: for each epoch two monitors both still hold, the same command.
     let hists: Vec<BTreeMap<Epoch, Command>> = svcs

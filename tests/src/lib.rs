@@ -203,3 +203,31 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+/// Sends `sig` (`-KILL`, `-STOP`, ...) to a process this test started.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A variable of `DIR/cluster.env` as it is now (`dev start` rewrites it with new PIDs).
+pub fn cluster_env(dir: &Path, key: &str) -> String {
+    let text = std::fs::read_to_string(dir.join("cluster.env")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(|s| s.trim_matches('\'').to_string())
+        .unwrap_or_else(|| panic!("no {key} in {}/cluster.env", dir.display()))
+}
+
+/// `name=pid` pairs of a `*_PIDS` variable of `cluster.env`.
+pub fn cluster_pids(dir: &Path, key: &str) -> std::collections::BTreeMap<String, u32> {
+    cluster_env(dir, key)
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0)))
+        .collect()
+}

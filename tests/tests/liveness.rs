@@ -15,27 +15,8 @@ fn osd_up(mon: &str, id: u64) -> Option<bool> {
         .map(|o| o["up"] == true)
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill {sig} {pid}");
-}
-
-fn pid_of(env: &DevCluster, dir: &std::path::Path, id: u64) -> u32 {
-    // cluster.env is rewritten by `dev start`; read the current one.
-    let text = std::fs::read_to_string(dir.join("cluster.env")).unwrap_or_default();
-    let pids = text
-        .lines()
-        .find_map(|l| l.strip_prefix("OSD_PIDS="))
-        .map(|s| s.trim_matches('\'').to_string())
-        .unwrap_or_else(|| env["OSD_PIDS"].clone());
-    pids.split(' ')
-        .find_map(|kv| kv.strip_prefix(&format!("{id}=")))
-        .and_then(|p| p.parse().ok())
-        .expect("pid")
+fn pid_of(dir: &std::path::Path, id: u64) -> u32 {
+    cluster_pids(dir, "OSD_PIDS")[&id.to_string()]
 }
 
 #[test]
@@ -58,7 +39,7 @@ fn killed_and_hung_osds_are_marked_down_and_come_back() {
     let d = dir.path().to_str().unwrap();
 
     // kill -9: down within the grace period (plus the check interval and a margin).
-    signal(pid_of(&env, dir.path(), 1), "-KILL");
+    signal(pid_of(dir.path(), 1), "-KILL");
     let t = Instant::now();
     assert!(
         wait_until(Duration::from_secs(6), || osd_up(&mon, 1) == Some(false)),
@@ -78,7 +59,7 @@ fn killed_and_hung_osds_are_marked_down_and_come_back() {
     );
 
     // SIGSTOP past the grace period: down; SIGCONT: it registers again by itself.
-    let pid2 = pid_of(&env, dir.path(), 2);
+    let pid2 = pid_of(dir.path(), 2);
     signal(pid2, "-STOP");
     let down = wait_until(Duration::from_secs(6), || osd_up(&mon, 2) == Some(false));
     signal(pid2, "-CONT");
@@ -164,7 +145,7 @@ fn single_reporter_noout_and_down_out_interval() {
     // noout: down, but stays in past the interval.
     let o = run("atlant", &["--mon", &mon, "osd", "set", "noout"]);
     assert!(o.status.success(), "{}", text(&o));
-    signal(pid_of(&env, dir.path(), 2), "-KILL");
+    signal(pid_of(dir.path(), 2), "-KILL");
     assert!(
         wait_until(Duration::from_secs(6), || osd_up(&mon, 2) == Some(false)),
         "osd.2 not marked down"

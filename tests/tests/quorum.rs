@@ -17,22 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn env_var(dir: &std::path::Path, key: &str) -> String {
-    let text = std::fs::read_to_string(dir.join("cluster.env")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .map(|s| s.trim_matches('\'').to_string())
-        .unwrap_or_else(|| panic!("no {key} in cluster.env"))
-}
-
-fn mon_pids(dir: &std::path::Path) -> BTreeMap<String, u32> {
-    env_var(dir, "MON_PIDS")
-        .split(' ')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0)))
-        .collect()
-}
-
 async fn status_of(addr: &str) -> Option<StatusReport> {
     let mon = MonClient::new(vec![addr.to_string()]).ok()?;
     match tokio::time::timeout(Duration::from_secs(3), mon.call(&ControlRequest::GetStatus)).await {
@@ -72,7 +56,7 @@ fn leader_kills_lose_no_change_and_a_full_restart_keeps_the_map() {
         dir.path(),
         &["--osds", "1", "--no-image", "--osd-size", "64M"],
     );
-    let addrs: Vec<String> = env_var(dir.path(), "MON_ADDRS")
+    let addrs: Vec<String> = cluster_env(dir.path(), "MON_ADDRS")
         .split(',')
         .map(String::from)
         .collect();
@@ -167,10 +151,10 @@ fn leader_kills_lose_no_change_and_a_full_restart_keeps_the_map() {
             }
             panic!("no leader")
         });
-        let pid = mon_pids(dir.path())[&leader];
+        let pid = cluster_pids(dir.path(), "MON_PIDS")[&leader];
         let before = acked.lock().unwrap().len();
         let killed = Instant::now();
-        kill9(pid);
+        signal(pid, "-KILL");
         let ok = wait_until(Duration::from_secs(30), || {
             acked
                 .lock()
@@ -304,7 +288,7 @@ fn monitors_join_and_leave_without_downtime() {
         dir.path(),
         &["--osds", "1", "--no-image", "--osd-size", "64M"],
     );
-    let mon_env = env_var(dir.path(), "ATLANT_MON");
+    let mon_env = cluster_env(dir.path(), "ATLANT_MON");
     let status = |m: &str| -> serde_json::Value {
         let o = run("atlant", &["--mon", m, "status", "--format", "json"]);
         assert!(o.status.success(), "{}", text(&o));
@@ -382,14 +366,4 @@ fn monitors_join_and_leave_without_downtime() {
         .await
         .expect("commit with the only given monitor stopped");
     });
-}
-
-/// kill -9 of a monitor this test started.
-fn kill9(pid: u32) {
-    let ok = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill -9 {pid}");
 }
