@@ -4,6 +4,7 @@
 
 mod bench;
 mod dev;
+mod pgs;
 mod status;
 
 use anyhow::{bail, Context};
@@ -60,6 +61,9 @@ enum Cmd {
     Osd(OsdCmd),
     #[command(subcommand)]
     Pool(PoolCmd),
+    /// Placement groups: state, members, recovery.
+    #[command(subcommand)]
+    Pg(PgCmd),
     #[command(subcommand)]
     Image(ImageCmd),
     /// Local development cluster (real processes under one directory).
@@ -86,6 +90,18 @@ enum Cmd {
         /// Bytes of the image to spread the IO over.
         #[arg(long, default_value = "1G")]
         region: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PgCmd {
+    /// Lists PGs with state, placement, acting set, objects degraded/misplaced, blocked
+    /// ops, and why IO to a PG waits.
+    Ls {
+        /// Only PGs whose state contains this (active, clean, degraded, recovering,
+        /// remapped, peering, incomplete, down, undersized).
+        #[arg(long)]
+        state: Option<String>,
     },
 }
 
@@ -131,6 +147,21 @@ enum OsdCmd {
     },
     /// The placement hierarchy: root → host → osd, with weights.
     Tree,
+    /// Declares a down OSD's data lost: PGs waiting for it (incomplete) go on with what the
+    /// other OSDs hold. Writes only that OSD held are lost. Lists the PGs concerned, and
+    /// does it only with --yes-i-really-mean-it.
+    Lost {
+        id: u32,
+        #[arg(long)]
+        yes_i_really_mean_it: bool,
+    },
+    /// Removes a dead OSD for good (declared lost, then removed from the map), so its
+    /// device can be replaced: `atlant osd create` on the new device.
+    Destroy {
+        id: u32,
+        #[arg(long)]
+        yes_i_really_mean_it: bool,
+    },
     /// Formats a device as a new OSD store and registers it (runs `atlant-osd mkfs`).
     Create {
         #[arg(long)]
@@ -378,6 +409,76 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 status::print_human(&v);
             }
+        }
+        Cmd::Pg(PgCmd::Ls { ref state }) => {
+            let ControlResponse::Status(r) = mon.call(&ControlRequest::GetStatus).await? else {
+                bail!("monitor sent no status")
+            };
+            let rows = pgs::rows(&r);
+            if json_out {
+                let v: Vec<_> = rows
+                    .iter()
+                    .filter(|row| pgs::matches_state(row, state.as_deref()))
+                    .map(pgs::row_json)
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                pgs::print_table(&rows, state.as_deref());
+            }
+        }
+        Cmd::Osd(OsdCmd::Lost {
+            id,
+            yes_i_really_mean_it,
+        })
+        | Cmd::Osd(OsdCmd::Destroy {
+            id,
+            yes_i_really_mean_it,
+        }) => {
+            let destroy = matches!(cli.cmd, Cmd::Osd(OsdCmd::Destroy { .. }));
+            let osd = OsdId(id);
+            let map = mon.get_map().await?;
+            let Some(info) = map.osd(osd) else {
+                bail!("{osd} does not exist")
+            };
+            if info.up {
+                bail!("{osd} is up: stop it first (only a down OSD can be declared lost)");
+            }
+            let concerned: Vec<String> = map
+                .pg_history
+                .iter()
+                .filter(|(_, h)| h.iter().any(|i| i.members.iter().any(|m| m.osd == osd)))
+                .map(|(pg, _)| pg.to_string())
+                .collect();
+            if !yes_i_really_mean_it {
+                eprintln!(
+                    "{osd} is a witness of {} pg(s) that are not clean: {}",
+                    concerned.len(),
+                    if concerned.is_empty() {
+                        "none: nothing can be lost".to_string()
+                    } else {
+                        concerned.join(" ")
+                    }
+                );
+                eprintln!(
+                    "writes that only {osd} held in those pgs would be lost. Repeat with \
+                     --yes-i-really-mean-it to go ahead."
+                );
+                return Ok(2);
+            }
+            let (epoch, _) = mon.command(Command::MarkOsdLost { id: osd }).await?;
+            let mut msg = format!(
+                "{osd} declared lost (epoch {epoch}); {} pg(s) no longer wait for it",
+                concerned.len()
+            );
+            if destroy {
+                let (epoch, _) = mon.command(Command::RemoveOsd { id: osd }).await?;
+                msg = format!("{msg}; removed from the map (epoch {epoch})");
+            }
+            report(
+                json_out,
+                json!({"osd": id, "lost": true, "destroyed": destroy, "pgs": concerned, "epoch": epoch}),
+                &msg,
+            )?;
         }
         Cmd::Osd(OsdCmd::Ls) => {
             let ControlResponse::Status(r) = mon.call(&ControlRequest::GetStatus).await? else {
@@ -842,6 +943,9 @@ async fn check_replicas(
     };
     let mut copies: BTreeMap<ObjectId, Vec<(OsdId, Version)>> = BTreeMap::new();
     for o in map.osds.values() {
+        if !o.up && !o.is_in {
+            continue; // down and out: its copies no longer count
+        }
         if !o.up {
             bail!("{} is down; cannot list its objects", o.id);
         }

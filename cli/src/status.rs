@@ -3,7 +3,6 @@
 //! `images`).
 
 use proto::msg::StatusReport;
-use proto::pg::pool_mappings;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -12,29 +11,16 @@ pub fn status_json(r: &StatusReport) -> Value {
     let total = map.osds.len();
     let up = map.osds.values().filter(|o| o.up).count();
     let in_ = map.osds.values().filter(|o| o.is_in).count();
-    let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut pg_total = 0u64;
-    let mut inactive = Vec::new();
-    for pool in map.pools.values() {
-        for m in pool_mappings(map, pool) {
-            pg_total += 1;
-            *by_state.entry(m.state.name()).or_default() += 1;
-            if !m.is_active() && inactive.len() < 5 {
-                let down: Vec<String> = m
-                    .interval_key
-                    .iter()
-                    .filter(|(_, e)| *e == 0)
-                    .map(|(o, _)| o.to_string())
-                    .collect();
-                inactive.push(format!(
-                    "pg {} is {} (waiting for {})",
-                    m.pg,
-                    m.state.name(),
-                    down.join(",")
-                ));
-            }
-        }
+    let rows = crate::pgs::rows(r);
+    let pg_total = rows.len() as u64;
+    let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+    for row in &rows {
+        *by_state.entry(row.state.clone()).or_default() += 1;
     }
+    let inactive: Vec<&crate::pgs::PgRow> = rows.iter().filter(|r| !r.active).collect();
+    let objects: u64 = rows.iter().map(|r| r.objects).sum();
+    let degraded: u64 = rows.iter().map(|r| r.degraded).sum();
+    let misplaced: u64 = rows.iter().map(|r| r.misplaced).sum();
     let mut checks = Vec::new();
     let mut level = 0;
     let in_quorum = r.mons.iter().filter(|m| m.in_quorum).count();
@@ -95,21 +81,54 @@ pub fn status_json(r: &StatusReport) -> Value {
         ));
         level = level.max(1);
     }
-    let n_inactive = pg_total
-        - by_state
-            .iter()
-            .filter(|(k, _)| k.starts_with("active"))
-            .map(|(_, v)| v)
-            .sum::<u64>();
-    if n_inactive > 0 {
-        checks.push(format!("{n_inactive} pgs inactive: IO to them waits"));
-        checks.extend(inactive);
+    if !inactive.is_empty() {
+        checks.push(format!("{} pgs inactive: IO to them waits", inactive.len()));
+        for r in inactive.iter().take(5) {
+            checks.push(format!(
+                "pg {} is {}: {}",
+                r.pg,
+                r.state,
+                r.why.as_deref().unwrap_or("-")
+            ));
+        }
         level = level.max(2);
     }
-    if let Some(n) = by_state.get("active+undersized") {
+    let blocked: Vec<&crate::pgs::PgRow> = rows
+        .iter()
+        .filter(|r| {
+            r.blocked_ops > 0
+                && !r.active
+                && r.since_ms.is_some_and(|t| t >= crate::pgs::BLOCKED_WARN_MS)
+        })
+        .collect();
+    if !blocked.is_empty() {
+        let ops: u64 = blocked.iter().map(|r| r.blocked_ops).sum();
         checks.push(format!(
-            "{n} pgs undersized: fewer failure domains than the pool size"
+            "{ops} ops blocked for more than {}s on {} pgs (first: pg {}, {})",
+            crate::pgs::BLOCKED_WARN_MS / 1000,
+            blocked.len(),
+            blocked[0].pg,
+            blocked[0].why.as_deref().unwrap_or("-")
         ));
+        level = level.max(1);
+    }
+    let n_degraded = rows.iter().filter(|r| r.state.contains("degraded")).count();
+    if degraded > 0 || n_degraded > 0 {
+        checks.push(format!(
+            "degraded data redundancy: {degraded} object copies degraded, {n_degraded} pgs degraded"
+        ));
+        level = level.max(1);
+    }
+    if misplaced > 0 {
+        checks.push(format!("{misplaced} object copies misplaced (moving)"));
+        level = level.max(1);
+    }
+    let recovering = rows
+        .iter()
+        .filter(|r| r.state.contains("recovering"))
+        .count();
+    if recovering > 0 {
+        checks.push(format!("{recovering} pgs recovering"));
         level = level.max(1);
     }
     for o in map.osds.values() {
@@ -168,9 +187,13 @@ pub fn status_json(r: &StatusReport) -> Value {
         .collect();
     let mut pgs = json!({"total": pg_total});
     for (k, v) in &by_state {
-        pgs[*k] = json!(v);
+        pgs[k.as_str()] = json!(v);
     }
     pgs["by_state"] = json!(by_state);
+    pgs["objects"] = json!(objects);
+    pgs["degraded"] = json!(degraded);
+    pgs["misplaced"] = json!(misplaced);
+    pgs["inactive"] = json!(inactive.len());
     json!({
         "fsid": proto::uuid_hex(map.fsid),
         "health": {"status": health, "checks": checks},
@@ -234,6 +257,10 @@ pub fn print_human(v: &Value) {
         "      pgs: {} total: {}",
         v["pgs"]["total"],
         states.join(", ")
+    );
+    println!(
+        "  objects: {} total, {} copies degraded, {} misplaced",
+        v["pgs"]["objects"], v["pgs"]["degraded"], v["pgs"]["misplaced"]
     );
     println!(
         "    pools: {}",

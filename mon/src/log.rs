@@ -16,7 +16,7 @@ use crate::raft::{
     Entry, LogId, MonNode, MonResponse, NodeId, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig, Vote,
 };
-use crate::store::{seal, unseal, Identity};
+use crate::store::{seal, unseal, unseal_migrating, Identity};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftLogReader, RaftSnapshotBuilder,
@@ -240,6 +240,30 @@ pub struct Applied {
     pub sessions: BTreeMap<u128, (u64, MonResponse, u64)>,
 }
 
+/// `Applied` as format 3 stored it (the map without PG history).
+#[derive(serde::Deserialize)]
+pub struct AppliedV3 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    map: proto::map::ClusterMapV3,
+    sessions: BTreeMap<u128, (u64, MonResponse, u64)>,
+}
+
+impl From<AppliedV3> for Applied {
+    fn from(a: AppliedV3) -> Applied {
+        Applied {
+            last_applied: a.last_applied,
+            membership: a.membership,
+            map: a.map.into(),
+            sessions: a.sessions,
+        }
+    }
+}
+
+fn unseal_applied(raw: &[u8]) -> Result<Applied, String> {
+    unseal_migrating::<Applied, AppliedV3>(raw)
+}
+
 /// How many clients' last answers are kept.
 const MAX_SESSIONS: usize = 4096;
 
@@ -288,7 +312,11 @@ pub fn open(disk: Arc<dyn Disk>) -> Result<Opened, String> {
     let vote = meta(&t, key::VOTE, "vote", &damaged)?;
     let committed = meta::<Option<LogId>>(&t, key::COMMITTED, "committed", &damaged)?.flatten();
     let purged = meta::<Option<LogId>>(&t, key::PURGED, "purged", &damaged)?.flatten();
-    let applied = meta(&t, key::APPLIED, "applied state", &damaged)?.unwrap_or_else(|| Applied {
+    let applied = match t.meta.get(&key::APPLIED) {
+        None => None,
+        Some(raw) => Some(unseal_applied(raw).map_err(|e| damaged(format!("applied state: {e}")))?),
+    };
+    let applied = applied.unwrap_or_else(|| Applied {
         last_applied: None,
         membership: StoredMembership::default(),
         map: ClusterMap::new(identity.fsid, vec![]),
@@ -297,7 +325,15 @@ pub fn open(disk: Arc<dyn Disk>) -> Result<Opened, String> {
     if applied.map.fsid != identity.fsid {
         return Err(damaged("the map belongs to another cluster".into()));
     }
-    let snapshot = meta(&t, key::SNAPSHOT, "snapshot", &damaged)?;
+    let snapshot: Option<(SnapshotMeta, Vec<u8>)> = meta(&t, key::SNAPSHOT, "snapshot", &damaged)?;
+    // A snapshot of an older format is converted now, so peers are sent the current one.
+    let snapshot = match snapshot {
+        None => None,
+        Some((m, data)) => {
+            let a = unseal_applied(&data).map_err(|e| damaged(format!("snapshot: {e}")))?;
+            Some((m, seal(&a)))
+        }
+    };
     let mut log = BTreeMap::new();
     let mut prev: Option<u64> = None;
     for (k, raw) in &t.log {
@@ -688,7 +724,7 @@ impl RaftStateMachine<TypeConfig> for MonStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let applied: Applied = unseal(&data).map_err(|e| {
+        let applied: Applied = unseal_applied(&data).map_err(|e| {
             io_err(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Read,

@@ -81,9 +81,19 @@ async fn control(svc: Arc<MapService>, f: Frame, r: Responder) {
             let res = svc.remove_monitor(&name).await;
             reply(&r, &committed(res.map(|e| (e, proto::CommandResult::Done))));
         }
-        ControlRequest::OsdReport { id, up_from, stats } => {
-            let ok = svc.report(id, up_from, stats.clone()).await;
-            svc.relay_to_leader(ControlRequest::OsdReport { id, up_from, stats });
+        ControlRequest::OsdReport {
+            id,
+            up_from,
+            stats,
+            pgs,
+        } => {
+            let ok = svc.report(id, up_from, stats.clone(), pgs.clone()).await;
+            svc.relay_to_leader(ControlRequest::OsdReport {
+                id,
+                up_from,
+                stats,
+                pgs,
+            });
             reply(
                 &r,
                 &if ok {
@@ -99,12 +109,14 @@ async fn control(svc: Arc<MapService>, f: Frame, r: Responder) {
             reporter,
             target,
             target_up_from,
+            refused,
         } => {
-            svc.failure_report(reporter, target, target_up_from);
+            svc.failure_report(reporter, target, target_up_from, refused);
             svc.relay_to_leader(ControlRequest::OsdFailure {
                 reporter,
                 target,
                 target_up_from,
+                refused,
             });
             reply(&r, &ControlResponse::Ok);
         }
@@ -113,7 +125,9 @@ async fn control(svc: Arc<MapService>, f: Frame, r: Responder) {
         }
         ControlRequest::ListObjects { .. }
         | ControlRequest::Flush
-        | ControlRequest::Heartbeat { .. } => reply(
+        | ControlRequest::Heartbeat { .. }
+        | ControlRequest::PgQuery { .. }
+        | ControlRequest::PgActivate { .. } => reply(
             &r,
             &ControlResponse::Error("this request is served by OSDs, not monitors".into()),
         ),

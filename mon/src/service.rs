@@ -15,11 +15,12 @@ use bytes::Bytes;
 use net::ConnCache;
 use openraft::error::{ClientWriteError, RaftError};
 use proto::map::ClusterFlag;
+use proto::msg::PgStat;
 use proto::msg::{
     decode_control, encode_control, msg_type, ControlRequest, ControlResponse, MonRequest,
     MonStatus, OsdStats, StatusReport,
 };
-use proto::{ClusterMap, Command, CommandResult, Epoch, MapError, OsdId};
+use proto::{ClusterMap, Command, CommandResult, Epoch, MapError, OsdId, PgId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,9 @@ struct Liveness {
     leases: BTreeMap<u32, (Epoch, Instant)>,
     /// Failure reports about an incarnation: reporter → when.
     failures: BTreeMap<u32, (Epoch, BTreeMap<u32, Instant>)>,
+    /// Reports that an incarnation's address refused connections: (incarnation, reporter,
+    /// when).
+    refused: BTreeMap<u32, (Epoch, u32, Instant)>,
     /// When this leader first saw each down-and-in OSD down.
     down_since: BTreeMap<u32, Instant>,
     /// Mark-downs of running processes.
@@ -101,6 +105,8 @@ pub struct MapService {
     client: u128,
     seq: AtomicU64,
     stats: Mutex<BTreeMap<u32, (Epoch, OsdStats)>>,
+    /// Each PG's latest report from an OSD that was its primary when it reported.
+    pg_stats: Mutex<BTreeMap<PgId, PgStat>>,
     live: Mutex<Liveness>,
     /// When each other monitor last answered this one's probe.
     mon_seen: Mutex<BTreeMap<String, Instant>>,
@@ -129,6 +135,7 @@ impl MapService {
             client: rand::random(),
             seq: AtomicU64::new(1),
             stats: Mutex::new(BTreeMap::new()),
+            pg_stats: Mutex::new(BTreeMap::new()),
             live: Mutex::new(Liveness::default()),
             mon_seen: Mutex::new(BTreeMap::new()),
         })
@@ -274,22 +281,6 @@ impl MapService {
     /// The leader's checks before a command enters the log; returns the command to log.
     fn admit(&self, cmd: Command) -> Result<Command, MapError> {
         let map = self.map();
-        // A failed device is marked down and out at once, unless out would move its PGs to
-        // OSDs without their data (no recovery yet): then down only, and its PGs wait.
-        if let Command::MarkOsdFailed {
-            id,
-            up_from,
-            reason,
-        } = &cmd
-        {
-            if let Err(e) = guard_data_movement(&map, &Command::MarkOsdOut { id: *id }) {
-                tracing::warn!(%id, "device failed ({reason}); marking it down but not out: {e}");
-                return Ok(Command::MarkOsdDown {
-                    id: *id,
-                    up_from: *up_from,
-                });
-            }
-        }
         let cmd = &cmd;
         if let Command::BootOsd { id, process, .. } = cmd {
             let now = Instant::now();
@@ -324,17 +315,22 @@ impl MapService {
                 }
             }
         }
-        guard_data_movement(&map, cmd)?;
         Ok(cmd.clone())
     }
 
     /// Records an OSD's usage report (and renews its lease) if it is about the current
     /// incarnation. Commits a change of its fullness.
-    pub async fn report(&self, id: OsdId, up_from: Epoch, s: OsdStats) -> bool {
+    pub async fn report(&self, id: OsdId, up_from: Epoch, s: OsdStats, pgs: Vec<PgStat>) -> bool {
         let map = self.map();
         let Some(osd) = map.osd(id).filter(|o| o.up_from == up_from) else {
             return false;
         };
+        {
+            let mut all = lock(&self.pg_stats);
+            for p in pgs.into_iter().filter(|p| p.acting.first() == Some(&id)) {
+                all.insert(p.pg, p);
+            }
+        }
         let fullness = map.ratios.classify(s.used_bytes, s.capacity_bytes);
         lock(&self.stats).insert(id.0, (up_from, s));
         lock(&self.live)
@@ -352,7 +348,13 @@ impl MapService {
     }
 
     /// Records a peer's report that `target` stopped answering heartbeats.
-    pub fn failure_report(&self, reporter: OsdId, target: OsdId, target_up_from: Epoch) {
+    pub fn failure_report(
+        &self,
+        reporter: OsdId,
+        target: OsdId,
+        target_up_from: Epoch,
+        refused: bool,
+    ) {
         let map = self.map();
         let reporter_ok = map.osd(reporter).is_some_and(|o| o.up);
         let target_current = map
@@ -362,6 +364,10 @@ impl MapService {
             return;
         }
         let mut live = lock(&self.live);
+        if refused {
+            live.refused
+                .insert(target.0, (target_up_from, reporter.0, Instant::now()));
+        }
         let e = live
             .failures
             .entry(target.0)
@@ -403,6 +409,17 @@ impl MapService {
                     // changed): its lease starts now.
                     _ => {
                         live.leases.insert(o.id.0, (o.up_from, now));
+                    }
+                }
+                if let Some((inc, reporter, t)) = live.refused.get(&o.id.0).copied() {
+                    let reporter_up = map.osd(OsdId(reporter)).is_some_and(|x| x.up);
+                    if inc == o.up_from && reporter_up && now.duration_since(t) <= grace {
+                        down.push((
+                            o.id,
+                            o.up_from,
+                            format!("its address refused osd.{reporter}'s connection"),
+                        ));
+                        continue;
                     }
                 }
                 if let Some((inc, reps)) = live.failures.get_mut(&o.id.0) {
@@ -508,10 +525,23 @@ impl MapService {
             .collect();
         let stats = lock(&self.stats);
         let osd_stats = stats.iter().map(|(id, (_, s))| (*id, s.clone())).collect();
+        // Only reports that match each PG's current acting set tell its state.
+        let mut pg_stats = BTreeMap::new();
+        {
+            let all = lock(&self.pg_stats);
+            for pool in map.pools.values() {
+                for m in proto::pg::pool_mappings(&map, pool) {
+                    if let Some(s) = all.get(&m.pg).filter(|s| s.acting == m.acting) {
+                        pg_stats.insert(m.pg, s.clone());
+                    }
+                }
+            }
+        }
         StatusReport {
             map,
             mons,
             osd_stats,
+            pg_stats,
         }
     }
 
@@ -637,114 +667,5 @@ impl MapService {
             .await
             .map_err(|e| ServiceError::Other(format!("removing {name}: {e}")))?;
         Ok(self.map().epoch)
-    }
-}
-
-/// Until recovery (backfill) exists, a map change must not give a PG of a pool that holds
-/// images a member that does not already have its data: that member would serve zeros.
-/// Such changes (marking OSDs out or in, reweighting, adding OSDs) are refused with a reason.
-pub fn guard_data_movement(map: &ClusterMap, cmd: &Command) -> Result<(), MapError> {
-    let moves = matches!(
-        cmd,
-        Command::MarkOsdOut { .. }
-            | Command::MarkOsdIn { .. }
-            | Command::ReweightOsd { .. }
-            | Command::CreateOsd { .. }
-            | Command::RemoveOsd { .. }
-    );
-    if !moves {
-        return Ok(());
-    }
-    let Ok((next, _)) = map.apply(cmd) else {
-        return Ok(()); // apply itself refuses it, with its own reason
-    };
-    for pool in map.pools.values() {
-        if !map.images.values().any(|i| i.pool == pool.id) {
-            continue;
-        }
-        let Some(np) = next.pools.get(&pool.id) else {
-            continue;
-        };
-        let before = proto::pg::pool_mappings(map, pool);
-        let after = proto::pg::pool_mappings(&next, np);
-        for (b, a) in before.iter().zip(after.iter()) {
-            if let Some(new) = a.osds.iter().find(|o| !b.osds.contains(o)) {
-                return Err(MapError::Invalid(format!(
-                    "this would move pg {} of pool {:?} to {new}, which holds none of its data; \
-                     data movement needs recovery, which this build does not have yet",
-                    b.pg, pool.name
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proto::map::FailureDomain;
-
-    fn cluster(osds: u32, image: bool) -> ClusterMap {
-        let mut m = ClusterMap::new(1, vec![]);
-        let step = |m: &ClusterMap, c: Command| m.apply(&c).unwrap().0;
-        for i in 0..osds {
-            m = step(
-                &m,
-                Command::CreateOsd {
-                    host: format!("h{i}"),
-                    weight: proto::map::WEIGHT_ONE,
-                    store_uuid: i as u128 + 1,
-                    capacity_bytes: 1 << 30,
-                },
-            );
-        }
-        m = step(
-            &m,
-            Command::CreatePool {
-                name: "rbd".into(),
-                size: 3,
-                min_size: 2,
-                pg_count: 32,
-                object_size: 1 << 20,
-                failure_domain: FailureDomain::Host,
-            },
-        );
-        if image {
-            m = step(
-                &m,
-                Command::CreateImage {
-                    pool: "rbd".into(),
-                    name: "vm".into(),
-                    size_bytes: 1 << 30,
-                },
-            );
-        }
-        m
-    }
-
-    #[test]
-    fn data_movement_to_empty_osds_is_refused_until_recovery_exists() {
-        let out0 = Command::MarkOsdOut { id: OsdId(0) };
-        // Four hosts, size 3: out moves PGs onto the fourth OSD, which has no data.
-        let e = guard_data_movement(&cluster(4, true), &out0).unwrap_err();
-        assert!(e.to_string().contains("recovery"), "{e}");
-        // Three hosts: out leaves the PGs undersized on OSDs that hold them.
-        guard_data_movement(&cluster(3, true), &out0).unwrap();
-        // No images: nothing to lose.
-        guard_data_movement(&cluster(4, false), &out0).unwrap();
-        // A new OSD would take PGs it has no data for.
-        let add = Command::CreateOsd {
-            host: "h9".into(),
-            weight: proto::map::WEIGHT_ONE,
-            store_uuid: 99,
-            capacity_bytes: 1 << 30,
-        };
-        assert!(guard_data_movement(&cluster(3, true), &add).is_err());
-        // Commands that move nothing pass.
-        let flag = Command::SetFlag {
-            flag: ClusterFlag::NoOut,
-        };
-        guard_data_movement(&cluster(4, true), &flag).unwrap();
     }
 }

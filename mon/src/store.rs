@@ -14,7 +14,11 @@ const MAGIC: u32 = u32::from_le_bytes(*b"ATLM");
 /// 2: the map gained OSD fullness and the full ratios.
 /// 3: the monitor group: a Raft log, vote, applied state and snapshots instead of a list of
 ///    maps. A format-2 store is refused with a message saying so.
-pub const FORMAT_VERSION: u16 = 3;
+/// 4: the map gained per-PG history (intervals that went active). Format-3 records are read
+///    and converted (`unseal_migrating`); they are rewritten as format 4 as the monitor runs.
+pub const FORMAT_VERSION: u16 = 4;
+/// The oldest format this build reads.
+const OLDEST_READABLE: u16 = 3;
 const ENVELOPE_LEN: usize = 16;
 
 /// The monitor's identity, written by `mkfs`.
@@ -29,10 +33,14 @@ pub struct Identity {
 }
 
 pub fn seal<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    seal_as(v, FORMAT_VERSION)
+}
+
+fn seal_as<T: serde::Serialize>(v: &T, format: u16) -> Vec<u8> {
     let body = proto::msg::encode_control(v);
     let mut out = Vec::with_capacity(ENVELOPE_LEN + body.len());
     out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&format.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c(&body).to_le_bytes());
@@ -40,7 +48,29 @@ pub fn seal<T: serde::Serialize>(v: &T) -> Vec<u8> {
     out
 }
 
+/// Reads a record whose type is the same in every readable format.
 pub fn unseal<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
+    let (_, body) = envelope(raw)?;
+    postcard::from_bytes(body).map_err(|e| format!("decode: {e}"))
+}
+
+/// Reads a record whose type changed in format 4: a format-3 record is read as `Old` and
+/// converted.
+pub fn unseal_migrating<T, Old>(raw: &[u8]) -> Result<T, String>
+where
+    T: serde::de::DeserializeOwned,
+    Old: serde::de::DeserializeOwned + Into<T>,
+{
+    let (format, body) = envelope(raw)?;
+    if format == 3 {
+        let old: Old = postcard::from_bytes(body).map_err(|e| format!("decode (format 3): {e}"))?;
+        return Ok(old.into());
+    }
+    postcard::from_bytes(body).map_err(|e| format!("decode: {e}"))
+}
+
+/// Checks a record's envelope; returns its format and body.
+fn envelope(raw: &[u8]) -> Result<(u16, &[u8]), String> {
     if raw.len() < ENVELOPE_LEN {
         return Err(format!(
             "record of {} bytes is shorter than its header",
@@ -52,7 +82,7 @@ pub fn unseal<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
         return Err("bad magic".into());
     }
     let format = u16::from_le_bytes([raw[4], raw[5]]);
-    if format != FORMAT_VERSION {
+    if !(OLDEST_READABLE..=FORMAT_VERSION).contains(&format) {
         return Err(format!(
             "format version {format}, this build reads {FORMAT_VERSION}{}",
             if format < FORMAT_VERSION {
@@ -70,7 +100,7 @@ pub fn unseal<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
     if crc32c(body) != u32_at(12) {
         return Err("checksum mismatch".into());
     }
-    postcard::from_bytes(body).map_err(|e| format!("decode: {e}"))
+    Ok((format, body))
 }
 
 #[cfg(test)]
@@ -92,5 +122,35 @@ mod tests {
         assert!(unseal::<ClusterMap>(&v2)
             .unwrap_err()
             .contains("older build"));
+    }
+
+    #[test]
+    fn a_format_3_map_is_read_and_converted() {
+        let mut m3 = proto::map::ClusterMapV3 {
+            fsid: 7,
+            epoch: 42,
+            mons: vec![],
+            osds: Default::default(),
+            pools: Default::default(),
+            images: Default::default(),
+            next_osd_id: 3,
+            next_pool_id: 2,
+            next_image_id: 5,
+            ratios: Default::default(),
+            flags: Default::default(),
+        };
+        m3.flags.insert(proto::map::ClusterFlag::NoOut);
+        let raw = seal_as(&m3, 3);
+        let m: ClusterMap = unseal_migrating::<ClusterMap, proto::map::ClusterMapV3>(&raw).unwrap();
+        assert_eq!((m.fsid, m.epoch, m.next_image_id), (7, 42, 5));
+        assert!(m.flags.contains(&proto::map::ClusterFlag::NoOut));
+        assert!(m.pg_history.is_empty());
+        // Read as the new type without conversion, the old record does not decode.
+        assert!(unseal::<ClusterMap>(&raw).is_err());
+        // Written again, it is format 4 and reads back the same.
+        assert_eq!(
+            unseal_migrating::<ClusterMap, proto::map::ClusterMapV3>(&seal(&m)).unwrap(),
+            m
+        );
     }
 }

@@ -6,8 +6,10 @@
 //! wait for that map first; an op older than its PG's interval is refused with
 //! `StaleEpoch` so the client refreshes its map.
 
-use crate::pgs::PgTable;
-use crate::store::Store;
+use crate::peering::Batcher;
+use crate::pgmeta::{self, PgMeta};
+use crate::pgs::{PgInfo, PgTable};
+use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use net::conn::Responder;
 use net::{Conn, ConnCache};
@@ -16,11 +18,15 @@ use proto::msg::{
     decode_control, encode_control, msg_type, ControlRequest, ControlResponse, ObjectOp,
     ObjectReply, Status,
 };
-use proto::{ClusterMap, Epoch, ObjectId, OsdId};
+use proto::{ClusterMap, Epoch, ObjectId, OsdId, PgId};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Mutex as AsyncMutex, MutexGuard};
+use tokio::sync::{watch, Mutex as AsyncMutex, MutexGuard, Notify, Semaphore};
+
+/// Objects this OSD recovers at once, over all its PGs (client ops are not limited).
+const RECOVERY_SLOTS: usize = 4;
 
 /// Object lock stripes: ops on one object are serialised (reads wait for in-flight writes);
 /// ops on different objects rarely share a stripe.
@@ -38,10 +44,26 @@ pub struct Osd {
     pub pgs: Mutex<PgTable>,
     locks: Vec<AsyncMutex<()>>,
     peers: ConnCache<OsdId>,
+    /// Records activations and clean PGs at the monitors.
+    pub batcher: Batcher,
+    /// Per-PG metadata (LES, missing), loaded from the store on first use.
+    metas: AsyncMutex<HashMap<PgId, PgMeta>>,
+    pub recovery: Semaphore,
+    /// Woken whenever a PG changes phase (ops waiting for a peering PG).
+    pub pg_event: Notify,
+    /// Peering queries hold it shared, stray removal exclusively: a query never lists an
+    /// object that a removal decided on an older map is about to delete.
+    pub stray_gate: tokio::sync::RwLock<()>,
+    pub leases: crate::lease::Leases,
 }
 
 impl Osd {
-    pub fn new(id: OsdId, store: Arc<Store>, map: watch::Receiver<Arc<ClusterMap>>) -> Arc<Osd> {
+    pub fn new(
+        id: OsdId,
+        store: Arc<Store>,
+        map: watch::Receiver<Arc<ClusterMap>>,
+        batcher: Batcher,
+    ) -> Arc<Osd> {
         Arc::new(Osd {
             id,
             store,
@@ -50,7 +72,71 @@ impl Osd {
             pgs: Mutex::new(PgTable::default()),
             locks: (0..LOCK_STRIPES).map(|_| AsyncMutex::new(())).collect(),
             peers: ConnCache::default(),
+            batcher,
+            metas: AsyncMutex::new(HashMap::new()),
+            recovery: Semaphore::new(RECOVERY_SLOTS),
+            pg_event: Notify::new(),
+            stray_gate: tokio::sync::RwLock::new(()),
+            leases: Default::default(),
         })
+    }
+
+    /// Runs `f` on the PG if it is still in the interval `start`; false if it is not.
+    pub fn update_pg(&self, pg: PgId, start: Epoch, f: impl FnOnce(&mut PgInfo)) -> bool {
+        let mut pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        match pgs.pgs.get_mut(&pg).filter(|i| i.interval_start == start) {
+            Some(i) => {
+                f(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The state of every PG this OSD is the primary of, for the monitors.
+    pub fn primary_stats(&self) -> Vec<proto::msg::PgStat> {
+        let map = self.current_map();
+        let pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = pgs
+            .pgs
+            .values()
+            .filter(|i| i.mapping.primary() == Some(self.id))
+            .map(|i| {
+                let size = map.pools.get(&i.mapping.pg.pool).map_or(0, |p| p.size);
+                i.stat(size as usize)
+            })
+            .collect();
+        v.sort_by_key(|s| s.pg);
+        v
+    }
+
+    /// Counts a client op the PG could not serve (shown as blocked ops in `atlant status`).
+    pub fn note_blocked(&self, pg: PgId) {
+        let mut pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = pgs.pgs.get_mut(&pg) {
+            i.blocked_ops += 1;
+        }
+    }
+
+    pub async fn pg_meta(&self, pg: PgId) -> Result<PgMeta, StoreError> {
+        let mut metas = self.metas.lock().await;
+        if let Some(m) = metas.get(&pg) {
+            return Ok(m.clone());
+        }
+        let m = pgmeta::load(&self.store, pg).await?;
+        metas.insert(pg, m.clone());
+        Ok(m)
+    }
+
+    pub async fn forget_pg_meta(&self, pg: PgId) {
+        self.metas.lock().await.remove(&pg);
+    }
+
+    pub async fn set_pg_meta(&self, pg: PgId, meta: PgMeta) -> Result<(), StoreError> {
+        let mut metas = self.metas.lock().await;
+        pgmeta::save(&self.store, pg, &meta).await?;
+        metas.insert(pg, meta);
+        Ok(())
     }
 
     pub fn current_map(&self) -> Arc<ClusterMap> {
@@ -76,12 +162,31 @@ impl Osd {
         self.locks[stripe].lock().await
     }
 
-    /// Applies a new map to the PG table (called by the map loop for every map).
-    pub fn apply_map(&self, map: &ClusterMap) {
-        let mut pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
-        if map.epoch > pgs.epoch {
-            pgs.apply_map(self.id, map);
+    /// Applies a new map to the PG table (called by the map loop for every map, and once
+    /// more when this process's incarnation is known) and starts peering the PGs whose new
+    /// interval this OSD leads. Until the map shows this incarnation up, the OSD acts in no
+    /// PG: a map that still shows the previous incarnation is not this process's to serve.
+    pub fn apply_map(self: &Arc<Self>, map: &ClusterMap) {
+        let up_from = self.up_from.load(Ordering::SeqCst);
+        let serving = up_from != 0
+            && map
+                .osd(self.id)
+                .is_some_and(|o| o.up && o.up_from == up_from);
+        let to_peer = {
+            let mut pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+            if !serving {
+                pgs.pgs.clear();
+                return;
+            }
+            if map.epoch <= pgs.epoch && !pgs.pgs.is_empty() {
+                return;
+            }
+            pgs.apply_map(self.id, map)
+        };
+        for (pg, start) in to_peer {
+            crate::peering::start(self, pg, start);
         }
+        self.pg_event.notify_waiters();
     }
 
     /// Waits until this OSD has a map of at least `epoch`; false on timeout.
@@ -128,10 +233,35 @@ pub async fn handle(osd: Arc<Osd>, f: Frame, r: Responder) {
         }
         msg_type::CONTROL => {
             let resp = match decode_control::<ControlRequest>(&f.meta) {
-                Ok(ControlRequest::ListObjects { pool }) => {
-                    ControlResponse::Objects(osd.store.list(pool))
+                Ok(ControlRequest::ListObjects { pool }) => ControlResponse::Objects(
+                    osd.store
+                        .list(pool)
+                        .into_iter()
+                        .filter(|e| !e.object.is_pg_meta() && !e.version.is_none())
+                        .collect(),
+                ),
+                Ok(ControlRequest::PgQuery {
+                    pg, epoch, primary, ..
+                }) => match crate::peering::on_query(&osd, pg, epoch, primary).await {
+                    Ok(info) => ControlResponse::PgPeerInfo(Box::new(info)),
+                    Err(e) => ControlResponse::Error(e),
+                },
+                Ok(ControlRequest::PgActivate {
+                    pg,
+                    epoch,
+                    interval_start,
+                    missing,
+                }) => match crate::peering::on_activate(&osd, pg, epoch, interval_start, missing)
+                    .await
+                {
+                    Ok(()) => ControlResponse::Ok,
+                    Err(e) => ControlResponse::Error(e),
+                },
+                Ok(ControlRequest::Heartbeat { from, .. }) => {
+                    // Answering renews the sender's read lease (if the map has it up).
+                    osd.leases.grant(&osd.current_map(), from);
+                    ControlResponse::Ok
                 }
-                Ok(ControlRequest::Heartbeat { .. }) => ControlResponse::Ok,
                 Ok(ControlRequest::Flush) => match osd.store.flush().await {
                     Ok(()) => ControlResponse::Ok,
                     Err(e) => ControlResponse::Error(e.to_string()),

@@ -15,7 +15,28 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-const INTERVAL: Duration = Duration::from_secs(1);
+/// Heartbeats also renew read leases (`lease::LEASE`), so this is well below the lease.
+pub const INTERVAL: Duration = Duration::from_millis(250);
+/// How long one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Ok,
+    /// No answer in time (hung, cut off, or slow).
+    Silent,
+    /// The address refused the connection: no process listens there.
+    Refused,
+}
+
+impl Probe {
+    fn from_connect(e: &net::NetError) -> Probe {
+        match e {
+            net::NetError::Connect { reason, .. } if reason.contains("refused") => Probe::Refused,
+            _ => Probe::Silent,
+        }
+    }
+}
 
 /// The up OSDs that share at least one PG with `me`.
 pub fn peers(map: &ClusterMap, me: OsdId) -> BTreeSet<OsdId> {
@@ -31,6 +52,18 @@ pub fn peers(map: &ClusterMap, me: OsdId) -> BTreeSet<OsdId> {
     out
 }
 
+/// One peer as the heartbeat loop tracks it.
+struct Peer {
+    /// Its incarnation.
+    up_from: u64,
+    /// When it last answered (or when we started watching this incarnation).
+    last_ok: Instant,
+    /// A probe is on its way: none is sent until it ends, so a hung peer costs one task.
+    inflight: bool,
+    /// A probe's outcome not looked at yet.
+    refused: bool,
+}
+
 pub fn spawn(
     me: OsdId,
     osd: Arc<Osd>,
@@ -40,8 +73,7 @@ pub fn spawn(
 ) {
     tokio::spawn(async move {
         let conns: Arc<ConnCache<u32>> = Arc::new(ConnCache::default());
-        // Per peer: its incarnation and when it last answered (or when we started watching).
-        let mut last_ok: BTreeMap<u32, (u64, Instant)> = BTreeMap::new();
+        let state: Arc<std::sync::Mutex<BTreeMap<u32, Peer>>> = Arc::default();
         let mut cached: Option<(u64, BTreeSet<OsdId>)> = None;
         loop {
             tokio::time::sleep(INTERVAL).await;
@@ -49,7 +81,7 @@ pub fn spawn(
             let my_inc = osd.up_from.load(Ordering::SeqCst);
             if !map.osd(me).is_some_and(|o| o.up && o.up_from == my_inc) {
                 // Not serving: our view of others does not count.
-                last_ok.clear();
+                state.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 continue;
             }
             let ps = match &cached {
@@ -60,55 +92,112 @@ pub fn spawn(
                     ps
                 }
             };
-            last_ok.retain(|id, _| ps.contains(&OsdId(*id)));
-            let now = Instant::now();
-            let mut probes = Vec::new();
-            for p in &ps {
-                let Some(info) = map.osd(*p) else { continue };
-                let e = last_ok.entry(p.0).or_insert((info.up_from, now));
-                if e.0 != info.up_from {
-                    *e = (info.up_from, now);
-                }
-                let (conns, addr, id, epoch) =
-                    (Arc::clone(&conns), info.addr.clone(), p.0, map.epoch);
-                probes.push(async move {
-                    let req = encode_control(&ControlRequest::Heartbeat { from: me, epoch });
-                    let ok = async {
-                        let c = conns.get(id, &addr).await.ok()?;
-                        let f = c
-                            .call(msg_type::CONTROL, req, Bytes::new(), INTERVAL)
-                            .await
-                            .ok()?;
-                        matches!(decode_control(&f.meta), Ok(ControlResponse::Ok)).then_some(())
-                    };
-                    (
-                        id,
-                        tokio::time::timeout(INTERVAL, ok)
-                            .await
-                            .ok()
-                            .flatten()
-                            .is_some(),
-                    )
-                });
-            }
-            for (id, ok) in futures::future::join_all(probes).await {
-                let Some(e) = last_ok.get_mut(&id) else {
-                    continue;
+            let reports = probe_round(me, &osd, &conns, &state, &map, &ps, grace);
+            send_reports(&mon, me, reports).await;
+        }
+    });
+}
+
+/// Starts a probe of every peer that has none on its way; returns the peers to report.
+fn probe_round(
+    me: OsdId,
+    osd: &Arc<Osd>,
+    conns: &Arc<ConnCache<u32>>,
+    state: &Arc<std::sync::Mutex<BTreeMap<u32, Peer>>>,
+    map: &ClusterMap,
+    ps: &BTreeSet<OsdId>,
+    grace: Duration,
+) -> Vec<(OsdId, u64, bool)> {
+    let now = Instant::now();
+    let mut reports = Vec::new();
+    let mut peers_now = state.lock().unwrap_or_else(|p| p.into_inner());
+    peers_now.retain(|id, _| ps.contains(&OsdId(*id)));
+    for p in ps {
+        let Some(info) = map.osd(*p) else { continue };
+        let e = peers_now.entry(p.0).or_insert(Peer {
+            up_from: info.up_from,
+            last_ok: now,
+            inflight: false,
+            refused: false,
+        });
+        if e.up_from != info.up_from {
+            *e = Peer {
+                up_from: info.up_from,
+                last_ok: now,
+                inflight: e.inflight,
+                refused: false,
+            };
+        }
+        if std::mem::take(&mut e.refused) {
+            // Nothing listens at its address: the process is gone. Report at once.
+            tracing::warn!(%me, peer = %p, "peer refused the connection: reporting it");
+            reports.push((*p, e.up_from, true));
+        } else if e.last_ok.elapsed() > grace {
+            tracing::warn!(%me, peer = %p, silent_ms = e.last_ok.elapsed().as_millis() as u64, "peer not answering heartbeats: reporting it");
+            reports.push((*p, e.up_from, false));
+        }
+        if e.inflight {
+            continue;
+        }
+        e.inflight = true;
+        let (conns, addr, id, epoch, up_from) = (
+            Arc::clone(conns),
+            info.addr.clone(),
+            p.0,
+            map.epoch,
+            info.up_from,
+        );
+        let (osd, state) = (Arc::clone(osd), Arc::clone(state));
+        tokio::spawn(async move {
+            let sent = std::time::Instant::now();
+            let req = encode_control(&ControlRequest::Heartbeat { from: me, epoch });
+            let probe = async {
+                let c = match conns.get(id, &addr).await {
+                    Ok(c) => c,
+                    Err(e) => return Probe::from_connect(&e),
                 };
-                if ok {
-                    e.1 = Instant::now();
-                } else if e.1.elapsed() > grace {
-                    tracing::warn!(%me, peer = %OsdId(id), silent_ms = e.1.elapsed().as_millis() as u64, "peer not answering heartbeats: reporting it");
-                    let req = ControlRequest::OsdFailure {
-                        reporter: me,
-                        target: OsdId(id),
-                        target_up_from: e.0,
-                    };
-                    if let Err(err) = mon.call(&req).await {
-                        tracing::debug!("failure report: {err}");
+                match c
+                    .call(msg_type::CONTROL, req, Bytes::new(), PROBE_TIMEOUT)
+                    .await
+                {
+                    Ok(f) if matches!(decode_control(&f.meta), Ok(ControlResponse::Ok)) => {
+                        Probe::Ok
+                    }
+                    _ => Probe::Silent,
+                }
+            };
+            let probe = tokio::time::timeout(PROBE_TIMEOUT, probe)
+                .await
+                .unwrap_or(Probe::Silent);
+            if probe == Probe::Ok {
+                osd.leases.hold(OsdId(id), sent);
+            }
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = st.get_mut(&id) {
+                e.inflight = false;
+                if e.up_from == up_from {
+                    match probe {
+                        Probe::Ok => e.last_ok = Instant::now(),
+                        Probe::Refused => e.refused = true,
+                        Probe::Silent => {}
                     }
                 }
             }
+        });
+    }
+    reports
+}
+
+async fn send_reports(mon: &MonClient, me: OsdId, reports: Vec<(OsdId, u64, bool)>) {
+    for (target, target_up_from, refused) in reports {
+        let req = ControlRequest::OsdFailure {
+            reporter: me,
+            target,
+            target_up_from,
+            refused,
+        };
+        if let Err(err) = mon.call(&req).await {
+            tracing::debug!("failure report: {err}");
         }
-    });
+    }
 }

@@ -7,6 +7,9 @@
 
 pub mod daemon;
 pub mod heartbeat;
+pub mod lease;
+pub mod peering;
+pub mod pgmeta;
 pub mod pgs;
 pub mod primary;
 pub mod replica;
@@ -161,7 +164,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(_) => {}
     }
     let sender = mon.subscribe(map);
-    let osd = daemon::Osd::new(id, Arc::clone(&store), sender.subscribe());
+    let batcher = peering::Batcher::spawn(Arc::clone(&mon));
+    let osd = daemon::Osd::new(id, Arc::clone(&store), sender.subscribe(), batcher);
     // Keeps the PG table in step with every map.
     {
         let osd = Arc::clone(&osd);
@@ -200,6 +204,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     osd.up_from.store(epoch, Ordering::SeqCst);
     let mut rx = sender.subscribe();
     let _ = rx.wait_for(|m| m.epoch >= epoch).await;
+    osd.apply_map(&sender.borrow().clone());
     tracing::info!(%id, %addr, up_from = epoch, objects = store.list(None).len(), "OSD serving");
     // Usage reports: every interval, and at once when the usage crosses a ratio, so the
     // monitor marks a filling OSD full before its device overflows.
@@ -210,20 +215,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut last_sent = std::time::Instant::now() - interval;
             let mut last_class = None;
+            let mut last_pgs = Vec::new();
             loop {
                 let stats = store.stats();
                 let class = map_rx
                     .borrow()
                     .ratios
                     .classify(stats.used_bytes, stats.capacity_bytes);
-                if last_sent.elapsed() >= interval || last_class != Some(class) {
+                let pgs = osd_for_reports.primary_stats();
+                // PG changes are reported at once (within 50 ms), time in phase aside.
+                let summary: Vec<_> = pgs
+                    .iter()
+                    .map(|p| (p.pg, p.phase, p.interval_start, p.degraded, p.recovering))
+                    .collect();
+                if last_sent.elapsed() >= interval
+                    || last_class != Some(class)
+                    || summary != last_pgs
+                {
                     let req = proto::msg::ControlRequest::OsdReport {
                         id,
                         up_from: osd_for_reports.up_from.load(Ordering::SeqCst),
                         stats,
+                        pgs,
                     };
                     match mon.call(&req).await {
-                        Ok(_) => last_class = Some(class),
+                        Ok(_) => {
+                            last_class = Some(class);
+                            last_pgs = summary;
+                        }
                         Err(e) => tracing::debug!("usage report failed: {e}"),
                     }
                     last_sent = std::time::Instant::now();
@@ -272,6 +291,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     {
                         Ok((epoch, _)) => {
                             osd.up_from.store(epoch, Ordering::SeqCst);
+                            osd.apply_map(&rx.borrow().clone());
                             tracing::info!(%id, up_from = epoch, "serving again");
                             break;
                         }
@@ -282,6 +302,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
+    peering::spawn_stray_cleanup(Arc::clone(&osd));
     heartbeat::spawn(
         id,
         Arc::clone(&osd),

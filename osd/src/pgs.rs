@@ -1,15 +1,17 @@
 //! What this OSD knows about PGs: for each PG it belongs to, the current interval (its
-//! start epoch and identity), the next sequence number to assign as primary, and the ops
-//! recently completed, derived from each map the OSD applies.
+//! start epoch and identity), the peering phase and recovery state when it is the primary,
+//! the next sequence number to assign, and the ops recently completed.
 //!
-//! An interval starts whenever a PG's placement set or a member's incarnation changes. On
-//! start-up the OSD has no history, so a PG's interval start is the newest incarnation
-//! (`up_from`) among its members, which is when the set last changed in any way that
-//! matters for fencing until OSDs can be moved in and out (quorum and peering issues).
+//! An interval starts whenever a PG's acting set or a member's incarnation changes; its
+//! start is the first epoch at which this OSD saw it. Only the primary assigns versions
+//! (with the start it saw), and each interval's start is later than the previous one's, so
+//! versions grow across intervals.
 
+use proto::msg::{PgPhase, PgStat};
 use proto::pg::{pool_mappings, PgMapping};
-use proto::{ClusterMap, Epoch, OpId, OsdId, PgId, Version};
-use std::collections::{HashMap, VecDeque};
+use proto::{ClusterMap, Epoch, ObjectId, OpId, OsdId, PgId, Version};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
 
 /// How many completed op ids a PG remembers for answering re-sent ops.
 const RECENT_OPS: usize = 4096;
@@ -17,6 +19,18 @@ const RECENT_OPS: usize = 4096;
 pub struct PgInfo {
     pub mapping: PgMapping,
     pub interval_start: Epoch,
+    /// Primary only: where peering and recovery stand.
+    pub phase: PgPhase,
+    pub phase_since: Instant,
+    pub waiting_for: Vec<OsdId>,
+    /// Primary only: per acting member (the primary too), the objects it lacks at the
+    /// authoritative version, with that version (`Version::NONE`: it must not exist).
+    pub missing: BTreeMap<OsdId, BTreeMap<ObjectId, Version>>,
+    /// Primary only: OSDs holding the authoritative copy of objects the primary lacks.
+    pub sources: HashMap<ObjectId, Vec<OsdId>>,
+    pub objects: u64,
+    pub recovering: u64,
+    pub blocked_ops: u64,
     next_seq: u64,
     recent: HashMap<OpId, Version>,
     recent_order: VecDeque<OpId>,
@@ -46,6 +60,55 @@ impl PgInfo {
             }
         }
     }
+
+    pub fn set_phase(&mut self, phase: PgPhase) {
+        if self.phase != phase {
+            self.phase = phase;
+            self.phase_since = Instant::now();
+            if phase == PgPhase::Active {
+                self.blocked_ops = 0;
+            }
+        }
+    }
+
+    /// Object copies still missing on acting members.
+    pub fn degraded(&self) -> u64 {
+        self.missing.values().map(|m| m.len() as u64).sum()
+    }
+
+    /// True when `osd` lacks the authoritative copy of `object`.
+    pub fn is_missing(&self, osd: OsdId, object: &ObjectId) -> bool {
+        self.missing
+            .get(&osd)
+            .is_some_and(|m| m.contains_key(object))
+    }
+
+    pub fn stat(&self, size: usize) -> PgStat {
+        let mut degraded = 0;
+        let mut misplaced = 0;
+        for o in self.missing.values().flat_map(|m| m.keys()) {
+            if self.sources.get(o).is_some_and(|s| s.len() >= size) {
+                misplaced += 1;
+            } else {
+                degraded += 1;
+            }
+        }
+        // Members the placement lacks altogether (down, or too few failure domains).
+        degraded += self.objects * size.saturating_sub(self.mapping.acting.len()) as u64;
+        PgStat {
+            pg: self.mapping.pg,
+            phase: self.phase,
+            interval_start: self.interval_start,
+            acting: self.mapping.acting.clone(),
+            waiting_for: self.waiting_for.clone(),
+            objects: self.objects,
+            degraded,
+            misplaced,
+            recovering: self.recovering,
+            blocked_ops: self.blocked_ops,
+            phase_ms: self.phase_since.elapsed().as_millis() as u64,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -55,13 +118,15 @@ pub struct PgTable {
 }
 
 impl PgTable {
-    /// Recomputes the PGs this OSD belongs to from `map`, starting a new interval for every
-    /// PG whose interval identity changed.
-    pub fn apply_map(&mut self, me: OsdId, map: &ClusterMap) {
+    /// Recomputes the PGs this OSD acts in from `map`, starting a new interval for every PG
+    /// whose interval identity changed. Returns the PGs (with their interval start) this
+    /// OSD must now peer as primary.
+    pub fn apply_map(&mut self, me: OsdId, map: &ClusterMap) -> Vec<(PgId, Epoch)> {
         let mut next = HashMap::new();
+        let mut to_peer = Vec::new();
         for pool in map.pools.values() {
             for mapping in pool_mappings(map, pool) {
-                if !mapping.osds.contains(&me) {
+                if !mapping.acting.contains(&me) {
                     continue;
                 }
                 let pg = mapping.pg;
@@ -71,19 +136,23 @@ impl PgTable {
                         old
                     }
                     old => {
-                        let start = if old.is_some() {
-                            map.epoch
-                        } else {
-                            mapping
-                                .interval_key
-                                .iter()
-                                .map(|(_, e)| *e)
-                                .max()
-                                .unwrap_or(map.epoch)
-                        };
+                        // The first epoch this OSD sees the interval in: never before its
+                        // real start, and after the previous interval's start.
+                        let start = map.epoch;
+                        if mapping.primary() == Some(me) && mapping.is_active() {
+                            to_peer.push((pg, start));
+                        }
                         PgInfo {
                             mapping,
                             interval_start: start,
+                            phase: PgPhase::Peering,
+                            phase_since: Instant::now(),
+                            waiting_for: Vec::new(),
+                            missing: BTreeMap::new(),
+                            sources: HashMap::new(),
+                            objects: 0,
+                            recovering: 0,
+                            blocked_ops: old.map(|o| o.blocked_ops).unwrap_or(0),
                             next_seq: 0,
                             recent: HashMap::new(),
                             recent_order: VecDeque::new(),
@@ -95,5 +164,6 @@ impl PgTable {
         }
         self.pgs = next;
         self.epoch = map.epoch;
+        to_peer
     }
 }

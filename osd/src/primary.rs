@@ -16,12 +16,56 @@ use bytes::Bytes;
 use futures::future::join_all;
 use proto::checksum::{block_crcs, verify_blocks};
 use proto::map::Fullness;
-use proto::msg::{msg_type, op, ObjectOp, ObjectReply, Status};
+use proto::msg::{msg_type, op, ObjectOp, ObjectReply, PgPhase, Status};
 use proto::placement::object_pg;
 use proto::{ClusterMap, OsdId, Version};
 use std::time::Duration;
 
 pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an op waits for its PG to finish peering before it is bounced to the client.
+const PEERING_WAIT: Duration = Duration::from_secs(1);
+
+/// Returns once `pg` is no longer in the interval `start` on this OSD as its primary.
+async fn interval_ends(osd: &Osd, pg: proto::PgId, start: proto::Epoch) {
+    loop {
+        let notified = osd.pg_event.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let current = {
+            let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+            pgs.pgs
+                .get(&pg)
+                .is_some_and(|i| i.interval_start == start && i.mapping.primary() == Some(osd.id))
+        };
+        if !current {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Waits (a little) until `pg` is active on this primary; false if it is not.
+async fn wait_active(osd: &Osd, pg: proto::PgId) -> bool {
+    let deadline = tokio::time::Instant::now() + PEERING_WAIT;
+    loop {
+        let notified = osd.pg_event.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let phase = {
+            let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+            pgs.pgs.get(&pg).map(|i| i.phase)
+        };
+        match phase {
+            Some(PgPhase::Active) => return true,
+            // Not a member (yet): let the fencing below answer.
+            None => return true,
+            Some(_) => {}
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return false;
+        }
+    }
+}
 
 pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes) {
     let refuse = |s: Status, epoch| (ObjectReply::status(s, epoch), Bytes::new());
@@ -44,28 +88,54 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
     {
         return refuse(Status::Invalid, map.epoch);
     }
+    // A PG still peering holds the op a little rather than bounce it: activation usually
+    // follows within milliseconds.
+    if !wait_active(osd, op.pg).await {
+        osd.note_blocked(op.pg);
+        return refuse(Status::PgInactive, osd.epoch());
+    }
     let _guard = osd.lock_object(&op.object).await;
+    let map = osd.current_map();
     // Fencing is checked under the lock so that a map change that arrived while the op
     // waited is taken into account.
-    let (members, version) = {
+    let (members, version, start, lacking) = {
         let mut pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
         let Some(info) = pgs.pgs.get_mut(&op.pg) else {
             tracing::debug!(pg = %op.pg, epoch = map.epoch, table_epoch = pgs.epoch, "not a member of the pg");
             return refuse(Status::NotPrimary, map.epoch);
         };
         if info.mapping.primary() != Some(osd.id) {
-            tracing::debug!(pg = %op.pg, osds = ?info.mapping.osds, "not the primary");
+            tracing::debug!(pg = %op.pg, osds = ?info.mapping.acting, "not the primary");
             return refuse(Status::NotPrimary, map.epoch);
         }
-        if !info.mapping.is_active() {
+        if !info.mapping.is_active() || info.phase != PgPhase::Active {
+            info.blocked_ops += 1;
             return refuse(Status::PgInactive, map.epoch);
         }
         if op.epoch < info.interval_start {
             tracing::debug!(pg = %op.pg, op_epoch = op.epoch, interval_start = info.interval_start, "stale epoch");
             return refuse(Status::StaleEpoch, map.epoch.max(info.interval_start));
         }
+        let lacking = info
+            .missing
+            .get(&osd.id)
+            .and_then(|m| m.get(&op.object))
+            .copied();
         if op.op == op::READ {
-            (Vec::new(), Version::NONE)
+            // Only under a lease from every other member: a primary that the others may
+            // already have replaced must not answer reads.
+            let others: Vec<OsdId> = info
+                .mapping
+                .acting
+                .iter()
+                .copied()
+                .filter(|o| *o != osd.id)
+                .collect();
+            if !osd.leases.holds_all(&others) {
+                info.blocked_ops += 1;
+                return refuse(Status::PgInactive, map.epoch);
+            }
+            (Vec::new(), Version::NONE, info.interval_start, lacking)
         } else if let Some(v) = info.completed(&op.op_id) {
             // A re-sent op that already completed: answer it, never apply it twice.
             let mut r = ObjectReply::status(Status::Ok, map.epoch);
@@ -76,7 +146,7 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
             // is applied anywhere. Trims free space and always pass.
             let full = info
                 .mapping
-                .osds
+                .acting
                 .iter()
                 .find(|o| map.osd(**o).is_some_and(|i| i.fullness == Fullness::Full));
             if op.op == op::WRITE {
@@ -87,26 +157,47 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
             }
             let members: Vec<OsdId> = info
                 .mapping
-                .osds
+                .acting
                 .iter()
                 .copied()
                 .filter(|o| *o != osd.id)
                 .collect();
-            (members, info.next_version())
+            (members, info.next_version(), info.interval_start, lacking)
         }
     };
+    // Implicit recovery: the primary's own copy is brought up to date before it is read or
+    // written, from a member that holds the authoritative one.
+    if let Some(needed) = lacking {
+        if let Err(e) = crate::peering::pull_locked(osd, &map, op.pg, op.object, needed).await {
+            tracing::info!(pg = %op.pg, object = %op.object, "cannot recover the primary's copy yet: {e}");
+            return refuse(Status::PgInactive, map.epoch);
+        }
+        osd.update_pg(op.pg, start, |i| {
+            if let Some(m) = i.missing.get_mut(&osd.id) {
+                m.remove(&op.object);
+            }
+        });
+    }
     match op.op {
         op::READ => read(osd, &op, map.epoch).await,
         op::WRITE | op::TRIM => {
             if op.op == op::WRITE && verify_blocks(&data, &op.crcs).is_err() {
                 return refuse(Status::Checksum, map.epoch);
             }
-            match replicate(osd, &map, &op, data, &members, version).await {
+            let created = osd.store.version(&op.object).is_none();
+            match replicate(osd, &map, &op, data, &members, version, start).await {
                 Ok(()) => {
-                    let mut pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(info) = pgs.pgs.get_mut(&op.pg) {
+                    // Every member now holds the object at this version.
+                    osd.update_pg(op.pg, start, |info| {
                         info.record(op.op_id, version);
-                    }
+                        if created {
+                            info.objects += 1;
+                        }
+                        for m in info.missing.values_mut() {
+                            m.remove(&op.object);
+                        }
+                        info.missing.retain(|_, m| !m.is_empty());
+                    });
                     let mut r = ObjectReply::status(Status::Ok, map.epoch);
                     r.version = version;
                     (r, Bytes::new())
@@ -153,7 +244,9 @@ async fn replicate(
     data: Bytes,
     replicas: &[OsdId],
     version: Version,
+    start: proto::Epoch,
 ) -> Result<(), Status> {
+    let fence = (op.pg, start);
     let prev = osd.store.version(&op.object);
     let local = async {
         let r = if op.op == op::WRITE {
@@ -178,7 +271,7 @@ async fn replicate(
     let sends = join_all(
         replicas
             .iter()
-            .map(|r| send(osd, map, *r, meta.clone(), data.clone())),
+            .map(|r| send(osd, map, *r, meta.clone(), data.clone(), fence)),
     );
     let (local, remote) = tokio::join!(local, sends);
     local?;
@@ -190,7 +283,7 @@ async fn replicate(
     for (replica, status) in replicas.iter().zip(remote) {
         match status {
             Ok(Status::Ok) => {}
-            Ok(Status::NeedFull) => push_full(osd, map, op, *replica, version).await?,
+            Ok(Status::NeedFull) => push_full(osd, map, op, *replica, version, fence).await?,
             Ok(s) => {
                 tracing::warn!(object = %op.object, %replica, "replica refused write: {s:?}");
                 return Err(if s == Status::NoSpace {
@@ -208,18 +301,25 @@ async fn replicate(
     Ok(())
 }
 
+/// Sends a replica op and waits for the answer, or until the PG's interval ends (a hung
+/// replica marked down must not hold the client's op until the timeout: the client
+/// resends it to the new interval).
 async fn send(
     osd: &Osd,
     map: &ClusterMap,
     replica: OsdId,
     meta: Vec<u8>,
     data: Bytes,
+    fence: (proto::PgId, proto::Epoch),
 ) -> Result<Status, String> {
     let conn = osd.peer(map, replica).await?;
-    let f = conn
-        .call(msg_type::REPLICA_OP, meta, data, REPLICA_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
+    let call = conn.call(msg_type::REPLICA_OP, meta, data, REPLICA_TIMEOUT);
+    let f = tokio::select! {
+        r = call => r.map_err(|e| e.to_string())?,
+        _ = interval_ends(osd, fence.0, fence.1) => {
+            return Err(format!("the interval of pg {} ended", fence.0));
+        }
+    };
     let reply = ObjectReply::decode(&f.meta, f.data.len()).map_err(|e| e.to_string())?;
     Status::from_u32(reply.status).ok_or_else(|| format!("unknown status {}", reply.status))
 }
@@ -231,6 +331,7 @@ async fn push_full(
     op: &ObjectOp,
     replica: OsdId,
     version: Version,
+    fence: (proto::PgId, proto::Epoch),
 ) -> Result<(), Status> {
     let size = op.object_size;
     let (data, _, _) = osd
@@ -252,7 +353,7 @@ async fn push_full(
         prev: Version::NONE,
         crcs: block_crcs(&data),
     };
-    match send(osd, map, replica, push.encode_meta(), data).await {
+    match send(osd, map, replica, push.encode_meta(), data, fence).await {
         Ok(Status::Ok) => Ok(()),
         Ok(s) => {
             tracing::warn!(object = %op.object, %replica, "replica refused full push: {s:?}");

@@ -9,7 +9,7 @@ use crate::daemon::Osd;
 use crate::primary::store_status;
 use bytes::Bytes;
 use proto::checksum::verify_blocks;
-use proto::msg::{op, ObjectOp, ObjectReply, Status};
+use proto::msg::{op, ObjectOp, ObjectReply, Status, FLAG_ROLLBACK};
 
 pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes) {
     let reply = |s: Status, epoch| (ObjectReply::status(s, epoch), Bytes::new());
@@ -20,6 +20,23 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
         return reply(Status::PgInactive, osd.epoch());
     }
     let epoch = osd.epoch();
+    if op.op == op::PULL {
+        // The primary recovering its own copy; any OSD holding the object answers (a
+        // witness of a past interval need not act in the PG now).
+        let _guard = osd.lock_object(&op.object).await;
+        return match osd.store.read(op.object, 0, op.object_size).await {
+            Ok((data, crcs, version)) => (
+                ObjectReply {
+                    status: Status::Ok as u32,
+                    epoch,
+                    version,
+                    crcs,
+                },
+                data,
+            ),
+            Err(e) => reply(store_status(&e), epoch),
+        };
+    }
     {
         let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
         let Some(info) = pgs.pgs.get(&op.pg) else {
@@ -38,7 +55,9 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
         return reply(Status::Ok, epoch);
     }
     let result = match op.op {
-        op::WRITE | op::TRIM if local != op.prev => return reply(Status::NeedFull, epoch),
+        op::WRITE | op::TRIM if local != op.prev && op.flags & FLAG_ROLLBACK == 0 => {
+            return reply(Status::NeedFull, epoch)
+        }
         op::WRITE => {
             osd.store
                 .write(op.object, op.offset, data, &op.crcs, op.version)
@@ -49,7 +68,9 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
                 .trim(op.object, op.offset, op.length, op.version)
                 .await
         }
-        op::PUSH if local > op.version => {
+        // A rollback (after peering) replaces a copy that was never acknowledged, even
+        // though it is newer (a whole-object TRIM at `Version::NONE` removes it).
+        op::PUSH if local > op.version && op.flags & FLAG_ROLLBACK == 0 => {
             tracing::warn!(object = %op.object, %local, pushed = %op.version, "refusing a push older than the local copy");
             return reply(Status::Invalid, epoch);
         }

@@ -28,7 +28,24 @@ pub struct ObjectId {
     pub index: u64,
 }
 
+/// The image id no image ever gets (ids grow from 1): objects under it hold an OSD's own
+/// per-PG metadata (`last_epoch_started`, missing objects), never image data.
+pub const PG_META_IMAGE: ImageId = u64::MAX;
+
 impl ObjectId {
+    /// Where an OSD keeps its metadata of `pg`.
+    pub fn pg_meta(pg: PgId) -> ObjectId {
+        ObjectId {
+            pool: pg.pool,
+            image: PG_META_IMAGE,
+            index: pg.seed as u64,
+        }
+    }
+
+    pub fn is_pg_meta(&self) -> bool {
+        self.image == PG_META_IMAGE
+    }
+
     /// A stable 64-bit hash of the id (xxh3 over the little-endian fields, never a
     /// per-process seeded hasher), the input of PG selection.
     pub fn stable_hash(&self) -> u64 {

@@ -12,7 +12,7 @@
 //! - an OSD boots only with the store uuid recorded when its store was created, and every
 //!   boot gives it a new incarnation (`up_from` = the epoch of the boot).
 
-use crate::ids::{Epoch, ImageId, OsdId, PoolId};
+use crate::ids::{Epoch, ImageId, OsdId, PgId, PoolId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -168,6 +168,62 @@ pub struct ClusterMap {
     pub ratios: FullRatios,
     /// Cluster-wide flags set by the operator (`atlant osd set FLAG`).
     pub flags: BTreeSet<ClusterFlag>,
+    /// Per PG, the intervals that went active since the PG was last clean (oldest first).
+    /// Only these can hold acknowledged writes: peering asks a member of each.
+    pub pg_history: BTreeMap<PgId, Vec<PastInterval>>,
+}
+
+/// One member of a PG interval: the OSD, its incarnation and the store it ran on. A member
+/// on another store (the OSD was recreated) is not a witness for this interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntervalMember {
+    pub osd: OsdId,
+    pub up_from: Epoch,
+    pub store_uuid: u128,
+}
+
+/// An interval of a PG that went active: its start epoch and acting set (primary first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PastInterval {
+    pub start: Epoch,
+    pub members: Vec<IntervalMember>,
+}
+
+/// The map as format 3 of the monitor store held it (before PG history); read once when a
+/// monitor of an older build is upgraded, and converted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterMapV3 {
+    pub fsid: u128,
+    pub epoch: Epoch,
+    pub mons: Vec<MonInfo>,
+    pub osds: BTreeMap<u32, OsdInfo>,
+    pub pools: BTreeMap<PoolId, Pool>,
+    pub images: BTreeMap<ImageId, Image>,
+    pub next_osd_id: u32,
+    pub next_pool_id: PoolId,
+    pub next_image_id: ImageId,
+    pub ratios: FullRatios,
+    pub flags: BTreeSet<ClusterFlag>,
+}
+
+impl From<ClusterMapV3> for ClusterMap {
+    fn from(m: ClusterMapV3) -> ClusterMap {
+        ClusterMap {
+            fsid: m.fsid,
+            epoch: m.epoch,
+            mons: m.mons,
+            osds: m.osds,
+            pools: m.pools,
+            images: m.images,
+            next_osd_id: m.next_osd_id,
+            next_pool_id: m.next_pool_id,
+            next_image_id: m.next_image_id,
+            ratios: m.ratios,
+            flags: m.flags,
+            // A store of format 3 ran PGs only with every member up: every copy is current.
+            pg_history: BTreeMap::new(),
+        }
+    }
 }
 
 /// Operator flags that suspend parts of the monitor's automatic policy.
@@ -302,6 +358,21 @@ pub enum Command {
     RemovePool {
         name: String,
     },
+    /// Primaries record the intervals they activate (like Ceph's up_thru). Refused for an
+    /// interval that is no longer current: that primary must peer again.
+    PgsActivated {
+        intervals: Vec<(PgId, PastInterval)>,
+    },
+    /// A PG became clean in the interval that started at the given epoch: older history
+    /// is trimmed.
+    PgsClean {
+        pgs: Vec<(PgId, Epoch)>,
+    },
+    /// The operator declares a down OSD's data lost: it stops being a witness for past
+    /// intervals, so PGs waiting for it can go on with what the others hold.
+    MarkOsdLost {
+        id: OsdId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -345,6 +416,7 @@ impl ClusterMap {
             next_image_id: 1,
             ratios: FullRatios::default(),
             flags: BTreeSet::new(),
+            pg_history: BTreeMap::new(),
         }
     }
 
@@ -710,9 +782,75 @@ impl ClusterMap {
                     )));
                 }
                 self.pools.remove(&id);
+                self.pg_history.retain(|pg, _| pg.pool != id);
                 Ok(CommandResult::Pool(id))
             }
+            Command::PgsActivated { intervals } => {
+                for (pg, interval) in intervals {
+                    self.check_current_interval(*pg, interval)?;
+                }
+                for (pg, interval) in intervals {
+                    let h = self.pg_history.entry(*pg).or_default();
+                    if !h.contains(interval) {
+                        h.push(interval.clone());
+                        h.sort_by_key(|i| i.start);
+                    }
+                }
+                Ok(CommandResult::Done)
+            }
+            Command::PgsClean { pgs } => {
+                for (pg, start) in pgs {
+                    if let Some(h) = self.pg_history.get_mut(pg) {
+                        h.retain(|i| i.start >= *start);
+                    }
+                }
+                Ok(CommandResult::Done)
+            }
+            Command::MarkOsdLost { id } => {
+                let osd = self.osd_mut(*id)?;
+                if osd.up {
+                    return Err(MapError::Invalid(format!(
+                        "{id} is up: only a down OSD can be declared lost"
+                    )));
+                }
+                osd.is_in = false;
+                for h in self.pg_history.values_mut() {
+                    for i in h.iter_mut() {
+                        i.members.retain(|m| m.osd != *id);
+                    }
+                    h.retain(|i| !i.members.is_empty());
+                }
+                self.pg_history.retain(|_, h| !h.is_empty());
+                Ok(CommandResult::Done)
+            }
         }
+    }
+
+    fn check_current_interval(&self, pg: PgId, interval: &PastInterval) -> Result<(), MapError> {
+        let pool = self
+            .pools
+            .get(&pg.pool)
+            .ok_or_else(|| not_found("pool", &pg.pool.to_string()))?;
+        if pg.seed >= pool.pg_count {
+            return Err(not_found("pg", &pg.to_string()));
+        }
+        let m = crate::pg::pg_mapping(self, pool, pg.seed);
+        let current: Vec<(OsdId, Epoch)> = m
+            .acting
+            .iter()
+            .map(|o| (*o, self.osd(*o).map(|i| i.up_from).unwrap_or(0)))
+            .collect();
+        let asked: Vec<(OsdId, Epoch)> = interval
+            .members
+            .iter()
+            .map(|m| (m.osd, m.up_from))
+            .collect();
+        if current != asked || !m.is_active() {
+            return Err(MapError::Invalid(format!(
+                "pg {pg}: interval {asked:?} is not current (acting {current:?})"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -51,10 +51,16 @@ pub mod op {
     pub const TRIM: u8 = 3;
     /// Replica only: replaces the whole object (data = `object_size` bytes) at `version`.
     pub const PUSH: u8 = 4;
+    /// Replica only: the whole object and its version (the primary recovering its own copy).
+    pub const PULL: u8 = 5;
 }
 
 /// Op flags.
 pub const FLAG_FUA: u8 = 1;
+/// On a PUSH: the primary rolls back a copy newer than the authoritative one (it was never
+/// acknowledged); the replica takes it even though its own version is newer. On a TRIM of
+/// the whole object at `Version::NONE`: the object must not exist.
+pub const FLAG_ROLLBACK: u8 = 2;
 
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
@@ -226,7 +232,7 @@ impl ObjectOp {
                 got: meta.len(),
                 want: OBJECT_OP_HEADER_LEN,
             })?;
-        if !matches!(h.op, op::READ | op::WRITE | op::TRIM | op::PUSH) {
+        if !matches!(h.op, op::READ | op::WRITE | op::TRIM | op::PUSH | op::PULL) {
             return Err(DecodeError::UnknownOp(h.op));
         }
         let (offset, length, object_size) = (h.offset.get(), h.length.get(), h.object_size.get());
@@ -402,12 +408,16 @@ pub enum ControlRequest {
         reporter: OsdId,
         target: OsdId,
         target_up_from: Epoch,
+        /// The target's address refused the connection: its process is gone, so one
+        /// report suffices (a hung or cut-off OSD times out instead and needs several).
+        refused: bool,
     },
-    /// An OSD's periodic report.
+    /// An OSD's periodic report, with the state of the PGs it is primary of.
     OsdReport {
         id: OsdId,
         up_from: Epoch,
         stats: OsdStats,
+        pgs: Vec<PgStat>,
     },
     /// The map and the latest reports, for `atlant status`.
     GetStatus,
@@ -422,6 +432,98 @@ pub enum ControlRequest {
         from: OsdId,
         epoch: Epoch,
     },
+    /// Peering, primary → member or witness of a past interval: what it holds of the PG.
+    /// Answered with `PgPeerInfo` once the OSD has the map of `epoch`.
+    PgQuery {
+        pg: PgId,
+        epoch: Epoch,
+        primary: OsdId,
+        interval_start: Epoch,
+    },
+    /// Peering, primary → member of the new interval (after the monitor recorded it):
+    /// persist `last_epoch_started = interval_start` and the objects this member is still
+    /// missing (with the authoritative version each needs).
+    PgActivate {
+        pg: PgId,
+        epoch: Epoch,
+        interval_start: Epoch,
+        missing: Vec<(ObjectId, Version)>,
+    },
+}
+
+/// What an OSD holds of a PG (the answer to `PgQuery`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgPeerInfo {
+    /// The start of the last interval this OSD helped activate (persisted).
+    pub last_epoch_started: Epoch,
+    /// Every object it holds with its version.
+    pub objects: Vec<(ObjectId, Version)>,
+    /// Objects it knew it was missing when it last activated, with the version needed.
+    pub missing: Vec<(ObjectId, Version)>,
+}
+
+/// A PG's state as its primary sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PgPhase {
+    /// Asking members and past witnesses what they hold.
+    Peering,
+    /// A past interval that went active has no reachable member, or an object's
+    /// authoritative copy is on no reachable OSD: waiting for `waiting_for`.
+    Incomplete,
+    /// Serving IO; `degraded` object copies are still missing on members.
+    Active,
+}
+
+/// A primary's report of one PG.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgStat {
+    pub pg: PgId,
+    pub phase: PgPhase,
+    /// The interval this state belongs to.
+    pub interval_start: Epoch,
+    pub acting: Vec<OsdId>,
+    /// OSDs the PG waits for (incomplete).
+    pub waiting_for: Vec<OsdId>,
+    pub objects: u64,
+    /// Object copies missing or stale on acting members, with fewer than `size` current
+    /// copies anywhere.
+    pub degraded: u64,
+    /// Object copies missing on acting members but current on enough other OSDs (data
+    /// moving after an out, a reweight or a new OSD).
+    pub misplaced: u64,
+    /// Objects being recovered right now.
+    pub recovering: u64,
+    /// Client ops refused or waiting because the PG could not serve them, since it last
+    /// served one.
+    pub blocked_ops: u64,
+    /// How long the PG has been in this phase (ms).
+    pub phase_ms: u64,
+}
+
+impl PgStat {
+    /// The state as `atlant pg ls` and `atlant status` name it.
+    pub fn state_name(&self, size: usize) -> String {
+        match self.phase {
+            PgPhase::Peering => "peering".into(),
+            PgPhase::Incomplete => "incomplete".into(),
+            PgPhase::Active => {
+                let mut s = String::from("active");
+                if self.recovering > 0 {
+                    s.push_str("+recovering");
+                }
+                if self.degraded > 0 || self.acting.len() < size {
+                    s.push_str("+degraded");
+                }
+                if self.misplaced > 0 {
+                    s.push_str("+remapped");
+                }
+                if self.degraded == 0 && self.misplaced == 0 && self.acting.len() >= size {
+                    s.push_str("+clean");
+                }
+                s
+            }
+        }
+    }
 }
 
 /// A map change as the monitors' log carries it.
@@ -467,6 +569,8 @@ pub struct StatusReport {
     pub map: ClusterMap,
     pub mons: Vec<MonStatus>,
     pub osd_stats: BTreeMap<u32, OsdStats>,
+    /// The latest report of each PG from its current primary.
+    pub pg_stats: BTreeMap<PgId, PgStat>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -483,6 +587,7 @@ pub enum ControlResponse {
     Ok,
     Status(Box<StatusReport>),
     Objects(Vec<ObjectEntry>),
+    PgPeerInfo(Box<PgPeerInfo>),
     Error(String),
     /// This monitor cannot reach a quorum (or has no leader yet): try another.
     NoQuorum(String),

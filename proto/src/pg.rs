@@ -1,9 +1,9 @@
 //! Per-PG facts derived from a map: the placement set, the acting set, whether the PG can
 //! serve IO, and the identity of its current interval.
 //!
-//! Until peering exists (the failures issue), a PG is active only when every OSD of its
-//! placement set is up: IO waits while any member is down, so a member that missed writes
-//! can never serve a read. Degraded IO with `min_size` members comes with peering.
+//! The acting set is the placement set's members that are up, in placement order; its
+//! first member is the primary. A PG can serve IO when at least `min_size` members act
+//! (whether it does is up to peering on the primary: see `osd::peering`).
 
 use crate::ids::{Epoch, OsdId, PgId};
 use crate::map::{ClusterMap, Pool};
@@ -12,11 +12,12 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PgState {
-    /// Every member of the placement set is up: IO is served.
-    ActiveClean,
-    /// Active, but the cluster has fewer failure domains than `size`: fewer copies.
-    ActiveUndersized,
-    /// Some member is down: IO waits for it.
+    /// Every member of the placement set is up.
+    Active,
+    /// At least `min_size` members act, but fewer than `size` (members down, or fewer
+    /// failure domains than `size`).
+    ActiveDegraded,
+    /// Fewer than `min_size` members are up: IO waits for them.
     Down,
     /// Fewer failure domains than `min_size`: no IO until the cluster grows.
     Undersized,
@@ -27,8 +28,8 @@ pub enum PgState {
 impl PgState {
     pub fn name(&self) -> &'static str {
         match self {
-            PgState::ActiveClean => "active+clean",
-            PgState::ActiveUndersized => "active+undersized",
+            PgState::Active => "active",
+            PgState::ActiveDegraded => "active+degraded",
             PgState::Down => "down",
             PgState::Undersized => "undersized",
             PgState::UnknownPlacement => "unknown-placement",
@@ -39,8 +40,10 @@ impl PgState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PgMapping {
     pub pg: PgId,
-    /// Ordered placement (first = primary), including down members.
+    /// Ordered placement, including down members.
     pub osds: Vec<OsdId>,
+    /// The members that are up, in placement order (first = primary).
+    pub acting: Vec<OsdId>,
     pub state: PgState,
     /// Each member with the incarnation it has in this map (0 when down). Two maps in which
     /// this value is equal belong to the same interval of the PG.
@@ -49,10 +52,10 @@ pub struct PgMapping {
 
 impl PgMapping {
     pub fn primary(&self) -> Option<OsdId> {
-        self.osds.first().copied()
+        self.acting.first().copied()
     }
     pub fn is_active(&self) -> bool {
-        matches!(self.state, PgState::ActiveClean | PgState::ActiveUndersized)
+        matches!(self.state, PgState::Active | PgState::ActiveDegraded)
     }
 }
 
@@ -80,16 +83,21 @@ fn mapping_of(map: &ClusterMap, pool: &Pool, seed: u32, osds: Vec<OsdId>) -> PgM
             (*id, up_from)
         })
         .collect();
+    let acting: Vec<OsdId> = interval_key
+        .iter()
+        .filter(|(_, e)| *e != 0)
+        .map(|(o, _)| *o)
+        .collect();
     let state = if !crate::placement::supports(pool) {
         PgState::UnknownPlacement
     } else if osds.len() < pool.min_size as usize {
         PgState::Undersized
-    } else if interval_key.iter().any(|(_, e)| *e == 0) {
+    } else if acting.len() < pool.min_size as usize {
         PgState::Down
-    } else if osds.len() < pool.size as usize {
-        PgState::ActiveUndersized
+    } else if acting.len() < pool.size as usize {
+        PgState::ActiveDegraded
     } else {
-        PgState::ActiveClean
+        PgState::Active
     };
     PgMapping {
         pg: PgId {
@@ -97,6 +105,7 @@ fn mapping_of(map: &ClusterMap, pool: &Pool, seed: u32, osds: Vec<OsdId>) -> PgM
             seed,
         },
         osds,
+        acting,
         state,
         interval_key,
     }
@@ -106,6 +115,7 @@ fn mapping_of(map: &ClusterMap, pool: &Pool, seed: u32, osds: Vec<OsdId>) -> PgM
 mod tests {
     use super::*;
     use crate::map::{Command, FailureDomain, WEIGHT_ONE};
+    use crate::PgId;
 
     #[test]
     fn a_pool_of_an_unknown_placement_algorithm_serves_no_io() {
@@ -138,10 +148,141 @@ mod tests {
         let mut p = m.pools[&1].clone();
         assert!(pool_mappings(&m, &p)
             .iter()
-            .all(|g| g.state == PgState::ActiveClean));
+            .all(|g| g.state == PgState::Active));
         p.placement = crate::placement::PLACEMENT_ALGORITHM + 1;
         assert!(pool_mappings(&m, &p)
             .iter()
             .all(|g| g.state == PgState::UnknownPlacement && !g.is_active()));
+    }
+
+    fn three_osds() -> ClusterMap {
+        let mut m = ClusterMap::new(1, vec![]);
+        for (i, h) in ["a", "b", "c"].iter().enumerate() {
+            let create = Command::CreateOsd {
+                host: h.to_string(),
+                weight: WEIGHT_ONE,
+                store_uuid: i as u128 + 1,
+                capacity_bytes: 1 << 30,
+            };
+            m = m.apply(&create).unwrap().0;
+            let boot = Command::BootOsd {
+                process: 1,
+                id: crate::OsdId(i as u32),
+                store_uuid: i as u128 + 1,
+                addr: "127.0.0.1:1".into(),
+            };
+            m = m.apply(&boot).unwrap().0;
+        }
+        let pool = Command::CreatePool {
+            name: "p".into(),
+            size: 3,
+            min_size: 2,
+            pg_count: 1,
+            object_size: 4096,
+            failure_domain: FailureDomain::Host,
+        };
+        m.apply(&pool).unwrap().0
+    }
+
+    fn interval_of(m: &ClusterMap, start: Epoch) -> crate::map::PastInterval {
+        let g = pg_mapping(m, &m.pools[&1], 0);
+        crate::map::PastInterval {
+            start,
+            members: g
+                .acting
+                .iter()
+                .map(|o| {
+                    let i = m.osd(*o).unwrap();
+                    crate::map::IntervalMember {
+                        osd: *o,
+                        up_from: i.up_from,
+                        store_uuid: i.store_uuid,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_member_down_leaves_min_size_acting_and_moves_the_primary() {
+        let m = three_osds();
+        let g = pg_mapping(&m, &m.pools[&1], 0);
+        assert_eq!(g.state, PgState::Active);
+        let first = g.acting[0];
+        let down = Command::MarkOsdDown {
+            id: first,
+            up_from: m.osd(first).unwrap().up_from,
+        };
+        let m2 = m.apply(&down).unwrap().0;
+        let g2 = pg_mapping(&m2, &m2.pools[&1], 0);
+        assert_eq!(g2.state, PgState::ActiveDegraded);
+        assert_eq!(g2.acting.len(), 2);
+        assert_ne!(g2.primary(), Some(first));
+        assert_ne!(g2.interval_key, g.interval_key);
+        // A second member down: below min_size.
+        let second = g2.acting[0];
+        let down2 = Command::MarkOsdDown {
+            id: second,
+            up_from: m2.osd(second).unwrap().up_from,
+        };
+        let m3 = m2.apply(&down2).unwrap().0;
+        let g3 = pg_mapping(&m3, &m3.pools[&1], 0);
+        assert_eq!(g3.state, PgState::Down);
+        assert!(!g3.is_active());
+    }
+
+    #[test]
+    fn history_records_current_intervals_only_and_trims_when_clean() {
+        let pg = PgId { pool: 1, seed: 0 };
+        let m = three_osds();
+        let i0 = interval_of(&m, m.epoch);
+        let m = m
+            .apply(&Command::PgsActivated {
+                intervals: vec![(pg, i0.clone())],
+            })
+            .unwrap()
+            .0;
+        // Recording it again changes nothing.
+        let m = m
+            .apply(&Command::PgsActivated {
+                intervals: vec![(pg, i0.clone())],
+            })
+            .unwrap()
+            .0;
+        assert_eq!(m.pg_history[&pg], vec![i0.clone()]);
+        // A member goes down: the old interval is no longer current and is refused.
+        let victim = i0.members[2].osd;
+        let m = m
+            .apply(&Command::MarkOsdDown {
+                id: victim,
+                up_from: i0.members[2].up_from,
+            })
+            .unwrap()
+            .0;
+        let stale = m.apply(&Command::PgsActivated {
+            intervals: vec![(pg, i0.clone())],
+        });
+        assert!(stale.is_err(), "a stale interval was recorded");
+        let i1 = interval_of(&m, m.epoch);
+        let m = m
+            .apply(&Command::PgsActivated {
+                intervals: vec![(pg, i1.clone())],
+            })
+            .unwrap()
+            .0;
+        assert_eq!(m.pg_history[&pg].len(), 2);
+        // The down OSD is declared lost: it witnesses nothing any more.
+        let lost = m.apply(&Command::MarkOsdLost { id: victim }).unwrap().0;
+        assert!(lost.pg_history[&pg]
+            .iter()
+            .all(|i| i.members.iter().all(|x| x.osd != victim)));
+        // Clean in the second interval: the first is trimmed.
+        let m = m
+            .apply(&Command::PgsClean {
+                pgs: vec![(pg, i1.start)],
+            })
+            .unwrap()
+            .0;
+        assert_eq!(m.pg_history[&pg], vec![i1]);
     }
 }

@@ -96,8 +96,8 @@ fn osd_in(mon: &str, id: u64) -> Option<bool> {
 }
 
 /// One OSD's reports cannot get a healthy peer marked down; `noout` keeps a down OSD in;
-/// without it the OSD is marked out after `down_out_interval`; marking it in again is
-/// refused while that would put it back into PGs that went on without it.
+/// without it the OSD is marked out after `down_out_interval`; a restarted OSD stays out
+/// until the operator marks it in, and then recovery brings its PGs back to clean.
 #[test]
 fn single_reporter_noout_and_down_out_interval() {
     let dir = TempDir::new("downout");
@@ -131,6 +131,7 @@ fn single_reporter_noout_and_down_out_interval() {
                 reporter: proto::OsdId(1),
                 target: proto::OsdId(0),
                 target_up_from: up_from,
+                refused: false,
             };
             m.call(&req).await.unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -173,12 +174,6 @@ fn single_reporter_noout_and_down_out_interval() {
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(v["osds"]["in"], 2, "{v}");
 
-    // Back in would make it a member of PGs that were written without it: refused until
-    // recovery exists, with the reason.
-    let o = run("atlant", &["--mon", &mon, "osd", "in", "2"]);
-    assert!(!o.status.success(), "osd in was accepted");
-    assert!(text(&o).contains("recovery"), "{}", text(&o));
-
     // A restarted OSD is up at once (a new incarnation), and stays out.
     let o = run("atlant", &["dev", "start", "--dir", d, "osd.2"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -187,4 +182,19 @@ fn single_reporter_noout_and_down_out_interval() {
         "restarted osd.2 not up"
     );
     assert_eq!(osd_in(&mon, 2), Some(false));
+
+    // In again: its PGs peer and recover it, back to active+clean with identical copies.
+    let o = run("atlant", &["--mon", &mon, "osd", "in", "2"]);
+    assert!(o.status.success(), "osd in: {}", text(&o));
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let s = run("atlant", &["--mon", &mon, "status", "--format", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap_or_default();
+            v["pgs"]["active+clean"] == v["pgs"]["total"]
+                && run("atlant", &["--mon", &mon, "debug", "check-replicas"])
+                    .status
+                    .success()
+        }),
+        "not clean after osd in"
+    );
 }

@@ -79,6 +79,8 @@ pub enum StoreError {
     NoSpace(ObjectId),
     #[error("range {offset}+{length} does not fit an object of at most {max} bytes")]
     Range { offset: u32, length: u32, max: u32 },
+    #[error("damaged record: {what}")]
+    Corrupt { what: String },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -252,6 +254,11 @@ impl Inner {
         }
         meta.version = r.version;
         meta.last_record_id = r.id;
+        // A trim at `Version::NONE` that leaves nothing removes the object (recovery
+        // deleting a copy that must not exist, or a stray PG's data).
+        if r.kind == KIND_TRIM && r.version.is_none() && meta.present() == 0 {
+            self.objects.remove(&r.object);
+        }
         replaced
     }
 }

@@ -1,0 +1,90 @@
+//! Read leases: a primary serves reads only while every other member of the PG's acting
+//! set has granted it a lease, so a primary cut off from the cluster stops answering reads
+//! before a new interval can accept writes.
+//!
+//! - Leases are granted per pair of OSDs, renewed by every answered heartbeat (every
+//!   `heartbeat::INTERVAL`) and by peering queries. The grantee counts a lease from when it
+//!   *sent* the request, the grantor from when it answered, so the grantee's view always
+//!   ends first.
+//! - A member answers a peering query only after every lease it granted to an OSD that the
+//!   map now shows down has run out on its own clock, plus `DRIFT` (a down OSD may be a
+//!   partitioned old primary still serving reads). An old primary that is up is asked by
+//!   the new primary (it is a witness of its interval) and gives its lease up by applying
+//!   the new map before it answers.
+//! - After a restart an OSD has forgotten what it granted: it answers no peering query
+//!   until one whole lease after it started.
+
+use proto::{ClusterMap, OsdId};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const LEASE: Duration = Duration::from_millis(1000);
+/// Allowance for the two clocks running at slightly different rates.
+pub const DRIFT: Duration = Duration::from_millis(200);
+
+pub struct Leases {
+    started: Instant,
+    /// Grantor side: until when each OSD may serve reads on our word.
+    granted: Mutex<HashMap<OsdId, Instant>>,
+    /// Grantee side: until when each OSD's lease lets us serve reads.
+    held: Mutex<HashMap<OsdId, Instant>>,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Leases {
+            started: Instant::now(),
+            granted: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Leases {
+    /// Grants `to` a lease (it is up in `map`; a down OSD gets none).
+    pub fn grant(&self, map: &ClusterMap, to: OsdId) -> bool {
+        if !map.osd(to).is_some_and(|o| o.up) {
+            return false;
+        }
+        let until = Instant::now() + LEASE;
+        let mut g = lock(&self.granted);
+        let e = g.entry(to).or_insert(until);
+        *e = (*e).max(until);
+        true
+    }
+
+    /// Records a lease from `from`, for a request sent at `sent`.
+    pub fn hold(&self, from: OsdId, sent: Instant) {
+        let until = sent + LEASE;
+        let mut h = lock(&self.held);
+        let e = h.entry(from).or_insert(until);
+        *e = (*e).max(until);
+    }
+
+    /// True if every OSD of `members` has a lease on us running now.
+    pub fn holds_all(&self, members: &[OsdId]) -> bool {
+        let now = Instant::now();
+        let h = lock(&self.held);
+        members
+            .iter()
+            .all(|m| h.get(m).is_some_and(|until| *until > now))
+    }
+
+    /// How long a peering query for `asker` must wait: until the leases granted to OSDs now
+    /// down have run out (plus drift), and one lease after this process started.
+    pub fn wait_before_peering(&self, map: &ClusterMap, asker: OsdId) -> Duration {
+        let now = Instant::now();
+        let mut until = self.started + LEASE + DRIFT;
+        for (osd, t) in lock(&self.granted).iter() {
+            if *osd != asker && !map.osd(*osd).is_some_and(|o| o.up) {
+                until = until.max(*t + DRIFT);
+            }
+        }
+        until.saturating_duration_since(now)
+    }
+}

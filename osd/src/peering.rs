@@ -1,0 +1,891 @@
+//! Peering and recovery, on the primary of a PG's interval; the member side of both.
+//!
+//! Peering, for the interval starting at `start` with acting set A:
+//! 1. Ask every member of A, and every up member (same store) of each past interval that
+//!    went active since the PG was last clean (`map.pg_history`), what it holds: its
+//!    `last_epoch_started` (LES), its objects with versions, and what it knew it was missing.
+//!    A past interval with no such member leaves the PG incomplete, waiting for its
+//!    members: never serve a guess.
+//! 2. The authoritative version of each object is the newest one known to the answers with
+//!    the highest LES (present copies and their missing lists). Every write acknowledged
+//!    since is on all of them; a newer copy elsewhere was never acknowledged and is rolled
+//!    back. An authoritative version that no reachable OSD holds leaves the PG incomplete.
+//! 3. Record the interval as active at the monitor (refused if the map moved on), then tell
+//!    every member to persist LES = start and what it is missing; then serve.
+//! 4. Recover in the background, primary's own copies first, with a per-OSD concurrency
+//!    limit. Client ops on a missing object recover it first (implicit recovery), so client
+//!    IO never waits behind the queue. When every member of a full-size acting set has
+//!    every object, the PG is clean and the monitor trims its history.
+
+use crate::daemon::Osd;
+use crate::pgmeta::PgMeta;
+use crate::primary::store_status;
+use bytes::Bytes;
+use futures::future::join_all;
+use futures::StreamExt;
+use proto::checksum::block_crcs;
+use proto::map::{IntervalMember, PastInterval};
+use proto::msg::{
+    decode_control, encode_control, msg_type, op, ControlRequest, ControlResponse, ObjectOp,
+    ObjectReply, PgPeerInfo, PgPhase, Status, FLAG_ROLLBACK,
+};
+use proto::placement::object_pg;
+use proto::{ClusterMap, Command, Epoch, ObjectId, OpId, OsdId, PgId, Version};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Objects one PG recovers at once (the OSD-wide limit is `Osd::recovery`).
+const RECOVERY_PER_PG: usize = 4;
+
+/// Why peering could not finish (yet).
+struct Wait {
+    phase: PgPhase,
+    waiting_for: Vec<OsdId>,
+    why: String,
+}
+
+fn peering(why: String) -> Wait {
+    Wait {
+        phase: PgPhase::Peering,
+        waiting_for: Vec::new(),
+        why,
+    }
+}
+
+/// Starts peering `pg` for the interval that began at `start` (this OSD is its primary).
+pub fn start(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
+    let osd = Arc::clone(osd);
+    tokio::spawn(async move { run(osd, pg, start).await });
+}
+
+/// The acting set if `pg` is still in the interval `start` with this OSD as primary.
+fn current(osd: &Osd, pg: PgId, start: Epoch) -> Option<Vec<OsdId>> {
+    let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+    pgs.pgs
+        .get(&pg)
+        .filter(|i| i.interval_start == start && i.mapping.primary() == Some(osd.id))
+        .map(|i| i.mapping.acting.clone())
+}
+
+async fn run(osd: Arc<Osd>, pg: PgId, start: Epoch) {
+    let began = std::time::Instant::now();
+    let mut last_why = String::new();
+    loop {
+        if current(&osd, pg, start).is_none() {
+            return;
+        }
+        let epoch = osd.epoch();
+        match peer_once(&osd, pg, start).await {
+            Ok(()) => break,
+            Err(w) => {
+                if w.why != last_why {
+                    tracing::info!(%pg, start, phase = ?w.phase, waiting_for = ?w.waiting_for, "peering waits: {}", w.why);
+                    last_why = w.why.clone();
+                }
+                osd.update_pg(pg, start, |i| {
+                    i.set_phase(w.phase);
+                    i.waiting_for = w.waiting_for.clone();
+                });
+                // A newer map is the usual way forward; retry anyway after a while.
+                let mut rx = osd.map.clone();
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    rx.wait_for(|m| m.epoch > epoch),
+                )
+                .await;
+            }
+        }
+    }
+    let ms = began.elapsed().as_millis() as u64;
+    if ms > 200 {
+        tracing::info!(%pg, start, ms, "active after a slow peering");
+    } else {
+        tracing::debug!(%pg, start, ms, "active");
+    }
+    recover(&osd, pg, start).await;
+}
+
+async fn peer_once(osd: &Arc<Osd>, pg: PgId, start: Epoch) -> Result<(), Wait> {
+    let map = osd.current_map();
+    let acting = current(osd, pg, start).ok_or_else(|| peering("interval over".into()))?;
+    let history: Vec<PastInterval> = map
+        .pg_history
+        .get(&pg)
+        .map(|h| h.iter().filter(|i| i.start < start).cloned().collect())
+        .unwrap_or_default();
+    let witness = |m: &IntervalMember| {
+        map.osd(m.osd)
+            .is_some_and(|o| o.up && o.store_uuid == m.store_uuid)
+    };
+    let mut ask: BTreeSet<OsdId> = acting.iter().copied().collect();
+    let mut waiting = BTreeSet::new();
+    for h in &history {
+        let alive: Vec<OsdId> = h
+            .members
+            .iter()
+            .filter(|m| witness(m))
+            .map(|m| m.osd)
+            .collect();
+        if alive.is_empty() {
+            waiting.extend(h.members.iter().map(|m| m.osd));
+        }
+        ask.extend(alive);
+    }
+    if !waiting.is_empty() {
+        return Err(Wait {
+            phase: PgPhase::Incomplete,
+            waiting_for: waiting.iter().copied().collect(),
+            why: format!(
+                "a past interval that went active has no member up (waiting for {})",
+                list(&waiting)
+            ),
+        });
+    }
+    let asked: Vec<OsdId> = ask.iter().copied().collect();
+    let answers = join_all(asked.iter().map(|o| query(osd, &map, *o, pg, start))).await;
+    let mut infos: BTreeMap<OsdId, PgPeerInfo> = BTreeMap::new();
+    for (o, a) in asked.iter().zip(answers) {
+        match a {
+            Ok(info) => {
+                infos.insert(*o, info);
+            }
+            // A witness that is up must answer too: it may be the old primary, still
+            // serving reads under leases until it hears of the new interval.
+            Err(e) => {
+                return Err(peering(format!(
+                    "{o} did not answer the peering query: {e}"
+                )));
+            }
+        }
+    }
+    for h in &history {
+        if !h.members.iter().any(|m| infos.contains_key(&m.osd)) {
+            let members: BTreeSet<OsdId> = h.members.iter().map(|m| m.osd).collect();
+            return Err(Wait {
+                phase: PgPhase::Incomplete,
+                waiting_for: members.iter().copied().collect(),
+                why: format!(
+                    "no member of the interval from epoch {} answered ({})",
+                    h.start,
+                    list(&members)
+                ),
+            });
+        }
+    }
+    let (auth, sources) = authority(osd, &infos);
+    let unfound: Vec<&ObjectId> = auth
+        .iter()
+        .filter(|(o, v)| !v.is_none() && !sources.contains_key(*o))
+        .map(|(o, _)| o)
+        .collect();
+    if !unfound.is_empty() {
+        let down: BTreeSet<OsdId> = map
+            .pg_history
+            .get(&pg)
+            .into_iter()
+            .flatten()
+            .flat_map(|i| i.members.iter())
+            .filter(|m| !witness(m))
+            .map(|m| m.osd)
+            .collect();
+        return Err(Wait {
+            phase: PgPhase::Incomplete,
+            waiting_for: down.iter().copied().collect(),
+            why: format!(
+                "{} object(s) have no reachable authoritative copy (first {}); waiting for {}",
+                unfound.len(),
+                unfound[0],
+                list(&down)
+            ),
+        });
+    }
+    let mut missing: BTreeMap<OsdId, BTreeMap<ObjectId, Version>> = BTreeMap::new();
+    for m in &acting {
+        let present: HashMap<ObjectId, Version> = infos
+            .get(m)
+            .map(|i| i.objects.iter().copied().collect())
+            .unwrap_or_default();
+        let mut lacks: BTreeMap<ObjectId, Version> = auth
+            .iter()
+            .filter(|(o, v)| !v.is_none() && present.get(*o) != Some(*v))
+            .map(|(o, v)| (*o, *v))
+            .collect();
+        // Copies that should not exist at all (never acknowledged): removed.
+        for o in present.keys() {
+            if auth.get(o).is_none_or(|v| v.is_none()) {
+                lacks.insert(*o, Version::NONE);
+            }
+        }
+        if !lacks.is_empty() {
+            missing.insert(*m, lacks);
+        }
+    }
+    // Record the interval as active: from here on it may hold acknowledged writes.
+    let interval = PastInterval {
+        start,
+        members: acting
+            .iter()
+            .filter_map(|o| map.osd(*o))
+            .map(|o| IntervalMember {
+                osd: o.id,
+                up_from: o.up_from,
+                store_uuid: o.store_uuid,
+            })
+            .collect(),
+    };
+    osd.batcher
+        .send(MonNote::Activated(pg, interval))
+        .await
+        .map_err(|e| peering(format!("the monitors did not record the interval: {e}")))?;
+    let acks = join_all(acting.iter().map(|m| {
+        let lacks: Vec<(ObjectId, Version)> = missing
+            .get(m)
+            .map(|l| l.iter().map(|(o, v)| (*o, *v)).collect())
+            .unwrap_or_default();
+        activate(osd, &map, *m, pg, start, lacks)
+    }))
+    .await;
+    for (m, a) in acting.iter().zip(acks) {
+        a.map_err(|e| peering(format!("{m} did not activate: {e}")))?;
+    }
+    let total = auth.values().filter(|v| !v.is_none()).count() as u64;
+    let became = osd.update_pg(pg, start, |i| {
+        i.missing = missing;
+        i.sources = sources;
+        i.objects = total;
+        i.waiting_for.clear();
+        i.set_phase(PgPhase::Active);
+    });
+    if !became {
+        return Err(peering("interval over".into()));
+    }
+    osd.pg_event.notify_waiters();
+    Ok(())
+}
+
+/// The authoritative version of each object and where its copy is.
+fn authority(
+    osd: &Osd,
+    infos: &BTreeMap<OsdId, PgPeerInfo>,
+) -> (BTreeMap<ObjectId, Version>, HashMap<ObjectId, Vec<OsdId>>) {
+    let les = infos
+        .values()
+        .map(|i| i.last_epoch_started)
+        .max()
+        .unwrap_or(0);
+    let mut auth: BTreeMap<ObjectId, Version> = BTreeMap::new();
+    for info in infos.values().filter(|i| i.last_epoch_started == les) {
+        for (o, v) in info.objects.iter().chain(info.missing.iter()) {
+            let e = auth.entry(*o).or_insert(Version::NONE);
+            *e = (*e).max(*v);
+        }
+    }
+    let mut sources: HashMap<ObjectId, Vec<OsdId>> = HashMap::new();
+    for (osd_id, info) in infos {
+        for (o, v) in &info.objects {
+            if auth.get(o) == Some(v) {
+                sources.entry(*o).or_default().push(*osd_id);
+            }
+        }
+    }
+    // The primary first among sources: local reads are cheapest.
+    for s in sources.values_mut() {
+        s.sort_by_key(|o| (*o != osd.id, *o));
+    }
+    (auth, sources)
+}
+
+fn list(osds: &BTreeSet<OsdId>) -> String {
+    osds.iter()
+        .map(|o| o.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn control(
+    osd: &Osd,
+    map: &ClusterMap,
+    to: OsdId,
+    req: &ControlRequest,
+) -> Result<ControlResponse, String> {
+    let conn = osd.peer(map, to).await?;
+    let f = conn
+        .call(
+            msg_type::CONTROL,
+            encode_control(req),
+            Bytes::new(),
+            PEER_TIMEOUT,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    decode_control::<ControlResponse>(&f.meta).map_err(|e| e.to_string())
+}
+
+async fn query(
+    osd: &Arc<Osd>,
+    map: &ClusterMap,
+    to: OsdId,
+    pg: PgId,
+    start: Epoch,
+) -> Result<PgPeerInfo, String> {
+    if to == osd.id {
+        return on_query(osd, pg, map.epoch, osd.id).await;
+    }
+    let req = ControlRequest::PgQuery {
+        pg,
+        epoch: map.epoch,
+        primary: osd.id,
+        interval_start: start,
+    };
+    let sent = std::time::Instant::now();
+    match control(osd, map, to, &req).await? {
+        ControlResponse::PgPeerInfo(i) => {
+            osd.leases.hold(to, sent);
+            Ok(*i)
+        }
+        ControlResponse::Error(e) => Err(e),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+async fn activate(
+    osd: &Arc<Osd>,
+    map: &ClusterMap,
+    to: OsdId,
+    pg: PgId,
+    start: Epoch,
+    missing: Vec<(ObjectId, Version)>,
+) -> Result<(), String> {
+    if to == osd.id {
+        return on_activate(osd, pg, map.epoch, start, missing).await;
+    }
+    let req = ControlRequest::PgActivate {
+        pg,
+        epoch: map.epoch,
+        interval_start: start,
+        missing,
+    };
+    match control(osd, map, to, &req).await? {
+        ControlResponse::Ok => Ok(()),
+        ControlResponse::Error(e) => Err(e),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// Member side of `PgQuery`: what this OSD holds of `pg`. Answered once this OSD has the
+/// querier's map (so, if it was the PG's primary, it serves no more reads for it) and the
+/// leases it granted to OSDs now down have run out (see `lease`); the answer grants the
+/// new primary a lease.
+pub async fn on_query(
+    osd: &Arc<Osd>,
+    pg: PgId,
+    epoch: Epoch,
+    asker: OsdId,
+) -> Result<PgPeerInfo, String> {
+    if !osd.wait_for_epoch(epoch).await {
+        return Err(format!("{} has no map of epoch {epoch} yet", osd.id));
+    }
+    osd.apply_map(&osd.current_map());
+    loop {
+        let wait = osd.leases.wait_before_peering(&osd.current_map(), asker);
+        if wait.is_zero() {
+            break;
+        }
+        tracing::debug!(%pg, %asker, wait_ms = wait.as_millis() as u64, "waiting for granted read leases to run out");
+        tokio::time::sleep(wait).await;
+    }
+    osd.leases.grant(&osd.current_map(), asker);
+    let _gate = osd.stray_gate.read().await;
+    let meta = osd.pg_meta(pg).await.map_err(|e| e.to_string())?;
+    let map = osd.current_map();
+    let Some(pool) = map.pools.get(&pg.pool) else {
+        return Ok(PgPeerInfo::default());
+    };
+    let objects = osd
+        .store
+        .list(Some(pg.pool))
+        .into_iter()
+        .filter(|e| !e.object.is_pg_meta() && !e.version.is_none())
+        .filter(|e| object_pg(&e.object, pool) == pg)
+        .map(|e| (e.object, e.version))
+        .collect();
+    Ok(PgPeerInfo {
+        last_epoch_started: meta.last_epoch_started,
+        objects,
+        missing: meta.missing.into_iter().collect(),
+    })
+}
+
+/// Member side of `PgActivate`: persist LES and what this OSD misses.
+pub async fn on_activate(
+    osd: &Osd,
+    pg: PgId,
+    epoch: Epoch,
+    start: Epoch,
+    missing: Vec<(ObjectId, Version)>,
+) -> Result<(), String> {
+    if !osd.wait_for_epoch(epoch).await {
+        return Err(format!("{} has no map of epoch {epoch} yet", osd.id));
+    }
+    let meta = PgMeta {
+        last_epoch_started: start,
+        missing: missing.into_iter().collect(),
+    };
+    osd.set_pg_meta(pg, meta).await.map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// Recovery
+
+/// Background recovery of `pg` for the interval `start`, until every member has every
+/// object or the interval ends.
+async fn recover(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
+    loop {
+        let Some(acting) = current(osd, pg, start) else {
+            return;
+        };
+        let work: Vec<(OsdId, ObjectId, Version)> = {
+            let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(info) = pgs.pgs.get(&pg) else { return };
+            // The primary's own copies first: pushes to the others read them.
+            let mine = info.missing.get(&osd.id);
+            match mine.filter(|m| !m.is_empty()) {
+                Some(m) => m.iter().map(|(o, v)| (osd.id, *o, *v)).collect(),
+                None => info
+                    .missing
+                    .iter()
+                    .flat_map(|(member, m)| m.iter().map(move |(o, v)| (*member, *o, *v)))
+                    .collect(),
+            }
+        };
+        if work.is_empty() {
+            break;
+        }
+        let results: Vec<bool> = futures::stream::iter(work)
+            .map(|(member, object, version)| async move {
+                let _slot = osd.recovery.acquire().await;
+                osd.update_pg(pg, start, |i| i.recovering += 1);
+                let r = recover_object(osd, pg, start, member, object, version).await;
+                osd.update_pg(pg, start, |i| i.recovering = i.recovering.saturating_sub(1));
+                match r {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::info!(%pg, %object, %member, "recovery failed, will retry: {e}");
+                        false
+                    }
+                }
+            })
+            .buffer_unordered(RECOVERY_PER_PG)
+            .collect()
+            .await;
+        if results.iter().any(|ok| !ok) {
+            let epoch = osd.epoch();
+            let mut rx = osd.map.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|m| m.epoch > epoch))
+                .await;
+        }
+        let _ = acting;
+    }
+    let map = osd.current_map();
+    let size = map
+        .pools
+        .get(&pg.pool)
+        .map(|p| p.size as usize)
+        .unwrap_or(0);
+    let Some(acting) = current(osd, pg, start) else {
+        return;
+    };
+    if acting.len() >= size {
+        match osd.batcher.send(MonNote::Clean(pg, start)).await {
+            Ok(()) => tracing::debug!(%pg, start, "clean"),
+            Err(e) => tracing::info!(%pg, "could not record the pg clean: {e}"),
+        }
+    }
+}
+
+/// Brings `member`'s copy of `object` to `version` (the primary pulls its own copy from a
+/// source; other members get the primary's copy pushed).
+pub async fn recover_object(
+    osd: &Arc<Osd>,
+    pg: PgId,
+    start: Epoch,
+    member: OsdId,
+    object: ObjectId,
+    version: Version,
+) -> Result<(), String> {
+    let _guard = osd.lock_object(&object).await;
+    let still = {
+        let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        pgs.pgs
+            .get(&pg)
+            .filter(|i| i.interval_start == start)
+            .map(|i| i.is_missing(member, &object))
+    };
+    match still {
+        None => return Err("interval over".into()),
+        Some(false) => return Ok(()),
+        Some(true) => {}
+    }
+    let map = osd.current_map();
+    if member == osd.id {
+        pull_locked(osd, &map, pg, object, version).await?;
+    } else {
+        push_locked(osd, &map, pg, member, object, version).await?;
+    }
+    osd.update_pg(pg, start, |i| {
+        if let Some(m) = i.missing.get_mut(&member) {
+            m.remove(&object);
+            if m.is_empty() {
+                i.missing.remove(&member);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The primary brings its own copy of `object` to `version` (caller holds the object lock).
+pub async fn pull_locked(
+    osd: &Osd,
+    map: &ClusterMap,
+    pg: PgId,
+    object: ObjectId,
+    version: Version,
+) -> Result<(), String> {
+    let size = map
+        .pools
+        .get(&object.pool)
+        .map(|p| p.object_size)
+        .ok_or("pool gone")?;
+    if version.is_none() {
+        return osd
+            .store
+            .trim(object, 0, size, Version::NONE)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let sources: Vec<OsdId> = {
+        let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        pgs.pgs
+            .get(&pg)
+            .and_then(|i| i.sources.get(&object).cloned())
+            .unwrap_or_default()
+    };
+    let mut last = format!("no source for {object}");
+    for s in sources.iter().filter(|s| **s != osd.id) {
+        let req = ObjectOp {
+            op: op::PULL,
+            flags: 0,
+            object,
+            pg,
+            object_size: size,
+            epoch: map.epoch,
+            op_id: OpId { client: 0, tid: 0 },
+            offset: 0,
+            length: size,
+            version,
+            prev: Version::NONE,
+            crcs: Vec::new(),
+        };
+        let reply = async {
+            let conn = osd.peer(map, *s).await?;
+            let f = conn
+                .call(
+                    msg_type::REPLICA_OP,
+                    req.encode_meta(),
+                    Bytes::new(),
+                    PEER_TIMEOUT,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = ObjectReply::decode(&f.meta, f.data.len()).map_err(|e| e.to_string())?;
+            Ok::<_, String>((r, f.data))
+        };
+        match reply.await {
+            Ok((r, data)) if r.status == Status::Ok as u32 && r.version == version => {
+                if proto::checksum::verify_blocks(&data, &r.crcs).is_err() {
+                    last = format!("{s}: checksum mismatch");
+                    continue;
+                }
+                return osd
+                    .store
+                    .write_full(object, data, &r.crcs, version)
+                    .await
+                    .map_err(|e| format!("{:?}: {e}", store_status(&e)));
+            }
+            Ok((r, _)) => last = format!("{s}: status {} version {}", r.status, r.version),
+            Err(e) => last = format!("{s}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Sends the primary's copy of `object` (at `version`) to `member`, replacing whatever it
+/// holds (caller holds the object lock).
+async fn push_locked(
+    osd: &Osd,
+    map: &ClusterMap,
+    pg: PgId,
+    member: OsdId,
+    object: ObjectId,
+    version: Version,
+) -> Result<(), String> {
+    let size = map
+        .pools
+        .get(&object.pool)
+        .map(|p| p.object_size)
+        .ok_or("pool gone")?;
+    let local = osd.store.version(&object);
+    if local != version {
+        return Err(format!(
+            "the primary holds {object} at {local}, not at {version} yet"
+        ));
+    }
+    let (data, crcs) = if version.is_none() {
+        (Bytes::new(), Vec::new())
+    } else {
+        let (data, _, _) = osd
+            .store
+            .read(object, 0, size)
+            .await
+            .map_err(|e| e.to_string())?;
+        let crcs = block_crcs(&data);
+        (data, crcs)
+    };
+    let push = ObjectOp {
+        // An object that must not exist is trimmed whole at `Version::NONE`.
+        op: if version.is_none() {
+            op::TRIM
+        } else {
+            op::PUSH
+        },
+        flags: FLAG_ROLLBACK,
+        object,
+        pg,
+        object_size: size,
+        epoch: map.epoch,
+        op_id: OpId { client: 0, tid: 0 },
+        offset: 0,
+        length: size,
+        version,
+        prev: Version::NONE,
+        crcs,
+    };
+    let conn = osd.peer(map, member).await?;
+    let f = conn
+        .call(msg_type::REPLICA_OP, push.encode_meta(), data, PEER_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let r = ObjectReply::decode(&f.meta, f.data.len()).map_err(|e| e.to_string())?;
+    if r.status == Status::Ok as u32 {
+        Ok(())
+    } else {
+        Err(format!("{member} refused the push: status {}", r.status))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Telling the monitors: activations and clean PGs, batched into one command each.
+
+pub enum MonNote {
+    Activated(PgId, PastInterval),
+    Clean(PgId, Epoch),
+}
+
+type Pending = (MonNote, oneshot::Sender<Result<(), String>>);
+
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl Batcher {
+    pub fn spawn(mon: Arc<client::MonClient>) -> Batcher {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                // Gather what arrives together (a map change makes many PGs peer at once).
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let mut batch = vec![first];
+                while let Ok(p) = rx.try_recv() {
+                    batch.push(p);
+                }
+                let (act, clean): (Vec<Pending>, Vec<Pending>) = batch
+                    .into_iter()
+                    .partition(|(n, _)| matches!(n, MonNote::Activated(..)));
+                submit_activations(&mon, act).await;
+                if !clean.is_empty() {
+                    let pgs = clean
+                        .iter()
+                        .filter_map(|(n, _)| match n {
+                            MonNote::Clean(pg, e) => Some((*pg, *e)),
+                            _ => None,
+                        })
+                        .collect();
+                    let r = mon
+                        .command(Command::PgsClean { pgs })
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    for (_, done) in clean {
+                        let _ = done.send(r.clone());
+                    }
+                }
+            }
+        });
+        Batcher { tx }
+    }
+
+    pub async fn send(&self, note: MonNote) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send((note, done))
+            .map_err(|_| "stopping".to_string())?;
+        wait.await.map_err(|_| "stopping".to_string())?
+    }
+}
+
+async fn submit_activations(mon: &client::MonClient, act: Vec<Pending>) {
+    if act.is_empty() {
+        return;
+    }
+    let intervals: Vec<(PgId, PastInterval)> = act
+        .iter()
+        .filter_map(|(n, _)| match n {
+            MonNote::Activated(pg, i) => Some((*pg, i.clone())),
+            _ => None,
+        })
+        .collect();
+    match mon.command(Command::PgsActivated { intervals }).await {
+        Ok(_) => {
+            for (_, done) in act {
+                let _ = done.send(Ok(()));
+            }
+        }
+        Err(e) if act.len() > 1 => {
+            // One stale interval refuses the batch: record the others one by one.
+            tracing::debug!(
+                "batch of {} activations refused ({e}); one by one",
+                act.len()
+            );
+            for (note, done) in act {
+                let MonNote::Activated(pg, i) = note else {
+                    continue;
+                };
+                let r = mon
+                    .command(Command::PgsActivated {
+                        intervals: vec![(pg, i)],
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                let _ = done.send(r);
+            }
+        }
+        Err(e) => {
+            for (_, done) in act {
+                let _ = done.send(Err(e.to_string()));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Strays: data of PGs this OSD no longer serves.
+
+/// Removes, every few seconds, the objects of PGs this OSD is neither placed in nor a
+/// witness of (a past interval in the map's PG history). Such a PG is clean on its current
+/// members, so these copies are surplus: an OSD marked out gives its space back once the
+/// data has moved.
+pub fn spawn_stray_cleanup(osd: Arc<Osd>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if !osd.is_serving() {
+                continue;
+            }
+            let removed = remove_strays(&osd).await;
+            if removed > 0 {
+                tracing::info!(removed, "removed objects of pgs this OSD no longer holds");
+            }
+        }
+    });
+}
+
+async fn remove_strays(osd: &Osd) -> usize {
+    let map = osd.current_map();
+    let Some(me) = map.osd(osd.id) else { return 0 };
+    let uuid = me.store_uuid;
+    let mut placed: HashMap<u32, Vec<bool>> = HashMap::new();
+    for pool in map.pools.values() {
+        let mine = proto::pg::pool_mappings(&map, pool)
+            .into_iter()
+            .map(|m| m.osds.contains(&osd.id))
+            .collect();
+        placed.insert(pool.id, mine);
+    }
+    let witness = |pg: &PgId| {
+        map.pg_history.get(pg).is_some_and(|h| {
+            h.iter().any(|i| {
+                i.members
+                    .iter()
+                    .any(|m| m.osd == osd.id && m.store_uuid == uuid)
+            })
+        })
+    };
+    let mut removed = 0;
+    for e in osd.store.list(None) {
+        let (pg, size) = match map.pools.get(&e.object.pool) {
+            Some(pool) => {
+                let pg = if e.object.is_pg_meta() {
+                    PgId {
+                        pool: pool.id,
+                        seed: e.object.index as u32,
+                    }
+                } else {
+                    object_pg(&e.object, pool)
+                };
+                let here = placed
+                    .get(&pool.id)
+                    .and_then(|p| p.get(pg.seed as usize))
+                    .copied()
+                    .unwrap_or(false);
+                if here || witness(&pg) {
+                    continue;
+                }
+                (pg, pool.object_size.min(osd.store.max_object_size()))
+            }
+            // The pool is gone (it held no images when it was removed).
+            None => (
+                PgId {
+                    pool: e.object.pool,
+                    seed: 0,
+                },
+                osd.store.max_object_size(),
+            ),
+        };
+        let _gate = osd.stray_gate.write().await;
+        if osd.epoch() != map.epoch {
+            break; // the map moved: decide again on the new one
+        }
+        let _guard = osd.lock_object(&e.object).await;
+        if osd.store.version(&e.object) != e.version {
+            continue; // changed meanwhile: look again next time
+        }
+        match osd.store.trim(e.object, 0, size, Version::NONE).await {
+            Ok(()) => {
+                removed += 1;
+                if e.object.is_pg_meta() {
+                    osd.forget_pg_meta(pg).await;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(object = %e.object, "cannot remove a stray object: {err}");
+                break;
+            }
+        }
+    }
+    removed
+}
