@@ -80,7 +80,7 @@ def main():
     # block -> bytes: the last acknowledged write, or what the first read found in a block
     # this run had not written (the export may hold an earlier run's data).
     expected = {}
-    uncertain = {}  # block -> (old expected or None, failed write's data)
+    uncertain = {}  # block -> (previous value or None if unknown, failed write's data)
     written = {}  # block -> (gen, tag) of the last acknowledged write, for --state
     failed = {}  # block -> (previous (gen, tag) or None, failed write's (gen, tag))
     gen = 0
@@ -122,7 +122,8 @@ def main():
         if b in uncertain:
             old, new = uncertain.pop(b)
             was = failed.pop(b, (None, None))
-            if data == new or data == (old if old is not None else bytes(BLOCK)):
+            # `old` is None when this run never knew the block's earlier contents.
+            if data == new or old is None or data == old:
                 expected[b] = data
                 g = was[1] if data == new else was[0]
                 if g:

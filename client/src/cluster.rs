@@ -201,15 +201,25 @@ impl Cluster {
                     continue;
                 }
             };
-            let frame = match conn
-                .call(
-                    msg_type::OBJECT_OP,
-                    op.encode_meta(),
-                    req.data.clone(),
-                    OSD_CALL_TIMEOUT,
-                )
-                .await
-            {
+            let call = conn.call(
+                msg_type::OBJECT_OP,
+                op.encode_meta(),
+                req.data.clone(),
+                OSD_CALL_TIMEOUT,
+            );
+            // A primary the map has replaced (cut off, hung) may never answer: the op goes
+            // to the new interval at once. The old one cannot complete it any more (its
+            // replicas refuse ops of an ended interval), and the op keeps its identity.
+            let replaced = self.interval_changes(&map, pool.id, pg.seed, &mapping.interval_key);
+            let answered = tokio::select! {
+                r = call => Some(r),
+                _ = replaced => None,
+            };
+            let Some(answered) = answered else {
+                last = format!("{primary} was replaced as the primary of pg {pg}");
+                continue;
+            };
+            let frame = match answered {
                 Ok(f) => f,
                 Err(e) => {
                     last = format!("{primary}: {e}");
@@ -255,6 +265,33 @@ impl Cluster {
                         reason: format!("{primary} answered {other:?}"),
                     })
                 }
+            }
+        }
+    }
+
+    /// Returns once a map newer than `map` gives PG `seed` of `pool` another interval.
+    async fn interval_changes(
+        &self,
+        map: &ClusterMap,
+        pool: proto::PoolId,
+        seed: u32,
+        key: &[(OsdId, Epoch)],
+    ) {
+        let mut rx = self.map.subscribe();
+        let mut seen = map.epoch;
+        loop {
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let m = rx.borrow_and_update().clone();
+            if m.epoch <= seen {
+                continue;
+            }
+            seen = m.epoch;
+            let Some(p) = m.pools.get(&pool) else { return };
+            let now = self.mappings_of(&m, p);
+            if now.get(seed as usize).is_none_or(|g| g.interval_key != key) {
+                return;
             }
         }
     }

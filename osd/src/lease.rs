@@ -17,7 +17,8 @@
 use proto::{ClusterMap, OsdId};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub const LEASE: Duration = Duration::from_millis(1000);
 /// Allowance for the two clocks running at slightly different rates.
@@ -86,5 +87,79 @@ impl Leases {
             }
         }
         until.saturating_duration_since(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::map::Command;
+
+    fn map_with(up: &[u32], down: &[u32]) -> ClusterMap {
+        let mut m = ClusterMap::new(1, vec![]);
+        let n = up.iter().chain(down).max().map_or(0, |m| m + 1);
+        for id in 0..n {
+            let id = &id;
+            let create = Command::CreateOsd {
+                host: format!("h{id}"),
+                weight: proto::map::WEIGHT_ONE,
+                store_uuid: *id as u128 + 1,
+                capacity_bytes: 1 << 30,
+            };
+            m = m.apply(&create).unwrap().0;
+        }
+        for id in up {
+            let boot = Command::BootOsd {
+                id: OsdId(*id),
+                store_uuid: *id as u128 + 1,
+                addr: "127.0.0.1:1".into(),
+                process: 1,
+            };
+            m = m.apply(&boot).unwrap().0;
+        }
+        m
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_runs_out_and_peering_waits_for_leases_granted_to_down_osds() {
+        let primary = Leases::default();
+        let replica = Leases::default();
+        let all_up = map_with(&[0, 1, 2], &[]);
+        // A fresh process answers no peering query for one lease.
+        assert!(replica.wait_before_peering(&all_up, OsdId(2)) > LEASE);
+        tokio::time::advance(LEASE + DRIFT).await;
+        assert!(replica.wait_before_peering(&all_up, OsdId(2)).is_zero());
+
+        // osd.1 (the replica) grants osd.0 (the primary) a lease.
+        let sent = Instant::now();
+        assert!(replica.grant(&all_up, OsdId(0)));
+        primary.hold(OsdId(1), sent);
+        assert!(primary.holds_all(&[OsdId(1)]));
+        assert!(
+            !primary.holds_all(&[OsdId(1), OsdId(2)]),
+            "no lease from osd.2"
+        );
+
+        // osd.0 is now down (partitioned): the replica joins osd.2's peering only after
+        // the lease it granted ran out, plus the drift margin...
+        let zero_down = map_with(&[1, 2], &[0]);
+        let wait = replica.wait_before_peering(&zero_down, OsdId(2));
+        assert!(
+            wait > LEASE - Duration::from_millis(1) && wait <= LEASE + DRIFT,
+            "{wait:?}"
+        );
+        // ...while the old primary, on its own clock, stopped serving reads before that.
+        tokio::time::advance(LEASE).await;
+        assert!(!primary.holds_all(&[OsdId(1)]));
+        assert!(!replica.wait_before_peering(&zero_down, OsdId(2)).is_zero());
+        tokio::time::advance(DRIFT).await;
+        assert!(replica.wait_before_peering(&zero_down, OsdId(2)).is_zero());
+
+        // A down OSD gets no lease.
+        assert!(!replica.grant(&zero_down, OsdId(0)));
+        // The asker's own lease never delays its peering.
+        replica.grant(&all_up, OsdId(2));
+        let two_down = map_with(&[0, 1], &[2]);
+        assert!(replica.wait_before_peering(&two_down, OsdId(2)).is_zero());
     }
 }

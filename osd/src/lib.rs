@@ -213,7 +213,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let osd_for_reports = Arc::clone(&osd);
         let interval = cfg.report_interval;
         tokio::spawn(async move {
-            let mut last_sent = std::time::Instant::now() - interval;
+            let mut last_sent = tokio::time::Instant::now() - interval;
             let mut last_class = None;
             let mut last_pgs = Vec::new();
             loop {
@@ -245,7 +245,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         }
                         Err(e) => tracing::debug!("usage report failed: {e}"),
                     }
-                    last_sent = std::time::Instant::now();
+                    last_sent = tokio::time::Instant::now();
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

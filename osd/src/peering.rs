@@ -71,7 +71,7 @@ fn current(osd: &Osd, pg: PgId, start: Epoch) -> Option<Vec<OsdId>> {
 }
 
 async fn run(osd: Arc<Osd>, pg: PgId, start: Epoch) {
-    let began = std::time::Instant::now();
+    let began = tokio::time::Instant::now();
     let mut last_why = String::new();
     loop {
         if current(&osd, pg, start).is_none() {
@@ -175,7 +175,7 @@ async fn peer_once(osd: &Arc<Osd>, pg: PgId, start: Epoch) -> Result<(), Wait> {
             });
         }
     }
-    let (auth, sources) = authority(osd, &infos);
+    let (auth, sources) = authority(osd.id, &infos);
     let unfound: Vec<&ObjectId> = auth
         .iter()
         .filter(|(o, v)| !v.is_none() && !sources.contains_key(*o))
@@ -202,27 +202,7 @@ async fn peer_once(osd: &Arc<Osd>, pg: PgId, start: Epoch) -> Result<(), Wait> {
             ),
         });
     }
-    let mut missing: BTreeMap<OsdId, BTreeMap<ObjectId, Version>> = BTreeMap::new();
-    for m in &acting {
-        let present: HashMap<ObjectId, Version> = infos
-            .get(m)
-            .map(|i| i.objects.iter().copied().collect())
-            .unwrap_or_default();
-        let mut lacks: BTreeMap<ObjectId, Version> = auth
-            .iter()
-            .filter(|(o, v)| !v.is_none() && present.get(*o) != Some(*v))
-            .map(|(o, v)| (*o, *v))
-            .collect();
-        // Copies that should not exist at all (never acknowledged): removed.
-        for o in present.keys() {
-            if auth.get(o).is_none_or(|v| v.is_none()) {
-                lacks.insert(*o, Version::NONE);
-            }
-        }
-        if !lacks.is_empty() {
-            missing.insert(*m, lacks);
-        }
-    }
+    let missing = missing_per_member(&acting, &infos, &auth);
     // Record the interval as active: from here on it may hold acknowledged writes.
     let interval = PastInterval {
         start,
@@ -268,7 +248,7 @@ async fn peer_once(osd: &Arc<Osd>, pg: PgId, start: Epoch) -> Result<(), Wait> {
 
 /// The authoritative version of each object and where its copy is.
 fn authority(
-    osd: &Osd,
+    me: OsdId,
     infos: &BTreeMap<OsdId, PgPeerInfo>,
 ) -> (BTreeMap<ObjectId, Version>, HashMap<ObjectId, Vec<OsdId>>) {
     let les = infos
@@ -293,9 +273,40 @@ fn authority(
     }
     // The primary first among sources: local reads are cheapest.
     for s in sources.values_mut() {
-        s.sort_by_key(|o| (*o != osd.id, *o));
+        s.sort_by_key(|o| (*o != me, *o));
     }
     (auth, sources)
+}
+
+/// What each acting member lacks: objects not at the authoritative version (including
+/// copies newer than it, to be rolled back), and copies that must not exist
+/// (`Version::NONE`).
+fn missing_per_member(
+    acting: &[OsdId],
+    infos: &BTreeMap<OsdId, PgPeerInfo>,
+    auth: &BTreeMap<ObjectId, Version>,
+) -> BTreeMap<OsdId, BTreeMap<ObjectId, Version>> {
+    let mut missing = BTreeMap::new();
+    for m in acting {
+        let present: HashMap<ObjectId, Version> = infos
+            .get(m)
+            .map(|i| i.objects.iter().copied().collect())
+            .unwrap_or_default();
+        let mut lacks: BTreeMap<ObjectId, Version> = auth
+            .iter()
+            .filter(|(o, v)| !v.is_none() && present.get(*o) != Some(*v))
+            .map(|(o, v)| (*o, *v))
+            .collect();
+        for o in present.keys() {
+            if auth.get(o).is_none_or(|v| v.is_none()) {
+                lacks.insert(*o, Version::NONE);
+            }
+        }
+        if !lacks.is_empty() {
+            missing.insert(*m, lacks);
+        }
+    }
+    missing
 }
 
 fn list(osds: &BTreeSet<OsdId>) -> String {
@@ -340,7 +351,7 @@ async fn query(
         primary: osd.id,
         interval_start: start,
     };
-    let sent = std::time::Instant::now();
+    let sent = tokio::time::Instant::now();
     match control(osd, map, to, &req).await? {
         ControlResponse::PgPeerInfo(i) => {
             osd.leases.hold(to, sent);
@@ -888,4 +899,78 @@ async fn remove_strays(osd: &Osd) -> usize {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(i: u64) -> ObjectId {
+        ObjectId {
+            pool: 1,
+            image: 1,
+            index: i,
+        }
+    }
+
+    fn v(epoch: u64, seq: u64) -> Version {
+        Version { epoch, seq }
+    }
+
+    fn info(les: u64, objects: &[(u64, Version)], missing: &[(u64, Version)]) -> PgPeerInfo {
+        PgPeerInfo {
+            last_epoch_started: les,
+            objects: objects.iter().map(|(i, v)| (obj(*i), *v)).collect(),
+            missing: missing.iter().map(|(i, v)| (obj(*i), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_newer_copy_on_an_older_interval_member_is_rolled_back() {
+        // osd.1 took a write (10,5) in interval 10 that osd.0 never got, so it was never
+        // acknowledged; osd.0 and osd.2 then went active in interval 20 without osd.1.
+        let infos = BTreeMap::from([
+            (OsdId(0), info(20, &[(1, v(10, 4))], &[])),
+            (OsdId(1), info(10, &[(1, v(10, 5)), (2, v(10, 6))], &[])),
+            (OsdId(2), info(20, &[(1, v(10, 4))], &[])),
+        ]);
+        let (auth, sources) = authority(OsdId(0), &infos);
+        assert_eq!(auth.get(&obj(1)), Some(&v(10, 4)));
+        assert_eq!(
+            auth.get(&obj(2)),
+            None,
+            "object 2 never existed for interval 20"
+        );
+        assert_eq!(sources[&obj(1)], vec![OsdId(0), OsdId(2)]);
+        let missing = missing_per_member(&[OsdId(0), OsdId(1), OsdId(2)], &infos, &auth);
+        assert_eq!(
+            missing[&OsdId(1)],
+            BTreeMap::from([(obj(1), v(10, 4)), (obj(2), Version::NONE)])
+        );
+        assert!(!missing.contains_key(&OsdId(0)));
+    }
+
+    #[test]
+    fn what_a_newest_member_still_missed_stays_authoritative() {
+        // osd.0 activated interval 20 while still missing object 3 at (15,2); only osd.5,
+        // a member of interval 15, holds it. The missing list keeps it from looking absent.
+        let infos = BTreeMap::from([
+            (OsdId(0), info(20, &[(1, v(20, 1))], &[(3, v(15, 2))])),
+            (OsdId(5), info(15, &[(1, v(15, 9)), (3, v(15, 2))], &[])),
+        ]);
+        let (auth, sources) = authority(OsdId(0), &infos);
+        assert_eq!(auth.get(&obj(1)), Some(&v(20, 1)));
+        assert_eq!(auth.get(&obj(3)), Some(&v(15, 2)));
+        assert_eq!(sources[&obj(3)], vec![OsdId(5)]);
+        let missing = missing_per_member(&[OsdId(0)], &infos, &auth);
+        assert_eq!(missing[&OsdId(0)], BTreeMap::from([(obj(3), v(15, 2))]));
+    }
+
+    #[test]
+    fn an_authoritative_version_nobody_holds_has_no_source() {
+        let infos = BTreeMap::from([(OsdId(0), info(20, &[], &[(7, v(18, 3))]))]);
+        let (auth, sources) = authority(OsdId(0), &infos);
+        assert_eq!(auth.get(&obj(7)), Some(&v(18, 3)));
+        assert!(!sources.contains_key(&obj(7)), "unfound: the pg must wait");
+    }
 }

@@ -11,7 +11,7 @@ use proto::msg::{PgPhase, PgStat};
 use proto::pg::{pool_mappings, PgMapping};
 use proto::{ClusterMap, Epoch, ObjectId, OpId, OsdId, PgId, Version};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// How many completed op ids a PG remembers for answering re-sent ops.
 const RECENT_OPS: usize = 4096;

@@ -231,3 +231,118 @@ pub fn cluster_pids(dir: &Path, key: &str) -> std::collections::BTreeMap<String,
         .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0)))
         .collect()
 }
+
+/// Runs a command that must succeed (network setup).
+pub fn sh(args: &[&str]) {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Network namespaces on one bridge (the test's own namespace holds the bridge address,
+/// so it reaches every namespace), removed on drop. A cut between two namespaces is a pair
+/// of blackhole routes.
+pub struct Fabric {
+    bridge: String,
+    ns: Vec<String>,
+    subnet: String,
+}
+
+impl Fabric {
+    pub fn new(n: usize, tag: &str) -> Fabric {
+        let id = std::process::id() % 10000;
+        let f = Fabric {
+            bridge: format!("atl{tag}{id}"),
+            ns: (1..=n).map(|i| format!("atl{tag}{id}-{i}")).collect(),
+            subnet: format!("10.{}.{}", 70 + tag.len() % 20, id % 250),
+        };
+        sh(&["ip", "link", "add", &f.bridge, "type", "bridge"]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}.1/24", f.subnet),
+            "dev",
+            &f.bridge,
+        ]);
+        sh(&["ip", "link", "set", &f.bridge, "up"]);
+        for (i, ns) in f.ns.iter().enumerate() {
+            let (host, inner) = (format!("a{tag}{id}h{i}"), format!("a{tag}{id}n{i}"));
+            sh(&["ip", "netns", "add", ns]);
+            sh(&[
+                "ip", "link", "add", &host, "type", "veth", "peer", "name", &inner,
+            ]);
+            sh(&["ip", "link", "set", &inner, "netns", ns]);
+            sh(&["ip", "link", "set", &host, "master", &f.bridge, "up"]);
+            let ip = format!("{}/24", f.ip(i));
+            sh(&[
+                "ip", "netns", "exec", ns, "ip", "addr", "add", &ip, "dev", &inner,
+            ]);
+            sh(&["ip", "netns", "exec", ns, "ip", "link", "set", &inner, "up"]);
+            sh(&["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
+        }
+        f
+    }
+
+    /// The address of namespace `i`.
+    pub fn ip(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, i + 2)
+    }
+
+    pub fn ns(&self, i: usize) -> &str {
+        &self.ns[i]
+    }
+
+    /// Cuts (or heals) namespace `i` from every namespace in `others`, both ways.
+    pub fn cut(&self, i: usize, others: &[usize], on: bool) {
+        let verb = if on { "add" } else { "del" };
+        for &j in others.iter().filter(|j| **j != i) {
+            let (a, b) = (self.ip(i), self.ip(j));
+            for (ns, to) in [(&self.ns[i], &b), (&self.ns[j], &a)] {
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "ip",
+                    "route",
+                    verb,
+                    "blackhole",
+                    &format!("{to}/32"),
+                ]);
+            }
+        }
+    }
+
+    /// Starts `bin args...` inside namespace `i`, logging to `log`.
+    pub fn spawn(&self, i: usize, name: &str, args: &[&str], log: &Path) -> Daemon {
+        let out = std::fs::File::create(log).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns[i]])
+            .arg(bin(name))
+            .args(args)
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn in a namespace");
+        Daemon(child)
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        for ns in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}

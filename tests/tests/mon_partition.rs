@@ -12,109 +12,7 @@ use proto::msg::{
     decode_control, encode_control, map_crc, msg_type, ControlRequest, ControlResponse, MonRequest,
 };
 use proto::Command;
-use std::process::Command as Proc;
 use std::time::{Duration, Instant};
-
-fn sh(args: &[&str]) {
-    let o = Proc::new(args[0]).args(&args[1..]).output().expect("spawn");
-    assert!(
-        o.status.success(),
-        "{}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// Three namespaces on one bridge, removed on drop.
-struct Fabric {
-    bridge: String,
-    ns: Vec<String>,
-    subnet: String,
-}
-
-impl Fabric {
-    fn new() -> Fabric {
-        let tag = std::process::id() % 10000;
-        let subnet = format!("10.77.{}", tag % 250);
-        let f = Fabric {
-            bridge: format!("atlbr{tag}"),
-            ns: (1..=3).map(|i| format!("atlmon{tag}-{i}")).collect(),
-            subnet,
-        };
-        sh(&["ip", "link", "add", &f.bridge, "type", "bridge"]);
-        sh(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}.1/24", f.subnet),
-            "dev",
-            &f.bridge,
-        ]);
-        sh(&["ip", "link", "set", &f.bridge, "up"]);
-        for (i, ns) in f.ns.iter().enumerate() {
-            let (host, inner) = (format!("atlvh{tag}{i}"), format!("atlvn{tag}{i}"));
-            sh(&["ip", "netns", "add", ns]);
-            sh(&[
-                "ip", "link", "add", &host, "type", "veth", "peer", "name", &inner,
-            ]);
-            sh(&["ip", "link", "set", &inner, "netns", ns]);
-            sh(&["ip", "link", "set", &host, "master", &f.bridge, "up"]);
-            let ip = format!("{}/24", f.ip(i));
-            sh(&[
-                "ip", "netns", "exec", ns, "ip", "addr", "add", &ip, "dev", &inner,
-            ]);
-            sh(&["ip", "netns", "exec", ns, "ip", "link", "set", &inner, "up"]);
-            sh(&["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
-        }
-        f
-    }
-
-    fn ip(&self, i: usize) -> String {
-        format!("{}.{}", self.subnet, i + 2)
-    }
-
-    /// Cuts monitor `i` off from the other monitors (both ways).
-    fn cut(&self, i: usize, on: bool) {
-        let verb = if on { "add" } else { "del" };
-        for j in 0..self.ns.len() {
-            if j == i {
-                continue;
-            }
-            let (a, b) = (self.ip(i), self.ip(j));
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.ns[i],
-                "ip",
-                "route",
-                verb,
-                "blackhole",
-                &format!("{b}/32"),
-            ]);
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.ns[j],
-                "ip",
-                "route",
-                verb,
-                "blackhole",
-                &format!("{a}/32"),
-            ]);
-        }
-    }
-}
-
-impl Drop for Fabric {
-    fn drop(&mut self) {
-        for ns in &self.ns {
-            let _ = Proc::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = Proc::new("ip").args(["link", "del", &self.bridge]).status();
-    }
-}
 
 fn pool(name: &str) -> Command {
     Command::CreatePool {
@@ -157,7 +55,7 @@ async fn epoch_of(addr: &str) -> u64 {
 #[test]
 fn an_isolated_monitor_commits_nothing_and_catches_up() {
     let dir = TempDir::new("monpart");
-    let fabric = Fabric::new();
+    let fabric = Fabric::new(3, "mp");
     let addrs: Vec<String> = (0..3).map(|i| format!("{}:6789", fabric.ip(i))).collect();
     let initial = ["a", "b", "c"]
         .iter()
@@ -187,16 +85,12 @@ fn an_isolated_monitor_commits_nothing_and_catches_up() {
             ],
         );
         assert!(o.status.success(), "{}", text(&o));
-        let log = std::fs::File::create(dir.path().join(format!("mon.{name}.log"))).unwrap();
-        let child = Proc::new("ip")
-            .args(["netns", "exec", &fabric.ns[i]])
-            .arg(bin("atlant-mon"))
-            .args(["run", "--data", data])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn monitor in its namespace");
-        mons.push(Daemon(child));
+        mons.push(fabric.spawn(
+            i,
+            "atlant-mon",
+            &["run", "--data", data],
+            &dir.path().join(format!("mon.{name}.log")),
+        ));
     }
     let rt = runtime();
     rt.block_on(async {
@@ -218,7 +112,7 @@ fn an_isolated_monitor_commits_nothing_and_catches_up() {
             .collect();
         let isolated = addrs[leader].clone();
         let cut_epoch = epoch_of(&isolated).await;
-        fabric.cut(leader, true);
+        fabric.cut(leader, &[0, 1, 2], true);
         let cut_at = Instant::now();
 
         // The majority elects a leader and keeps committing.
@@ -251,7 +145,7 @@ fn an_isolated_monitor_commits_nothing_and_catches_up() {
         );
 
         // Heal: it catches up with every change, and the minority's request never applied.
-        fabric.cut(leader, false);
+        fabric.cut(leader, &[0, 1, 2], false);
         let target = committed.last().unwrap().1;
         let deadline = Instant::now() + Duration::from_secs(30);
         while epoch_of(&isolated).await < target {
