@@ -121,16 +121,16 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
             .get(&osd.id)
             .and_then(|m| m.get(&op.object))
             .copied();
+        let others: Vec<OsdId> = info
+            .mapping
+            .acting
+            .iter()
+            .copied()
+            .filter(|o| *o != osd.id)
+            .collect();
         if op.op == op::READ {
             // Only under a lease from every other member: a primary that the others may
             // already have replaced must not answer reads.
-            let others: Vec<OsdId> = info
-                .mapping
-                .acting
-                .iter()
-                .copied()
-                .filter(|o| *o != osd.id)
-                .collect();
             if !osd.leases.holds_all(&others) {
                 info.blocked_ops += 1;
                 return refuse(Status::PgInactive, map.epoch);
@@ -155,14 +155,7 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
                     return refuse(Status::NoSpace, map.epoch);
                 }
             }
-            let members: Vec<OsdId> = info
-                .mapping
-                .acting
-                .iter()
-                .copied()
-                .filter(|o| *o != osd.id)
-                .collect();
-            (members, info.next_version(), info.interval_start, lacking)
+            (others, info.next_version(), info.interval_start, lacking)
         }
     };
     // Implicit recovery: the primary's own copy is brought up to date before it is read or
@@ -209,7 +202,7 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
     }
 }
 
-async fn read(osd: &Osd, op: &ObjectOp, epoch: u64) -> (ObjectReply, Bytes) {
+pub async fn read(osd: &Osd, op: &ObjectOp, epoch: u64) -> (ObjectReply, Bytes) {
     match osd.store.read(op.object, op.offset, op.length).await {
         Ok((data, crcs, version)) => (
             ObjectReply {

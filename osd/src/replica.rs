@@ -24,18 +24,7 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
         // The primary recovering its own copy; any OSD holding the object answers (a
         // witness of a past interval need not act in the PG now).
         let _guard = osd.lock_object(&op.object).await;
-        return match osd.store.read(op.object, 0, op.object_size).await {
-            Ok((data, crcs, version)) => (
-                ObjectReply {
-                    status: Status::Ok as u32,
-                    epoch,
-                    version,
-                    crcs,
-                },
-                data,
-            ),
-            Err(e) => reply(store_status(&e), epoch),
-        };
+        return crate::primary::read(osd, &op, epoch).await;
     }
     {
         let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());

@@ -119,32 +119,7 @@ mod tests {
 
     #[test]
     fn a_pool_of_an_unknown_placement_algorithm_serves_no_io() {
-        let mut m = ClusterMap::new(1, vec![]);
-        for (i, h) in ["a", "b", "c"].iter().enumerate() {
-            let create = Command::CreateOsd {
-                host: h.to_string(),
-                weight: WEIGHT_ONE,
-                store_uuid: i as u128 + 1,
-                capacity_bytes: 1 << 30,
-            };
-            m = m.apply(&create).unwrap().0;
-            let boot = Command::BootOsd {
-                process: 1,
-                id: crate::OsdId(i as u32),
-                store_uuid: i as u128 + 1,
-                addr: "127.0.0.1:1".into(),
-            };
-            m = m.apply(&boot).unwrap().0;
-        }
-        let pool = Command::CreatePool {
-            name: "p".into(),
-            size: 3,
-            min_size: 2,
-            pg_count: 4,
-            object_size: 4096,
-            failure_domain: FailureDomain::Host,
-        };
-        m = m.apply(&pool).unwrap().0;
+        let m = three_osds(4);
         let mut p = m.pools[&1].clone();
         assert!(pool_mappings(&m, &p)
             .iter()
@@ -155,7 +130,7 @@ mod tests {
             .all(|g| g.state == PgState::UnknownPlacement && !g.is_active()));
     }
 
-    fn three_osds() -> ClusterMap {
+    fn three_osds(pg_count: u32) -> ClusterMap {
         let mut m = ClusterMap::new(1, vec![]);
         for (i, h) in ["a", "b", "c"].iter().enumerate() {
             let create = Command::CreateOsd {
@@ -177,7 +152,7 @@ mod tests {
             name: "p".into(),
             size: 3,
             min_size: 2,
-            pg_count: 1,
+            pg_count,
             object_size: 4096,
             failure_domain: FailureDomain::Host,
         };
@@ -205,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_member_down_leaves_min_size_acting_and_moves_the_primary() {
-        let m = three_osds();
+        let m = three_osds(1);
         let g = pg_mapping(&m, &m.pools[&1], 0);
         assert_eq!(g.state, PgState::Active);
         let first = g.acting[0];
@@ -234,7 +209,7 @@ mod tests {
     #[test]
     fn history_records_current_intervals_only_and_trims_when_clean() {
         let pg = PgId { pool: 1, seed: 0 };
-        let m = three_osds();
+        let m = three_osds(1);
         let i0 = interval_of(&m, m.epoch);
         let m = m
             .apply(&Command::PgsActivated {

@@ -346,3 +346,49 @@ impl Drop for Fabric {
             .status();
     }
 }
+
+/// `atlant status --format json` (Null if no monitor answered).
+pub fn status(mon: &str) -> serde_json::Value {
+    let o = run("atlant", &["--mon", mon, "status", "--format", "json"]);
+    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Whether the map shows `osd.ID` up.
+pub fn osd_up(mon: &str, id: u32) -> bool {
+    let o = run("atlant", &["--mon", mon, "osd", "ls", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .any(|o| o["id"] == id && o["up"] == true)
+}
+
+/// Every PG active+clean, and every object on its placement's OSDs at one version.
+pub fn clean(mon: &str) -> bool {
+    let s = status(mon);
+    let total = s["pgs"]["total"].as_u64().unwrap_or(0);
+    total > 0
+        && s["pgs"]["active+clean"].as_u64() == Some(total)
+        && run("atlant", &["--mon", mon, "debug", "check-replicas"])
+            .status
+            .success()
+}
+
+/// The primary of the PG that holds the first object of `rbd/vm1`.
+pub fn primary_of_first_object(mon: &str) -> u32 {
+    runtime().block_on(async {
+        let m = client::MonClient::new(client::parse_addrs(mon)).expect("monitor addresses");
+        let map = m.get_map().await.expect("map");
+        let (pool, image) = map.resolve_image("rbd", "vm1").expect("rbd/vm1");
+        let object = proto::ObjectId {
+            pool: pool.id,
+            image: image.id,
+            index: 0,
+        };
+        let pg = proto::placement::object_pg(&object, pool);
+        proto::pg::pg_mapping(&map, pool, pg.seed)
+            .primary()
+            .expect("the pg has a primary")
+            .0
+    })
+}

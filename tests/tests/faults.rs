@@ -105,27 +105,11 @@ impl Drop for Workload {
     }
 }
 
-fn status(mon: &str) -> Value {
-    let o = run("atlant", &["--mon", mon, "status", "--format", "json"]);
-    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
-}
-
-fn all_clean(mon: &str) -> bool {
-    let s = status(mon);
-    let total = s["pgs"]["total"].as_u64().unwrap_or(0);
-    total > 0 && s["pgs"]["active+clean"].as_u64() == Some(total)
-}
-
 /// Waits for every PG active+clean and every object on its placement at one version;
 /// returns how long that took.
 fn wait_clean(mon: &str, what: &str) -> Duration {
     let t = Instant::now();
-    let ok = wait_until(Duration::from_secs(90), || {
-        all_clean(mon)
-            && run("atlant", &["--mon", mon, "debug", "check-replicas"])
-                .status
-                .success()
-    });
+    let ok = wait_until(Duration::from_secs(90), || clean(mon));
     if !ok {
         let o = run("atlant", &["--mon", mon, "pg", "ls"]);
         let c = run("atlant", &["--mon", mon, "debug", "check-replicas"]);
@@ -154,34 +138,6 @@ fn start_osd(dir: &Path, id: u32) {
         &["dev", "start", "--dir", d, &format!("osd.{id}")],
     );
     assert!(o.status.success(), "start osd.{id}: {}", text(&o));
-}
-
-fn osd_up(mon: &str, id: u32) -> bool {
-    let o = run("atlant", &["--mon", mon, "osd", "ls", "--format", "json"]);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .any(|o| o["id"] == id && o["up"] == true)
-}
-
-/// The primary of the PG holding the image's first object.
-fn primary_of_first_object(mon: &str) -> u32 {
-    runtime().block_on(async {
-        let m = client::MonClient::new(client::parse_addrs(mon)).unwrap();
-        let map = m.get_map().await.unwrap();
-        let (pool, image) = map.resolve_image("rbd", "vm1").unwrap();
-        let object = proto::ObjectId {
-            pool: pool.id,
-            image: image.id,
-            index: 0,
-        };
-        let pg = proto::placement::object_pg(&object, pool);
-        proto::pg::pg_mapping(&map, pool, pg.seed)
-            .primary()
-            .expect("pg has a primary")
-            .0
-    })
 }
 
 #[test]
@@ -358,5 +314,5 @@ fn osd_failures_under_a_verifying_workload() {
         ],
     );
     assert!(o.status.success(), "osd destroy: {}", text(&o));
-    assert!(all_clean(&mon));
+    assert!(clean(&mon));
 }

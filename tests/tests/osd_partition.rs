@@ -14,48 +14,6 @@ use std::time::{Duration, Instant};
 const MONS: usize = 3;
 const OSDS: usize = 4;
 
-fn status(mon: &str) -> Value {
-    let o = run("atlant", &["--mon", mon, "status", "--format", "json"]);
-    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
-}
-
-fn osd_up(mon: &str, id: usize) -> bool {
-    let o = run("atlant", &["--mon", mon, "osd", "ls", "--format", "json"]);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .any(|o| o["id"] == id as u64 && o["up"] == true)
-}
-
-fn clean(mon: &str) -> bool {
-    let s = status(mon);
-    let total = s["pgs"]["total"].as_u64().unwrap_or(0);
-    total > 0
-        && s["pgs"]["active+clean"].as_u64() == Some(total)
-        && run("atlant", &["--mon", mon, "debug", "check-replicas"])
-            .status
-            .success()
-}
-
-fn primary_of_first_object(mon: &str) -> usize {
-    runtime().block_on(async {
-        let m = client::MonClient::new(client::parse_addrs(mon)).unwrap();
-        let map = m.get_map().await.unwrap();
-        let (pool, image) = map.resolve_image("rbd", "vm1").unwrap();
-        let object = proto::ObjectId {
-            pool: pool.id,
-            image: image.id,
-            index: 0,
-        };
-        let pg = proto::placement::object_pg(&object, pool);
-        proto::pg::pg_mapping(&map, pool, pg.seed)
-            .primary()
-            .expect("a primary")
-            .0 as usize
-    })
-}
-
 #[test]
 fn a_partitioned_primary_serves_no_stale_read_and_rejoins() {
     let dir = TempDir::new("osdpart");
@@ -193,9 +151,10 @@ fn a_partitioned_primary_serves_no_stale_read_and_rejoins() {
     std::thread::sleep(Duration::from_secs(3));
 
     let victim = primary_of_first_object(&mon);
-    let others: Vec<usize> = (0..MONS + OSDS).filter(|i| *i != MONS + victim).collect();
+    let at = MONS + victim as usize;
+    let others: Vec<usize> = (0..MONS + OSDS).filter(|i| *i != at).collect();
     println!("cutting osd.{victim} (primary of the first object's pg) off from monitors and peers");
-    fabric.cut(MONS + victim, &others, true);
+    fabric.cut(at, &others, true);
     let t = Instant::now();
     assert!(
         wait_until(Duration::from_secs(20), || !osd_up(&mon, victim)),
@@ -211,7 +170,7 @@ fn a_partitioned_primary_serves_no_stale_read_and_rejoins() {
     // IO goes on without it for a while; the gateway can still reach the old primary.
     std::thread::sleep(Duration::from_secs(5));
 
-    fabric.cut(MONS + victim, &others, false);
+    fabric.cut(at, &others, false);
     let t = Instant::now();
     assert!(
         wait_until(Duration::from_secs(30), || osd_up(&mon, victim)),
