@@ -38,7 +38,7 @@ test: deps build
 # The randomised suites for much longer: 20000 crash points per durability mode, 200000
 # fuzz cases per decoder, 1000 cases per property, 5000 seeds of the monitor simulation.
 test-long: build
-	STORE_CRASHES=20000 FUZZ_CASES=200000 PROPTEST_CASES=1000 MON_SIM_SEEDS=5000 $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast
+	STORE_CRASHES=20000 FUZZ_CASES=200000 PROPTEST_CASES=1000 MON_SIM_SEEDS=5000 PEERING_MODEL_SEEDS=200000 $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast
 
 # Replays one seed of the monitor-group simulation: make sim-mon SEED=n
 sim-mon:

@@ -105,7 +105,20 @@ async fn run(osd: Arc<Osd>, pg: PgId, start: Epoch) {
     } else {
         tracing::debug!(%pg, start, ms, "active");
     }
-    recover(&osd, pg, start).await;
+    ensure_recovery(&osd, pg, start);
+}
+
+/// Starts the recovery of `pg` in the interval `start` unless it is running.
+pub fn ensure_recovery(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
+    let mut start_it = false;
+    osd.update_pg(pg, start, |i| {
+        start_it = !i.recovery_running;
+        i.recovery_running = true;
+    });
+    if start_it {
+        let osd = Arc::clone(osd);
+        tokio::spawn(async move { recover(&osd, pg, start).await });
+    }
 }
 
 async fn peer_once(osd: &Arc<Osd>, pg: PgId, start: Epoch) -> Result<(), Wait> {
@@ -246,8 +259,25 @@ async fn peer_once(osd: &Arc<Osd>, pg: PgId, start: Epoch) -> Result<(), Wait> {
     Ok(())
 }
 
+/// What one answer says each object should be: a copy written in or after the interval
+/// the OSD last activated stands; an older copy stands unless that activation listed the
+/// object as missing (then the listed version does: the copy may be one that peering
+/// decided to roll back, and recovery had not replaced yet).
+fn effective(info: &PgPeerInfo) -> BTreeMap<ObjectId, Version> {
+    let mut out: BTreeMap<ObjectId, Version> = info.objects.iter().copied().collect();
+    for (o, needed) in &info.missing {
+        let current = out
+            .get(o)
+            .is_some_and(|v| v.epoch >= info.last_epoch_started);
+        if !current {
+            out.insert(*o, *needed);
+        }
+    }
+    out
+}
+
 /// The authoritative version of each object and where its copy is.
-fn authority(
+pub fn authority(
     me: OsdId,
     infos: &BTreeMap<OsdId, PgPeerInfo>,
 ) -> (BTreeMap<ObjectId, Version>, HashMap<ObjectId, Vec<OsdId>>) {
@@ -258,11 +288,12 @@ fn authority(
         .unwrap_or(0);
     let mut auth: BTreeMap<ObjectId, Version> = BTreeMap::new();
     for info in infos.values().filter(|i| i.last_epoch_started == les) {
-        for (o, v) in info.objects.iter().chain(info.missing.iter()) {
-            let e = auth.entry(*o).or_insert(Version::NONE);
-            *e = (*e).max(*v);
+        for (o, v) in effective(info) {
+            let e = auth.entry(o).or_insert(Version::NONE);
+            *e = (*e).max(v);
         }
     }
+    auth.retain(|_, v| !v.is_none());
     let mut sources: HashMap<ObjectId, Vec<OsdId>> = HashMap::new();
     for (osd_id, info) in infos {
         for (o, v) in &info.objects {
@@ -281,7 +312,7 @@ fn authority(
 /// What each acting member lacks: objects not at the authoritative version (including
 /// copies newer than it, to be rolled back), and copies that must not exist
 /// (`Version::NONE`).
-fn missing_per_member(
+pub fn missing_per_member(
     acting: &[OsdId],
     infos: &BTreeMap<OsdId, PgPeerInfo>,
     auth: &BTreeMap<ObjectId, Version>,
@@ -459,8 +490,17 @@ async fn recover(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
             return;
         };
         let work: Vec<(OsdId, ObjectId, Version)> = {
-            let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(info) = pgs.pgs.get(&pg) else { return };
+            let mut pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(info) = pgs.pgs.get_mut(&pg) else {
+                return;
+            };
+            if info.interval_start != start {
+                return;
+            }
+            if info.missing.is_empty() {
+                // Decided under the lock: whoever adds work later starts a new task.
+                info.recovery_running = false;
+            }
             // The primary's own copies first: pushes to the others read them.
             let mine = info.missing.get(&osd.id);
             match mine.filter(|m| !m.is_empty()) {
@@ -552,6 +592,9 @@ pub async fn recover_object(
             if m.is_empty() {
                 i.missing.remove(&member);
             }
+        }
+        if !i.missing.values().any(|m| m.contains_key(&object)) {
+            i.unresolved.remove(&object);
         }
     });
     Ok(())
@@ -964,6 +1007,26 @@ mod tests {
         assert_eq!(sources[&obj(3)], vec![OsdId(5)]);
         let missing = missing_per_member(&[OsdId(0)], &infos, &auth);
         assert_eq!(missing[&OsdId(0)], BTreeMap::from([(obj(3), v(15, 2))]));
+    }
+
+    #[test]
+    fn a_rolled_back_copy_not_yet_replaced_stays_rolled_back() {
+        // osd.1 activated interval 30 with object 1 listed as missing at (20,3): its copy
+        // (10,5) was never acknowledged and recovery had not replaced it yet.
+        let infos = BTreeMap::from([
+            (
+                OsdId(1),
+                info(30, &[(1, v(10, 5)), (2, v(30, 1))], &[(1, v(20, 3))]),
+            ),
+            (OsdId(4), info(20, &[(1, v(20, 3))], &[])),
+        ]);
+        let (auth, sources) = authority(OsdId(1), &infos);
+        assert_eq!(auth.get(&obj(1)), Some(&v(20, 3)));
+        assert_eq!(auth.get(&obj(2)), Some(&v(30, 1)));
+        assert_eq!(sources[&obj(1)], vec![OsdId(4)]);
+        // A copy written in or after that interval stands over a stale missing entry.
+        let infos = BTreeMap::from([(OsdId(1), info(30, &[(1, v(30, 2))], &[(1, v(20, 3))]))]);
+        assert_eq!(authority(OsdId(1), &infos).0.get(&obj(1)), Some(&v(30, 2)));
     }
 
     #[test]

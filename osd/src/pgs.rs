@@ -10,7 +10,7 @@
 use proto::msg::{PgPhase, PgStat};
 use proto::pg::{pool_mappings, PgMapping};
 use proto::{ClusterMap, Epoch, ObjectId, OpId, OsdId, PgId, Version};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use tokio::time::Instant;
 
 /// How many completed op ids a PG remembers for answering re-sent ops.
@@ -28,6 +28,12 @@ pub struct PgInfo {
     pub missing: BTreeMap<OsdId, BTreeMap<ObjectId, Version>>,
     /// Primary only: OSDs holding the authoritative copy of objects the primary lacks.
     pub sources: HashMap<ObjectId, Vec<OsdId>>,
+    /// Primary only: objects whose last write reached the primary's copy but failed on a
+    /// member. Not read until recovery has put that copy on every member: a read must
+    /// never return what a new interval could roll back.
+    pub unresolved: BTreeSet<ObjectId>,
+    /// Primary only: a recovery task is running for this interval.
+    pub recovery_running: bool,
     pub objects: u64,
     pub recovering: u64,
     pub blocked_ops: u64,
@@ -150,6 +156,8 @@ impl PgTable {
                             waiting_for: Vec::new(),
                             missing: BTreeMap::new(),
                             sources: HashMap::new(),
+                            unresolved: BTreeSet::new(),
+                            recovery_running: false,
                             objects: 0,
                             recovering: 0,
                             blocked_ops: old.map(|o| o.blocked_ops).unwrap_or(0),

@@ -19,6 +19,7 @@ use proto::map::Fullness;
 use proto::msg::{msg_type, op, ObjectOp, ObjectReply, PgPhase, Status};
 use proto::placement::object_pg;
 use proto::{ClusterMap, OsdId, Version};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,7 +68,7 @@ async fn wait_active(osd: &Osd, pg: proto::PgId) -> bool {
     }
 }
 
-pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes) {
+pub async fn handle(osd: &Arc<Osd>, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes) {
     let refuse = |s: Status, epoch| (ObjectReply::status(s, epoch), Bytes::new());
     if op.epoch > osd.epoch() && !osd.wait_for_epoch(op.epoch).await {
         return refuse(Status::PgInactive, osd.epoch());
@@ -130,8 +131,9 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
             .collect();
         if op.op == op::READ {
             // Only under a lease from every other member: a primary that the others may
-            // already have replaced must not answer reads.
-            if !osd.leases.holds_all(&others) {
+            // already have replaced must not answer reads. Nor a copy that a failed write
+            // left only here.
+            if !osd.leases.holds_all(&others) || info.unresolved.contains(&op.object) {
                 info.blocked_ops += 1;
                 return refuse(Status::PgInactive, map.epoch);
             }
@@ -190,12 +192,31 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
                             m.remove(&op.object);
                         }
                         info.missing.retain(|_, m| !m.is_empty());
+                        info.unresolved.remove(&op.object);
                     });
                     let mut r = ObjectReply::status(Status::Ok, map.epoch);
                     r.version = version;
                     (r, Bytes::new())
                 }
-                Err(s) => refuse(s, map.epoch),
+                Err(s) => {
+                    // The local copy may hold the write while a member does not: recovery
+                    // puts it on every member before the object is read again.
+                    if osd.store.version(&op.object) == version {
+                        let marked = osd.update_pg(op.pg, start, |info| {
+                            for m in &members {
+                                info.missing
+                                    .entry(*m)
+                                    .or_default()
+                                    .insert(op.object, version);
+                            }
+                            info.unresolved.insert(op.object);
+                        });
+                        if marked {
+                            crate::peering::ensure_recovery(osd, op.pg, start);
+                        }
+                    }
+                    refuse(s, map.epoch)
+                }
             }
         }
         _ => refuse(Status::Invalid, map.epoch),
