@@ -600,6 +600,13 @@ pub async fn recover_object(
     Ok(())
 }
 
+fn object_size(map: &ClusterMap, object: &ObjectId) -> Result<u32, String> {
+    map.pools
+        .get(&object.pool)
+        .map(|p| p.object_size)
+        .ok_or_else(|| format!("pool {} is gone", object.pool))
+}
+
 /// The primary brings its own copy of `object` to `version` (caller holds the object lock).
 pub async fn pull_locked(
     osd: &Osd,
@@ -608,11 +615,7 @@ pub async fn pull_locked(
     object: ObjectId,
     version: Version,
 ) -> Result<(), String> {
-    let size = map
-        .pools
-        .get(&object.pool)
-        .map(|p| p.object_size)
-        .ok_or("pool gone")?;
+    let size = object_size(map, &object)?;
     if version.is_none() {
         return osd
             .store
@@ -686,11 +689,7 @@ async fn push_locked(
     object: ObjectId,
     version: Version,
 ) -> Result<(), String> {
-    let size = map
-        .pools
-        .get(&object.pool)
-        .map(|p| p.object_size)
-        .ok_or("pool gone")?;
+    let size = object_size(map, &object)?;
     let local = osd.store.version(&object);
     if local != version {
         return Err(format!(
