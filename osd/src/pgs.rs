@@ -148,6 +148,16 @@ impl PgTable {
                         if mapping.primary() == Some(me) && mapping.is_active() {
                             to_peer.push((pg, start));
                         }
+                        // Ops this OSD completed as the PG's primary stay answered when it
+                        // is the primary again: each was on every member, so peering keeps
+                        // it, and a re-sent copy must not be applied a second time.
+                        let (blocked_ops, recent, recent_order) = match old {
+                            Some(o) if o.mapping.primary() == Some(me) => {
+                                (o.blocked_ops, o.recent, o.recent_order)
+                            }
+                            Some(o) => (o.blocked_ops, HashMap::new(), VecDeque::new()),
+                            None => (0, HashMap::new(), VecDeque::new()),
+                        };
                         PgInfo {
                             mapping,
                             interval_start: start,
@@ -160,10 +170,10 @@ impl PgTable {
                             recovery_running: false,
                             objects: 0,
                             recovering: 0,
-                            blocked_ops: old.map(|o| o.blocked_ops).unwrap_or(0),
+                            blocked_ops,
                             next_seq: 0,
-                            recent: HashMap::new(),
-                            recent_order: VecDeque::new(),
+                            recent,
+                            recent_order,
                         }
                     }
                 };
@@ -173,5 +183,69 @@ impl PgTable {
         self.pgs = next;
         self.epoch = map.epoch;
         to_peer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::map::{Command, FailureDomain, WEIGHT_ONE};
+
+    fn cluster() -> ClusterMap {
+        let mut m = ClusterMap::new(1, vec![]);
+        for i in 0..3u32 {
+            let create = Command::CreateOsd {
+                host: format!("h{i}"),
+                weight: WEIGHT_ONE,
+                store_uuid: i as u128 + 1,
+                capacity_bytes: 1 << 30,
+            };
+            m = m.apply(&create).unwrap().0;
+            let boot = Command::BootOsd {
+                id: OsdId(i),
+                store_uuid: i as u128 + 1,
+                addr: "127.0.0.1:1".into(),
+                process: 1,
+            };
+            m = m.apply(&boot).unwrap().0;
+        }
+        let pool = Command::CreatePool {
+            name: "p".into(),
+            size: 3,
+            min_size: 2,
+            pg_count: 1,
+            object_size: 4096,
+            failure_domain: FailureDomain::Host,
+        };
+        m.apply(&pool).unwrap().0
+    }
+
+    #[test]
+    fn a_new_interval_on_the_same_primary_keeps_completed_ops_and_grows_versions() {
+        let m = cluster();
+        let pg = PgId { pool: 1, seed: 0 };
+        let primary = pool_mappings(&m, &m.pools[&1])[0].primary().unwrap();
+        let mut t = PgTable::default();
+        assert_eq!(t.apply_map(primary, &m), vec![(pg, m.epoch)]);
+        let op = OpId { client: 7, tid: 1 };
+        let v1 = {
+            let i = t.pgs.get_mut(&pg).unwrap();
+            let v = i.next_version();
+            i.record(op, v);
+            v
+        };
+        // Another member goes down: a new interval, the same primary.
+        let other = pool_mappings(&m, &m.pools[&1])[0].acting[2];
+        let down = Command::MarkOsdDown {
+            id: other,
+            up_from: m.osd(other).unwrap().up_from,
+        };
+        let m2 = m.apply(&down).unwrap().0;
+        assert_eq!(t.apply_map(primary, &m2), vec![(pg, m2.epoch)]);
+        let i = t.pgs.get_mut(&pg).unwrap();
+        assert_eq!(i.completed(&op), Some(v1), "a re-sent op would apply twice");
+        assert!(i.next_version() > v1);
+        // The same map again starts nothing.
+        assert!(t.apply_map(primary, &m2).is_empty());
     }
 }
