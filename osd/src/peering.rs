@@ -486,9 +486,9 @@ pub async fn on_activate(
 /// object or the interval ends.
 async fn recover(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
     loop {
-        let Some(acting) = current(osd, pg, start) else {
+        if current(osd, pg, start).is_none() {
             return;
-        };
+        }
         let work: Vec<(OsdId, ObjectId, Version)> = {
             let mut pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
             let Some(info) = pgs.pgs.get_mut(&pg) else {
@@ -538,7 +538,6 @@ async fn recover(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
             let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|m| m.epoch > epoch))
                 .await;
         }
-        let _ = acting;
     }
     let map = osd.current_map();
     let size = map
@@ -600,6 +599,34 @@ pub async fn recover_object(
     Ok(())
 }
 
+/// A recovery op on a whole object (pull, push, or whole-object trim).
+#[allow(clippy::too_many_arguments)]
+fn whole_object_op(
+    kind: u8,
+    flags: u8,
+    object: ObjectId,
+    pg: PgId,
+    size: u32,
+    epoch: Epoch,
+    version: Version,
+    crcs: Vec<u32>,
+) -> ObjectOp {
+    ObjectOp {
+        op: kind,
+        flags,
+        object,
+        pg,
+        object_size: size,
+        epoch,
+        op_id: OpId { client: 0, tid: 0 },
+        offset: 0,
+        length: size,
+        version,
+        prev: Version::NONE,
+        crcs,
+    }
+}
+
 fn object_size(map: &ClusterMap, object: &ObjectId) -> Result<u32, String> {
     map.pools
         .get(&object.pool)
@@ -632,20 +659,16 @@ pub async fn pull_locked(
     };
     let mut last = format!("no source for {object}");
     for s in sources.iter().filter(|s| **s != osd.id) {
-        let req = ObjectOp {
-            op: op::PULL,
-            flags: 0,
+        let req = whole_object_op(
+            op::PULL,
+            0,
             object,
             pg,
-            object_size: size,
-            epoch: map.epoch,
-            op_id: OpId { client: 0, tid: 0 },
-            offset: 0,
-            length: size,
+            size,
+            map.epoch,
             version,
-            prev: Version::NONE,
-            crcs: Vec::new(),
-        };
+            Vec::new(),
+        );
         let reply = async {
             let conn = osd.peer(map, *s).await?;
             let f = conn
@@ -854,12 +877,20 @@ async fn submit_activations(mon: &client::MonClient, act: Vec<Pending>) {
 /// data has moved.
 pub fn spawn_stray_cleanup(osd: Arc<Osd>) {
     tokio::spawn(async move {
+        // Strays appear only with a map change (placement, trimmed history): a pass lists
+        // every object, so it runs again only when the map moved or the last one was cut
+        // short.
+        let mut done_at: Option<Epoch> = None;
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            if !osd.is_serving() {
+            let epoch = osd.epoch();
+            if !osd.is_serving() || done_at == Some(epoch) {
                 continue;
             }
-            let removed = remove_strays(&osd).await;
+            let (removed, complete) = remove_strays(&osd).await;
+            if complete {
+                done_at = Some(epoch);
+            }
             if removed > 0 {
                 tracing::info!(removed, "removed objects of pgs this OSD no longer holds");
             }
@@ -867,9 +898,12 @@ pub fn spawn_stray_cleanup(osd: Arc<Osd>) {
     });
 }
 
-async fn remove_strays(osd: &Osd) -> usize {
+/// Returns how many objects it removed, and whether it looked at every object.
+async fn remove_strays(osd: &Osd) -> (usize, bool) {
     let map = osd.current_map();
-    let Some(me) = map.osd(osd.id) else { return 0 };
+    let Some(me) = map.osd(osd.id) else {
+        return (0, true);
+    };
     let uuid = me.store_uuid;
     let mut placed: HashMap<u32, Vec<bool>> = HashMap::new();
     for pool in map.pools.values() {
@@ -921,7 +955,7 @@ async fn remove_strays(osd: &Osd) -> usize {
         };
         let _gate = osd.stray_gate.write().await;
         if osd.epoch() != map.epoch {
-            break; // the map moved: decide again on the new one
+            return (removed, false); // the map moved: decide again on the new one
         }
         let _guard = osd.lock_object(&e.object).await;
         if osd.store.version(&e.object) != e.version {
@@ -936,11 +970,11 @@ async fn remove_strays(osd: &Osd) -> usize {
             }
             Err(err) => {
                 tracing::warn!(object = %e.object, "cannot remove a stray object: {err}");
-                break;
+                return (removed, false);
             }
         }
     }
-    removed
+    (removed, true)
 }
 
 #[cfg(test)]

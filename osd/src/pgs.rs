@@ -77,11 +77,6 @@ impl PgInfo {
         }
     }
 
-    /// Object copies still missing on acting members.
-    pub fn degraded(&self) -> u64 {
-        self.missing.values().map(|m| m.len() as u64).sum()
-    }
-
     /// True when `osd` lacks the authoritative copy of `object`.
     pub fn is_missing(&self, osd: OsdId, object: &ObjectId) -> bool {
         self.missing
