@@ -22,8 +22,9 @@ use proto::{ClusterMap, Epoch, ObjectId, OpId, OsdId, Version};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// How long a starting client waits for a monitor to answer.
 pub const MON_WAIT: Duration = Duration::from_secs(60);
@@ -86,7 +87,7 @@ impl Cluster {
             map,
             conns: ConnCache::default(),
             mappings: Mutex::new((0, HashMap::new())),
-            client_id: rand::random::<u64>() | 1,
+            client_id: net::rt::random_u64() | 1,
             next_tid: AtomicU64::new(1),
             op_deadline: Duration::from_secs(300),
         }))
@@ -212,6 +213,7 @@ impl Cluster {
             // replicas refuse ops of an ended interval), and the op keeps its identity.
             let replaced = self.interval_changes(&map, pool.id, pg.seed, &mapping.interval_key);
             let answered = tokio::select! {
+                biased;
                 r = call => Some(r),
                 _ = replaced => None,
             };

@@ -55,10 +55,10 @@ impl MonClient {
             return Err(MonError::NoAddress);
         }
         Ok(Arc::new(MonClient {
-            next: AtomicUsize::new(rand::random::<u32>() as usize % addrs.len()),
+            next: AtomicUsize::new(net::rt::random_u64() as usize % addrs.len()),
             addrs: Mutex::new(addrs),
             conn: Mutex::new(None),
-            client: rand::random(),
+            client: net::rt::random_u128(),
             seq: AtomicU64::new(1),
         }))
     }
@@ -158,7 +158,7 @@ impl MonClient {
     /// The map, waiting up to `timeout` for a monitor to answer (daemons starting beside
     /// their monitors use this instead of failing at once).
     pub async fn wait_for_map(&self, timeout: Duration) -> Result<ClusterMap, MonError> {
-        let start = std::time::Instant::now();
+        let start = tokio::time::Instant::now();
         let mut warned = Duration::ZERO;
         loop {
             match self.get_map().await {
@@ -199,7 +199,7 @@ impl MonClient {
         let tx = Arc::new(tx);
         let me = Arc::clone(self);
         let sender = Arc::clone(&tx);
-        tokio::spawn(async move {
+        net::rt::spawn(async move {
             let tx = sender;
             let mut backoff = Duration::from_millis(50);
             loop {

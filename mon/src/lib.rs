@@ -104,7 +104,8 @@ pub struct Config {
     pub policy: service::Policy,
 }
 
-/// Raft RPCs over the monitors' TCP connections.
+/// Raft RPCs over the monitors' connections (TCP, or the simulated network inside the
+/// whole-cluster simulator).
 #[derive(Default)]
 pub struct TcpRaftTransport {
     conns: Arc<ConnCache<u64>>,
@@ -198,12 +199,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.policy,
     )
     .await?;
-    let listener = tokio::net::TcpListener::bind(&svc.addr)
+    serve(svc).await
+}
+
+/// Serves a started monitor: its ticks, its probes of the other monitors, and its
+/// clients, until the task is dropped.
+pub async fn serve(svc: Arc<service::MapService>) -> anyhow::Result<()> {
+    let listener = net::transport::Listener::bind(&svc.addr)
         .await
         .with_context(|| format!("cannot listen on {}", svc.addr))?;
     {
         let svc = Arc::clone(&svc);
-        tokio::spawn(async move {
+        net::rt::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 svc.tick().await;
@@ -212,7 +219,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     {
         let svc = Arc::clone(&svc);
-        tokio::spawn(async move {
+        net::rt::spawn(async move {
             loop {
                 svc.probe_mons().await;
                 tokio::time::sleep(Duration::from_millis(1000)).await;

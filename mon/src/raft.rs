@@ -150,7 +150,7 @@ impl AsyncRuntime for MonRuntime {
         T: Future + Send + 'static,
         T::Output: Send + 'static,
     {
-        tokio::spawn(future)
+        net::rt::spawn(future)
     }
     fn sleep(duration: Duration) -> Self::Sleep {
         tokio::time::sleep(duration)

@@ -132,7 +132,7 @@ impl MapService {
             published,
             policy,
             peers: ConnCache::default(),
-            client: rand::random(),
+            client: net::rt::random_u128(),
             seq: AtomicU64::new(1),
             stats: Mutex::new(BTreeMap::new()),
             pg_stats: Mutex::new(BTreeMap::new()),
@@ -586,7 +586,7 @@ impl MapService {
             return;
         };
         let me = Arc::clone(self);
-        tokio::spawn(async move {
+        net::rt::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(2), me.call_mon(id, &node.addr, &req))
                 .await;
         });

@@ -117,7 +117,7 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
 /// Spawns the writer for a stream's write half and returns its sender.
 pub fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(w: W, peer: String) -> Sender {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    crate::rt::spawn(async move {
         if let Err(e) = write_loop(w, rx).await {
             tracing::debug!(%peer, "write failed: {e}");
         }
@@ -155,7 +155,7 @@ impl Conn {
             closed: closed.clone(),
             pushes: Mutex::new(Some(push_rx)),
         });
-        tokio::spawn(async move {
+        crate::rt::spawn(async move {
             let result = read_frames(r, &peer, |f| {
                 if f.is_response() {
                     let waiter = pending
@@ -275,7 +275,7 @@ where
             sender: sender.clone(),
             request_id: f.request_id,
         };
-        tokio::spawn(handle(f, responder));
+        crate::rt::spawn(handle(f, responder));
         true
     })
     .await;

@@ -2,11 +2,13 @@
 //!
 //! - `conn`: a framed, multiplexed connection (client calls, server replies, pushes);
 //! - `transport`: connect/serve over TCP, the seam a simulator or RDMA replaces;
+//! - `rt`: tasks and identifiers of one node (what the simulator crashes and seeds);
 //! - `rdma`: detection of RDMA devices (verbs come later; TCP is the fallback).
 
 pub mod cache;
 pub mod conn;
 pub mod rdma;
+pub mod rt;
 pub mod transport;
 
 pub use cache::ConnCache;

@@ -257,10 +257,18 @@ pub async fn handle(osd: Arc<Osd>, f: Frame, r: Responder) {
                     Ok(()) => ControlResponse::Ok,
                     Err(e) => ControlResponse::Error(e),
                 },
-                Ok(ControlRequest::Heartbeat { from, .. }) => {
-                    // Answering renews the sender's read lease (if the map has it up).
-                    osd.leases.grant(&osd.current_map(), from);
-                    ControlResponse::Ok
+                Ok(ControlRequest::Heartbeat { from, epoch }) => {
+                    // Answering renews the sender's read lease (if the map has that
+                    // incarnation up); the answer says whether it did.
+                    if osd.leases.grant(&osd.current_map(), from, epoch) {
+                        ControlResponse::Ok
+                    } else {
+                        ControlResponse::Error(format!(
+                            "{} grants {from} no read lease: the map of epoch {} does not show that incarnation up",
+                            osd.id,
+                            osd.epoch()
+                        ))
+                    }
                 }
                 Ok(ControlRequest::Flush) => match osd.store.flush().await {
                     Ok(()) => ControlResponse::Ok,

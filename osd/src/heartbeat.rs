@@ -71,7 +71,7 @@ pub fn spawn(
     map_rx: watch::Receiver<Arc<ClusterMap>>,
     grace: Duration,
 ) {
-    tokio::spawn(async move {
+    net::rt::spawn(async move {
         let conns: Arc<ConnCache<u32>> = Arc::new(ConnCache::default());
         let state: Arc<std::sync::Mutex<BTreeMap<u32, Peer>>> = Arc::default();
         let mut cached: Option<(u64, BTreeSet<OsdId>)> = None;
@@ -148,28 +148,29 @@ fn probe_round(
             info.up_from,
         );
         let (osd, state) = (Arc::clone(osd), Arc::clone(state));
-        tokio::spawn(async move {
+        net::rt::spawn(async move {
             let sent = tokio::time::Instant::now();
             let req = encode_control(&ControlRequest::Heartbeat { from: me, epoch });
             let probe = async {
                 let c = match conns.get(id, &addr).await {
                     Ok(c) => c,
-                    Err(e) => return Probe::from_connect(&e),
+                    Err(e) => return (Probe::from_connect(&e), false),
                 };
                 match c
                     .call(msg_type::CONTROL, req, Bytes::new(), PROBE_TIMEOUT)
                     .await
+                    .map(|f| decode_control(&f.meta))
                 {
-                    Ok(f) if matches!(decode_control(&f.meta), Ok(ControlResponse::Ok)) => {
-                        Probe::Ok
-                    }
-                    _ => Probe::Silent,
+                    Ok(Ok(ControlResponse::Ok)) => (Probe::Ok, true),
+                    // Alive, but it granted no lease (it sees this incarnation down).
+                    Ok(Ok(ControlResponse::Error(_))) => (Probe::Ok, false),
+                    _ => (Probe::Silent, false),
                 }
             };
-            let probe = tokio::time::timeout(PROBE_TIMEOUT, probe)
+            let (probe, granted) = tokio::time::timeout(PROBE_TIMEOUT, probe)
                 .await
-                .unwrap_or(Probe::Silent);
-            if probe == Probe::Ok {
+                .unwrap_or((Probe::Silent, false));
+            if granted {
                 osd.leases.hold(OsdId(id), sent);
             }
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());

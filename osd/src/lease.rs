@@ -14,7 +14,7 @@
 //! - After a restart an OSD has forgotten what it granted: it answers no peering query
 //!   until one whole lease after it started.
 
-use proto::{ClusterMap, OsdId};
+use proto::{ClusterMap, Epoch, OsdId};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -47,9 +47,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Leases {
-    /// Grants `to` a lease (it is up in `map`; a down OSD gets none).
-    pub fn grant(&self, map: &ClusterMap, to: OsdId) -> bool {
-        if !map.osd(to).is_some_and(|o| o.up) {
+    /// Grants `to` a lease if `map` shows it up and its request was sent with a map of its
+    /// current incarnation (`their_epoch`): a down OSD gets none, and neither does an old
+    /// primary that has not yet seen the map that ended its intervals.
+    pub fn grant(&self, map: &ClusterMap, to: OsdId, their_epoch: Epoch) -> bool {
+        if !map
+            .osd(to)
+            .is_some_and(|o| o.up && their_epoch >= o.up_from)
+        {
             return false;
         }
         let until = Instant::now() + LEASE;
@@ -79,6 +84,9 @@ impl Leases {
     /// How long a peering query for `asker` must wait: until the leases granted to OSDs now
     /// down have run out (plus drift), and one lease after this process started.
     pub fn wait_before_peering(&self, map: &ClusterMap, asker: OsdId) -> Duration {
+        if crate::planted::active(crate::planted::Bug::NoLeaseWait) {
+            return Duration::ZERO;
+        }
         let now = Instant::now();
         let mut until = self.started + LEASE + DRIFT;
         for (osd, t) in lock(&self.granted).iter() {
@@ -132,7 +140,7 @@ mod tests {
 
         // osd.1 (the replica) grants osd.0 (the primary) a lease.
         let sent = Instant::now();
-        assert!(replica.grant(&all_up, OsdId(0)));
+        assert!(replica.grant(&all_up, OsdId(0), 1000));
         primary.hold(OsdId(1), sent);
         assert!(primary.holds_all(&[OsdId(1)]));
         assert!(
@@ -156,9 +164,9 @@ mod tests {
         assert!(replica.wait_before_peering(&zero_down, OsdId(2)).is_zero());
 
         // A down OSD gets no lease.
-        assert!(!replica.grant(&zero_down, OsdId(0)));
+        assert!(!replica.grant(&zero_down, OsdId(0), 1000));
         // The asker's own lease never delays its peering.
-        replica.grant(&all_up, OsdId(2));
+        replica.grant(&all_up, OsdId(2), 1000);
         let two_down = map_with(&[0, 1], &[2]);
         assert!(replica.wait_before_peering(&two_down, OsdId(2)).is_zero());
     }

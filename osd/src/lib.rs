@@ -11,6 +11,7 @@ pub mod lease;
 pub mod peering;
 pub mod pgmeta;
 pub mod pgs;
+pub mod planted;
 pub mod primary;
 pub mod replica;
 pub mod store;
@@ -84,12 +85,28 @@ pub async fn mkfs(cfg: MkfsConfig) -> anyhow::Result<OsdId> {
     let weight = cfg
         .weight
         .unwrap_or(((capacity as u128 * WEIGHT_ONE as u128) >> 40).max(1) as u32);
-    let mon = MonClient::new(cfg.mon.clone())?;
+    let id = register_and_format(&dev, cfg.mon.clone(), &cfg.host, weight)
+        .await
+        .with_context(|| format!("formatting {}", cfg.device.display()))?;
+    Ok(id)
+}
+
+/// Registers a new OSD with the monitors and formats `dev` as its store (the simulator
+/// calls this on its simulated devices); returns its id.
+pub async fn register_and_format(
+    dev: &dyn BlockDevice,
+    mon: Vec<String>,
+    host: &str,
+    weight: u32,
+) -> anyhow::Result<OsdId> {
+    let probe = Superblock::plan(0, 0, 0, dev.size())?;
+    let capacity = probe.data_blocks * BLOCK as u64;
+    let mon = MonClient::new(mon)?;
     let map = mon.get_map().await?;
-    let store_uuid: u128 = rand::random();
+    let store_uuid: u128 = net::rt::random_u128();
     let (_, result) = mon
         .command(Command::CreateOsd {
-            host: cfg.host.clone(),
+            host: host.to_string(),
             weight,
             store_uuid,
             capacity_bytes: capacity,
@@ -99,12 +116,9 @@ pub async fn mkfs(cfg: MkfsConfig) -> anyhow::Result<OsdId> {
         bail!("monitor answered {result:?} to CreateOsd")
     };
     let sb = Superblock::plan(map.fsid, store_uuid, id.0, dev.size())?;
-    Store::format(&dev, &sb).await.with_context(|| {
-        format!(
-            "{id} is registered but formatting {} failed",
-            cfg.device.display()
-        )
-    })?;
+    Store::format(dev, &sb)
+        .await
+        .with_context(|| format!("{id} is registered but formatting its device failed"))?;
     Ok(id)
 }
 
@@ -131,6 +145,17 @@ pub struct Config {
 /// Runs the OSD until SIGTERM/SIGINT; then marks itself down and returns.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = Store::open_path(&cfg.device, cfg.durability).await?;
+    run_on(store, cfg, shutdown_signal(), |_| {}).await
+}
+
+/// Runs the OSD on an opened store until `stop` completes; `started` sees the daemon's
+/// state once it serves (the simulator inspects PGs through it).
+pub async fn run_on(
+    store: Arc<Store>,
+    cfg: Config,
+    stop: impl std::future::Future<Output = ()>,
+    started: impl FnOnce(&Arc<daemon::Osd>),
+) -> anyhow::Result<()> {
     let sb = store.superblock.clone();
     tracing::info!(objects = store.list(None).len(), open_ms = store.open_ms, durability = ?cfg.durability, "store opened");
     let id = OsdId(sb.osd_id);
@@ -170,7 +195,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     {
         let osd = Arc::clone(&osd);
         let mut rx = sender.subscribe();
-        tokio::spawn(async move {
+        net::rt::spawn(async move {
             loop {
                 let m = rx.borrow_and_update().clone();
                 osd.apply_map(&m);
@@ -180,19 +205,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
-    let listener = tokio::net::TcpListener::bind(&cfg.addr)
+    let listener = net::transport::Listener::bind(&cfg.addr)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.addr))?;
-    let addr = listener.local_addr()?.to_string();
+    let addr = listener.local_addr()?;
     {
         let osd = Arc::clone(&osd);
-        tokio::spawn(net::transport::serve(listener, move |f, r| {
+        net::rt::spawn(net::transport::serve(listener, move |f, r| {
             daemon::handle(Arc::clone(&osd), f, r)
         }));
     }
     // A new value per process: the monitors tell a restart (up at once) from a running
     // process that was marked down (damped if it keeps happening).
-    let process: u64 = rand::random();
+    let process: u64 = net::rt::random_u64();
     let (epoch, _) = mon
         .command(Command::BootOsd {
             id,
@@ -206,13 +231,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = rx.wait_for(|m| m.epoch >= epoch).await;
     osd.apply_map(&sender.borrow().clone());
     tracing::info!(%id, %addr, up_from = epoch, objects = store.list(None).len(), "OSD serving");
+    started(&osd);
     // Usage reports: every interval, and at once when the usage crosses a ratio, so the
     // monitor marks a filling OSD full before its device overflows.
     {
         let (mon, store, map_rx) = (Arc::clone(&mon), Arc::clone(&store), sender.subscribe());
         let osd_for_reports = Arc::clone(&osd);
         let interval = cfg.report_interval;
-        tokio::spawn(async move {
+        net::rt::spawn(async move {
             let mut last_sent = tokio::time::Instant::now() - interval;
             let mut last_class = None;
             let mut last_pgs = Vec::new();
@@ -264,7 +290,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let mut rx = sender.subscribe();
         let store_uuid = sb.store_uuid;
         let addr = addr.clone();
-        tokio::spawn(async move {
+        net::rt::spawn(async move {
             while rx.changed().await.is_ok() {
                 let current = osd.up_from.load(Ordering::SeqCst);
                 let marked_down = rx
@@ -323,7 +349,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let reason = tokio::select! {
-        _ = shutdown_signal() => None,
+        biased;
+        _ = stop => None,
         why = failed => Some(why),
     };
     stopping.store(true, Ordering::SeqCst);

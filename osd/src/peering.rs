@@ -58,10 +58,22 @@ fn peering(why: String) -> Wait {
 /// Starts peering `pg` for the interval that began at `start` (this OSD is its primary).
 pub fn start(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
     let osd = Arc::clone(osd);
-    tokio::spawn(async move { run(osd, pg, start).await });
+    net::rt::spawn(async move { run(osd, pg, start).await });
 }
 
 /// The acting set if `pg` is still in the interval `start` with this OSD as primary.
+/// The acting members of `pg` with their incarnations, while its interval is `start`.
+fn incarnations(osd: &Osd, pg: PgId, start: Epoch) -> Option<Vec<(OsdId, Epoch)>> {
+    let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+    pgs.pgs
+        .get(&pg)
+        .filter(|i| i.interval_start == start)
+        .map(|i| {
+            let key = i.mapping.interval_key.iter().filter(|(_, e)| *e != 0);
+            key.copied().collect()
+        })
+}
+
 fn current(osd: &Osd, pg: PgId, start: Epoch) -> Option<Vec<OsdId>> {
     let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
     pgs.pgs
@@ -117,7 +129,7 @@ pub fn ensure_recovery(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
     });
     if start_it {
         let osd = Arc::clone(osd);
-        tokio::spawn(async move { recover(&osd, pg, start).await });
+        net::rt::spawn(async move { recover(&osd, pg, start).await });
     }
 }
 
@@ -129,6 +141,11 @@ async fn peer_once(osd: &Arc<Osd>, pg: PgId, start: Epoch) -> Result<(), Wait> {
         .get(&pg)
         .map(|h| h.iter().filter(|i| i.start < start).cloned().collect())
         .unwrap_or_default();
+    let history = if crate::planted::active(crate::planted::Bug::SkipPastIntervals) {
+        Vec::new()
+    } else {
+        history
+    };
     let witness = |m: &IntervalMember| {
         map.osd(m.osd)
             .is_some_and(|o| o.up && o.store_uuid == m.store_uuid)
@@ -216,20 +233,43 @@ async fn peer_once(osd: &Arc<Osd>, pg: PgId, start: Epoch) -> Result<(), Wait> {
         });
     }
     let missing = missing_per_member(&acting, &infos, &auth);
-    // Record the interval as active: from here on it may hold acknowledged writes.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let answers: Vec<String> = infos
+            .iter()
+            .map(|(o, i)| {
+                format!(
+                    "{o} les {} objects {} missing {}",
+                    i.last_epoch_started,
+                    i.objects.len(),
+                    i.missing.len()
+                )
+            })
+            .collect();
+        let lacks: Vec<String> = missing
+            .iter()
+            .map(|(o, l)| format!("{o}: {:?}", l.iter().take(4).collect::<Vec<_>>()))
+            .collect();
+        tracing::debug!(%pg, start, ?acting, "peered: {}; missing {}", answers.join(", "), lacks.join(", "));
+    }
+    // Record the interval as active: from here on it may hold acknowledged writes. Its
+    // members at the incarnations of this interval (a newer map may already show another:
+    // then the monitors refuse the record, as the interval is over).
+    let key = incarnations(osd, pg, start).ok_or_else(|| peering("interval over".into()))?;
     let interval = PastInterval {
         start,
-        members: acting
+        members: key
             .iter()
-            .filter_map(|o| map.osd(*o))
-            .map(|o| IntervalMember {
-                osd: o.id,
-                up_from: o.up_from,
-                store_uuid: o.store_uuid,
+            .filter_map(|(o, up_from)| {
+                map.osd(*o).map(|i| IntervalMember {
+                    osd: *o,
+                    up_from: *up_from,
+                    store_uuid: i.store_uuid,
+                })
             })
             .collect(),
     };
-    osd.batcher
+    let recorded = osd
+        .batcher
         .send(MonNote::Activated(pg, interval))
         .await
         .map_err(|e| peering(format!("the monitors did not record the interval: {e}")))?;
@@ -238,7 +278,7 @@ async fn peer_once(osd: &Arc<Osd>, pg: PgId, start: Epoch) -> Result<(), Wait> {
             .get(m)
             .map(|l| l.iter().map(|(o, v)| (*o, *v)).collect())
             .unwrap_or_default();
-        activate(osd, &map, *m, pg, start, lacks)
+        activate(osd, &map, recorded, *m, pg, start, lacks)
     }))
     .await;
     for (m, a) in acting.iter().zip(acks) {
@@ -333,6 +373,9 @@ pub fn missing_per_member(
                 lacks.insert(*o, Version::NONE);
             }
         }
+        if crate::planted::active(crate::planted::Bug::NoRollback) {
+            lacks.retain(|o, v| present.get(o).is_none_or(|p| *p < *v));
+        }
         if !lacks.is_empty() {
             missing.insert(*m, lacks);
         }
@@ -396,17 +439,20 @@ async fn query(
 async fn activate(
     osd: &Arc<Osd>,
     map: &ClusterMap,
+    recorded: Epoch,
     to: OsdId,
     pg: PgId,
     start: Epoch,
     missing: Vec<(ObjectId, Version)>,
 ) -> Result<(), String> {
+    // The member checks the activation against the map that records the interval.
+    let epoch = recorded.max(map.epoch);
     if to == osd.id {
-        return on_activate(osd, pg, map.epoch, start, missing).await;
+        return on_activate(osd, pg, epoch, start, missing).await;
     }
     let req = ControlRequest::PgActivate {
         pg,
-        epoch: map.epoch,
+        epoch,
         interval_start: start,
         missing,
     };
@@ -439,7 +485,7 @@ pub async fn on_query(
         tracing::debug!(%pg, %asker, wait_ms = wait.as_millis() as u64, "waiting for granted read leases to run out");
         tokio::time::sleep(wait).await;
     }
-    osd.leases.grant(&osd.current_map(), asker);
+    osd.leases.grant(&osd.current_map(), asker, epoch);
     let _gate = osd.stray_gate.read().await;
     let meta = osd.pg_meta(pg).await.map_err(|e| e.to_string())?;
     let map = osd.current_map();
@@ -461,9 +507,13 @@ pub async fn on_query(
     })
 }
 
-/// Member side of `PgActivate`: persist LES and what this OSD misses.
+/// Member side of `PgActivate`: persist LES and what this OSD misses, and take replica
+/// ops from this primary only. `epoch` is a map that records the interval (the monitors
+/// committed it before the primary sent this); the activation is refused unless that
+/// interval is this OSD's current one, same members at the same incarnations. A delayed
+/// activation from an interval that has ended must not let its primary write here.
 pub async fn on_activate(
-    osd: &Osd,
+    osd: &Arc<Osd>,
     pg: PgId,
     epoch: Epoch,
     start: Epoch,
@@ -472,11 +522,46 @@ pub async fn on_activate(
     if !osd.wait_for_epoch(epoch).await {
         return Err(format!("{} has no map of epoch {epoch} yet", osd.id));
     }
+    osd.apply_map(&osd.current_map());
+    let is_current = || {
+        let map = osd.current_map();
+        let recorded = map
+            .pg_history
+            .get(&pg)
+            .and_then(|h| h.iter().find(|i| i.start == start))
+            .map(|i| {
+                i.members
+                    .iter()
+                    .map(|m| (m.osd, m.up_from))
+                    .collect::<Vec<_>>()
+            });
+        let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        let current = pgs.pgs.get(&pg).map(|i| {
+            // The acting members at their incarnations (down placement members carry 0).
+            let key = i.mapping.interval_key.iter().filter(|(_, e)| *e != 0);
+            key.copied().collect::<Vec<_>>()
+        });
+        match (recorded, current) {
+            (Some(r), Some(c)) if r == c => Ok(()),
+            (r, c) => Err(format!(
+                "{}: activation of pg {pg} for the interval from epoch {start} ({r:?}) is not for its current interval ({c:?})",
+                osd.id
+            )),
+        }
+    };
+    is_current()?;
     let meta = PgMeta {
         last_epoch_started: start,
         missing: missing.into_iter().collect(),
     };
-    osd.set_pg_meta(pg, meta).await.map_err(|e| e.to_string())
+    osd.set_pg_meta(pg, meta).await.map_err(|e| e.to_string())?;
+    is_current()?;
+    let mut pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = pgs.pgs.get_mut(&pg) {
+        // Two activations of one interval: the later start is the live primary's.
+        i.activated = i.activated.max(Some(start));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -550,7 +635,7 @@ async fn recover(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
     };
     if acting.len() >= size {
         match osd.batcher.send(MonNote::Clean(pg, start)).await {
-            Ok(()) => tracing::debug!(%pg, start, "clean"),
+            Ok(_) => tracing::debug!(%pg, start, "clean"),
             Err(e) => tracing::info!(%pg, "could not record the pg clean: {e}"),
         }
     }
@@ -583,7 +668,7 @@ pub async fn recover_object(
     if member == osd.id {
         pull_locked(osd, &map, pg, object, version).await?;
     } else {
-        push_locked(osd, &map, pg, member, object, version).await?;
+        push_locked(osd, &map, pg, start, member, object, version).await?;
     }
     osd.update_pg(pg, start, |i| {
         if let Some(m) = i.missing.get_mut(&member) {
@@ -708,6 +793,7 @@ async fn push_locked(
     osd: &Osd,
     map: &ClusterMap,
     pg: PgId,
+    start: Epoch,
     member: OsdId,
     object: ObjectId,
     version: Version,
@@ -741,7 +827,7 @@ async fn push_locked(
         object,
         pg,
         object_size: size,
-        epoch: map.epoch,
+        epoch: start,
         op_id: OpId { client: 0, tid: 0 },
         offset: 0,
         length: size,
@@ -770,7 +856,7 @@ pub enum MonNote {
     Clean(PgId, Epoch),
 }
 
-type Pending = (MonNote, oneshot::Sender<Result<(), String>>);
+type Pending = (MonNote, oneshot::Sender<Result<Epoch, String>>);
 
 #[derive(Clone)]
 pub struct Batcher {
@@ -780,7 +866,7 @@ pub struct Batcher {
 impl Batcher {
     pub fn spawn(mon: Arc<client::MonClient>) -> Batcher {
         let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
-        tokio::spawn(async move {
+        net::rt::spawn(async move {
             while let Some(first) = rx.recv().await {
                 // Gather what arrives together (a map change makes many PGs peer at once).
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -803,7 +889,7 @@ impl Batcher {
                     let r = mon
                         .command(Command::PgsClean { pgs })
                         .await
-                        .map(|_| ())
+                        .map(|(e, _)| e)
                         .map_err(|e| e.to_string());
                     for (_, done) in clean {
                         let _ = done.send(r.clone());
@@ -814,7 +900,8 @@ impl Batcher {
         Batcher { tx }
     }
 
-    pub async fn send(&self, note: MonNote) -> Result<(), String> {
+    /// Records `note`; returns the epoch whose map holds it.
+    pub async fn send(&self, note: MonNote) -> Result<Epoch, String> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send((note, done))
@@ -835,9 +922,9 @@ async fn submit_activations(mon: &client::MonClient, act: Vec<Pending>) {
         })
         .collect();
     match mon.command(Command::PgsActivated { intervals }).await {
-        Ok(_) => {
+        Ok((epoch, _)) => {
             for (_, done) in act {
-                let _ = done.send(Ok(()));
+                let _ = done.send(Ok(epoch));
             }
         }
         Err(e) if act.len() > 1 => {
@@ -855,7 +942,7 @@ async fn submit_activations(mon: &client::MonClient, act: Vec<Pending>) {
                         intervals: vec![(pg, i)],
                     })
                     .await
-                    .map(|_| ())
+                    .map(|(e, _)| e)
                     .map_err(|e| e.to_string());
                 let _ = done.send(r);
             }
@@ -876,7 +963,7 @@ async fn submit_activations(mon: &client::MonClient, act: Vec<Pending>) {
 /// members, so these copies are surplus: an OSD marked out gives its space back once the
 /// data has moved.
 pub fn spawn_stray_cleanup(osd: Arc<Osd>) {
-    tokio::spawn(async move {
+    net::rt::spawn(async move {
         // Strays appear only with a map change (placement, trimmed history): a pass lists
         // every object, so it runs again only when the map moved or the last one was cut
         // short.

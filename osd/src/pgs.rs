@@ -34,6 +34,10 @@ pub struct PgInfo {
     pub unresolved: BTreeSet<ObjectId>,
     /// Primary only: a recovery task is running for this interval.
     pub recovery_running: bool,
+    /// The interval start its primary activated this interval with (see
+    /// `peering::on_activate`). Replica ops carry it: an op stamped with another start
+    /// comes from a primary of an interval that ended, however new its map.
+    pub activated: Option<Epoch>,
     pub objects: u64,
     pub recovering: u64,
     pub blocked_ops: u64,
@@ -163,6 +167,7 @@ impl PgTable {
                             sources: HashMap::new(),
                             unresolved: BTreeSet::new(),
                             recovery_running: false,
+                            activated: None,
                             objects: 0,
                             recovering: 0,
                             blocked_ops,

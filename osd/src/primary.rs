@@ -173,6 +173,7 @@ pub async fn handle(osd: &Arc<Osd>, op: ObjectOp, data: Bytes) -> (ObjectReply, 
             }
         });
     }
+    tracing::trace!(pg = %op.pg, object = %op.object, op = op.op, offset = op.offset, start, local = %osd.store.version(&op.object), "client op");
     match op.op {
         op::READ => read(osd, &op, map.epoch).await,
         op::WRITE | op::TRIM => {
@@ -252,8 +253,8 @@ pub fn store_status(e: &StoreError) -> Status {
 
 /// Applies the write locally and on every replica; Ok only when all have it durably.
 async fn replicate(
-    osd: &Osd,
-    map: &ClusterMap,
+    osd: &Arc<Osd>,
+    map: &Arc<ClusterMap>,
     op: &ObjectOp,
     data: Bytes,
     replicas: &[OsdId],
@@ -277,11 +278,26 @@ async fn replicate(
             store_status(&e)
         })
     };
+    // Stamped with the interval, not the map: a replica takes ops only from the primary of
+    // the interval it was activated in.
     let mut rop = op.clone();
-    rop.epoch = map.epoch;
+    rop.epoch = start;
     rop.version = version;
     rop.prev = prev;
     let meta = rop.encode_meta();
+    if crate::planted::active(crate::planted::Bug::AckLocalOnly) {
+        local.await?;
+        let (osd, map, replicas) = (Arc::clone(osd), Arc::clone(map), replicas.to_vec());
+        net::rt::spawn(async move {
+            join_all(
+                replicas
+                    .iter()
+                    .map(|r| send(&osd, &map, *r, meta.clone(), data.clone(), fence)),
+            )
+            .await
+        });
+        return Ok(());
+    }
     let sends = join_all(
         replicas
             .iter()
@@ -297,7 +313,10 @@ async fn replicate(
     for (replica, status) in replicas.iter().zip(remote) {
         match status {
             Ok(Status::Ok) => {}
-            Ok(Status::NeedFull) => push_full(osd, map, op, *replica, version, fence).await?,
+            Ok(Status::NeedFull) => {
+                tracing::debug!(object = %op.object, %replica, %version, "replica needs the whole object");
+                push_full(osd, map, op, *replica, version, fence).await?
+            }
             Ok(s) => {
                 tracing::warn!(object = %op.object, %replica, "replica refused write: {s:?}");
                 return Err(if s == Status::NoSpace {
@@ -329,6 +348,7 @@ async fn send(
     let conn = osd.peer(map, replica).await?;
     let call = conn.call(msg_type::REPLICA_OP, meta, data, REPLICA_TIMEOUT);
     let f = tokio::select! {
+        biased;
         r = call => r.map_err(|e| e.to_string())?,
         _ = interval_ends(osd, fence.0, fence.1) => {
             return Err(format!("the interval of pg {} ended", fence.0));
@@ -359,7 +379,7 @@ async fn push_full(
         object: op.object,
         pg: op.pg,
         object_size: op.object_size,
-        epoch: map.epoch,
+        epoch: fence.1,
         op_id: op.op_id,
         offset: 0,
         length: size,

@@ -4,6 +4,9 @@
 //! re-acknowledges a duplicate (it already holds the op's version) without applying it,
 //! and otherwise answers `NeedFull`, after which the primary sends the whole object.
 //! Nothing is ever applied over a gap, and a copy never moves backwards.
+//!
+//! Only the primary of the interval this OSD was activated in may change its copies: every
+//! op carries that primary's interval start, and one from any other interval is refused.
 
 use crate::daemon::Osd;
 use crate::primary::store_status;
@@ -31,7 +34,11 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
         let Some(info) = pgs.pgs.get(&op.pg) else {
             return reply(Status::NotPrimary, epoch);
         };
-        if op.epoch < info.interval_start {
+        // Writes, pushes and rollbacks come from the primary of the interval this OSD was
+        // activated in, stamped with its start. Anything else is from an interval that
+        // ended (a cut-off primary that has since caught up with the maps).
+        if info.activated != Some(op.epoch) {
+            tracing::debug!(pg = %op.pg, object = %op.object, op_interval = op.epoch, activated = ?info.activated, "refusing a replica op of another interval");
             return reply(Status::StaleEpoch, epoch);
         }
     }
@@ -43,6 +50,7 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
     if local == op.version {
         return reply(Status::Ok, epoch);
     }
+    tracing::trace!(pg = %op.pg, object = %op.object, op = op.op, flags = op.flags, %local, version = %op.version, epoch = op.epoch, "replica op");
     let result = match op.op {
         op::WRITE | op::TRIM if local != op.prev && op.flags & FLAG_ROLLBACK == 0 => {
             return reply(Status::NeedFull, epoch)

@@ -290,7 +290,7 @@ impl Store {
     /// Formats `dev`: a superblock and an empty checkpoint of a random generation (so that
     /// journal blocks left by an earlier format are never replayed).
     pub async fn format(dev: &dyn BlockDevice, sb: &Superblock) -> Result<(), StoreError> {
-        let generation: u64 = rand::random::<u64>() | 1;
+        let generation: u64 = net::rt::random_u64() | 1;
         let header = CheckpointHeader {
             seq: 1,
             generation,
@@ -413,7 +413,7 @@ impl Store {
         store.write_checkpoint().await?;
         store.open_ms = started.elapsed().as_millis() as u64;
         let store = Arc::new(store);
-        tokio::spawn(journal_writer(Arc::downgrade(&store), rx));
+        net::rt::spawn(journal_writer(Arc::downgrade(&store), rx));
         Ok(store)
     }
 
@@ -882,7 +882,7 @@ async fn journal_writer(
                 break;
             }
             let s = Arc::clone(&store);
-            tokio::spawn(async move { s.maybe_checkpoint().await });
+            net::rt::spawn(async move { s.maybe_checkpoint().await });
             notified.await;
         }
         let block = {
@@ -936,7 +936,7 @@ async fn journal_writer(
         };
         if half {
             let s = Arc::clone(&store);
-            tokio::spawn(async move { s.maybe_checkpoint().await });
+            net::rt::spawn(async move { s.maybe_checkpoint().await });
         }
     }
 }
