@@ -5,7 +5,7 @@ BIN := target/release
 DEMO_DIR ?= demo
 SUITE := scripts/suite.sh
 
-.PHONY: all build deps demo demo-down test test-long test-unit check fmt clippy bench bench-store bench-cluster clean sim-mon
+.PHONY: all build deps demo demo-down test test-long test-unit check fmt clippy bench bench-store bench-cluster clean sim-mon sim sim-long
 
 all: build
 
@@ -29,6 +29,7 @@ test: deps build
 	@rm -f target/suites.log
 	@$(SUITE) unit $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast -E 'not (binary(store_model) | binary(sim) | package(atlant-tests))'
 	@MON_SIM_SEEDS=200 $(SUITE) mon-sim $(CARGO) nextest run $(PROFILE) -p atlant-mon --no-fail-fast --no-capture -E 'binary(sim)'
+	@SIM_SEEDS=200 $(SUITE) cluster-sim $(CARGO) nextest run $(PROFILE) -p atlant-sim --no-fail-fast --no-capture --test-threads 1 -E 'binary(sim)'
 	@$(SUITE) store-crash-points $(CARGO) nextest run $(PROFILE) -p atlant-osd --no-fail-fast --no-capture -E 'binary(store_model)'
 	@$(SUITE) daemons $(CARGO) nextest run $(PROFILE) -p atlant-tests --no-fail-fast
 	@$(SUITE) skeleton tests/skeleton.sh
@@ -38,7 +39,18 @@ test: deps build
 # The randomised suites for much longer: 20000 crash points per durability mode, 200000
 # fuzz cases per decoder, 1000 cases per property, 5000 seeds of the monitor simulation.
 test-long: build
-	STORE_CRASHES=20000 FUZZ_CASES=200000 PROPTEST_CASES=1000 MON_SIM_SEEDS=5000 PEERING_MODEL_SEEDS=200000 $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast
+	STORE_CRASHES=20000 FUZZ_CASES=200000 PROPTEST_CASES=1000 MON_SIM_SEEDS=5000 PEERING_MODEL_SEEDS=200000 SIM_SEEDS=2000 $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast
+
+# The whole-cluster simulation: one seed (make sim SEED=n [BUG=no-rollback]; writes the
+# daemons' log to target/sim/seed-n.log), or thousands of seeds (make sim-long [SEEDS=5000]).
+SEEDS ?= 5000
+sim:
+	$(CARGO) build $(PROFILE) -p atlant-sim
+	SIM_KEEP_LOG=1 SIM_LOG=$${SIM_LOG:-info,sim=debug,osd=debug} $(BIN)/atlant-sim --seed $(SEED) $(if $(BUG),--bug $(BUG))
+
+sim-long:
+	$(CARGO) build $(PROFILE) -p atlant-sim
+	$(BIN)/atlant-sim --seeds 1..$$(( $(SEEDS) + 1 ))
 
 # Replays one seed of the monitor-group simulation: make sim-mon SEED=n
 sim-mon:

@@ -1,0 +1,1335 @@
+//! The whole-cluster simulator: monitors, OSDs and clients on one thread, from one seed,
+//! running the real daemon code.
+//!
+//! Seams:
+//! - processes: every node's tasks carry its `net::rt::Node`; a crash aborts them all;
+//! - network: `net::transport` hands connections of a node to [`network::Network`] (delay,
+//!   reordering across connections, partitions both ways or one way that hold or reset
+//!   the connections crossing them, loss bursts that reset connections);
+//! - devices: each OSD's store is on the store's `SimDevice`; a crash keeps a random subset
+//!   of the unsynced writes and tears some;
+//! - monitors' disks: `MemDisk`, whose commits survive a crash;
+//! - clock: a current-thread tokio runtime with a paused clock: time jumps to the next
+//!   timer whenever every task waits, so a minute of cluster time takes about a second;
+//! - randomness: faults, the workload, network delays, node identifiers (store uuids,
+//!   process nonces, client ids) and the monitors' election timeouts come from the seed.
+//!
+//! Checked, during and after each run (see `check`): every read against the history of
+//! acknowledged writes (linearizable per 4 KiB block); after the faults heal, every PG
+//! active+clean, and every acting member's copy of every object identical (version and
+//! bytes).
+
+pub mod check;
+pub mod network;
+
+use crate::check::{fmt_us, pattern, History, BLOCK};
+use ::net::rt::Node;
+use ::net::transport::SimNet;
+use client::{Cluster, Image, MonClient};
+use osd::daemon::Osd;
+use osd::planted::Bug;
+use osd::store::device::sim::SimDevice;
+use osd::store::device::BlockDevice;
+use osd::store::Store;
+use proto::map::{FailureDomain, WEIGHT_ONE};
+use proto::{ClusterMap, Command, ObjectId, OsdId};
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const POOL: &str = "rbd";
+const IMAGE: &str = "vm";
+/// Object size of the simulated pool: small, so that few blocks share an object.
+const OBJECT_SIZE: u32 = 16 << 10;
+/// Half of the ops go to the first blocks (three objects): reads there often follow a
+/// write, so a stale copy is read soon after it goes stale.
+const HOT_BLOCKS: u64 = 12;
+/// Each OSD's simulated device.
+const DEVICE_BYTES: u64 = 32 << 20;
+
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub seed: u64,
+    /// Simulated seconds of load and faults (then the faults heal and the cluster must
+    /// converge).
+    pub secs: u64,
+    pub mons: usize,
+    pub osds: usize,
+    pub clients: usize,
+    /// 4 KiB blocks of the image the clients use.
+    pub blocks: u64,
+    pub bug: Option<Bug>,
+}
+
+impl SimOptions {
+    pub fn new(seed: u64) -> Self {
+        SimOptions {
+            seed,
+            secs: 60,
+            mons: 3,
+            osds: 4,
+            clients: 3,
+            blocks: 96,
+            bug: None,
+        }
+    }
+
+    /// The command that replays this run.
+    pub fn replay(&self) -> String {
+        let mut s = format!("make sim SEED={}", self.seed);
+        if let Some(b) = self.bug {
+            s.push_str(&format!(" BUG={}", b.name()));
+        }
+        s
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub ops: u64,
+    pub reads: u64,
+    pub writes: u64,
+    pub failed_ops: u64,
+    pub osd_crashes: u64,
+    pub mon_crashes: u64,
+    pub partitions: u64,
+    pub one_way: u64,
+    pub loss_bursts: u64,
+    pub slow_spells: u64,
+    /// A host (an OSD and the client beside it) lost power.
+    pub host_crashes: u64,
+    /// A client died while its write was held by a primary cut off from its peers.
+    pub abandoned_writes: u64,
+    /// OSDs an operator marked out (and later in).
+    pub drains: u64,
+    /// OSDs cut from the monitors only.
+    pub mon_cuts: u64,
+    pub torn_writes: u64,
+    pub lost_writes: u64,
+    pub segments: u64,
+    pub resets: u64,
+    pub final_epoch: u64,
+    /// Simulated ms from the heal to all PGs active+clean.
+    pub clean_ms: u64,
+    pub objects_compared: u64,
+    /// The longest any client op took (simulated ms).
+    pub max_op_ms: u64,
+    /// A digest of the run's history (ops, values, times): equal digests, same run.
+    pub digest: u64,
+}
+
+impl Report {
+    /// Crashes and partitions (what the issue counts).
+    pub fn crashes_and_partitions(&self) -> u64 {
+        self.osd_crashes + self.mon_crashes + self.partitions + self.one_way + self.mon_cuts
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct MonSlot {
+    name: String,
+    disk: mon::log::MemDisk,
+    node: Option<Arc<Node>>,
+}
+
+struct OsdSlot {
+    name: String,
+    host: String,
+    dev: Arc<SimDevice>,
+    node: Option<Arc<Node>>,
+    daemon: Option<Arc<Osd>>,
+    generation: u64,
+    id: Option<OsdId>,
+}
+
+/// Until when a client only reads, and which blocks.
+type Quiet = (Instant, std::ops::Range<u64>);
+
+struct ClientSlot {
+    node: Option<Arc<Node>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    /// Restarts so far (part of every value it writes, so values stay unique).
+    incarnation: u64,
+}
+
+struct World {
+    opts: SimOptions,
+    /// When the load and the faults stop.
+    until: Mutex<Option<Instant>>,
+    clients: Mutex<Vec<ClientSlot>>,
+    /// Per client: a block its writer writes next (a fault steering the workload).
+    steer: Mutex<Vec<Option<u64>>>,
+    /// Per client: its writer pauses until then, and its reader reads only this block
+    /// range (a read-only spell on one object).
+    quiet: Mutex<Vec<Option<Quiet>>>,
+    /// The operator's node (pool set-up, `osd out` and `osd in`).
+    admin: Mutex<Option<Arc<Node>>>,
+    net: Arc<network::Network>,
+    rng: Mutex<rand::rngs::StdRng>,
+    t0: Instant,
+    mon_addrs: Vec<String>,
+    mons: Mutex<Vec<MonSlot>>,
+    osds: Mutex<Vec<OsdSlot>>,
+    history: Mutex<History>,
+    report: Mutex<Report>,
+    /// Problems that are not history violations (a store that does not open, ...).
+    violations: Mutex<Vec<String>>,
+    incarnations: Mutex<u64>,
+}
+
+impl World {
+    fn now_us(&self) -> u64 {
+        self.t0.elapsed().as_micros() as u64
+    }
+
+    fn rand<T>(&self, f: impl FnOnce(&mut rand::rngs::StdRng) -> T) -> T {
+        f(&mut lock(&self.rng))
+    }
+
+    fn node(&self, name: &str) -> Arc<Node> {
+        let n = {
+            let mut i = lock(&self.incarnations);
+            *i += 1;
+            *i
+        };
+        let seed = self.opts.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Node::new(name, Arc::clone(&self.net) as Arc<dyn SimNet>, seed)
+    }
+
+    fn violation(&self, v: String) {
+        lock(&self.violations).push(format!("[{}] {v}", fmt_us(self.now_us())));
+    }
+
+    fn policy() -> mon::service::Policy {
+        mon::service::Policy {
+            osd_grace: Duration::from_secs(4),
+            down_out_interval: Duration::from_secs(12),
+            min_down_reporters: 2,
+        }
+    }
+
+    fn start_mon(self: &Arc<Self>, i: usize) {
+        let node = {
+            let mons = lock(&self.mons);
+            if mons[i].node.is_some() {
+                return;
+            }
+            self.node(&mons[i].name)
+        };
+        let disk = {
+            let mut mons = lock(&self.mons);
+            mons[i].node = Some(Arc::clone(&node));
+            mons[i].disk.clone()
+        };
+        let me = Arc::clone(self);
+        node.spawn(async move {
+            let started = mon::start(
+                Arc::new(disk),
+                Arc::new(mon::TcpRaftTransport::default()),
+                World::policy(),
+            )
+            .await;
+            match started {
+                Ok(svc) => {
+                    if let Err(e) = mon::serve(svc).await {
+                        me.violation(format!("mon.{i} stopped serving: {e:#}"));
+                    }
+                }
+                Err(e) => me.violation(format!("mon.{i} does not start: {e:#}")),
+            }
+        });
+    }
+
+    fn crash_mon(&self, i: usize) -> bool {
+        let node = lock(&self.mons)[i].node.take();
+        match node {
+            Some(n) => {
+                n.kill();
+                tracing::info!(target: "sim", "fault: crash mon.{i}");
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn start_osd(self: &Arc<Self>, i: usize) {
+        let (node, dev, generation) = {
+            let mut osds = lock(&self.osds);
+            if osds[i].node.is_some() {
+                return;
+            }
+            let node = self.node(&osds[i].name);
+            osds[i].node = Some(Arc::clone(&node));
+            osds[i].generation += 1;
+            (node, Arc::clone(&osds[i].dev), osds[i].generation)
+        };
+        let me = Arc::clone(self);
+        let mon = self.mon_addrs.clone();
+        node.spawn(async move {
+            let store = match Store::open(dev, osd::Durability::Immediate).await {
+                Ok(s) => s,
+                Err(e) => {
+                    me.violation(format!("osd.{i}'s store does not open after a crash: {e}"));
+                    return;
+                }
+            };
+            let cfg = osd::Config {
+                device: format!("sim-osd.{i}").into(),
+                durability: osd::Durability::Immediate,
+                mon,
+                addr: format!("10.0.1.{}:0", i + 1),
+                report_interval: Duration::from_secs(1),
+                heartbeat_grace: Duration::from_secs(2),
+            };
+            let w = Arc::clone(&me);
+            let r = osd::run_on(store, cfg, std::future::pending(), move |o| {
+                let mut osds = lock(&w.osds);
+                if osds[i].generation == generation {
+                    osds[i].daemon = Some(Arc::clone(o));
+                }
+            })
+            .await;
+            // The daemon gave up (no monitor for a minute, refused boot): it is restarted,
+            // as a service manager would.
+            let reason = match r {
+                Ok(()) => "stopped".to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            tracing::info!("osd.{i} exited: {reason}");
+            let restart = {
+                let mut osds = lock(&me.osds);
+                if osds[i].generation == generation {
+                    osds[i].node = None;
+                    osds[i].daemon = None;
+                    true
+                } else {
+                    false
+                }
+            };
+            if restart {
+                let again = Arc::clone(&me);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    again.start_osd(i);
+                });
+            }
+        });
+    }
+
+    /// Starts client `k` (again): a new incarnation with a new client id.
+    fn start_client(self: &Arc<Self>, k: usize) {
+        let Some(until) = *lock(&self.until) else {
+            return;
+        };
+        if Instant::now() >= until {
+            return;
+        }
+        let node = self.node(&format!("client.{k}"));
+        let incarnation = {
+            let mut c = lock(&self.clients);
+            if c[k].node.is_some() {
+                return;
+            }
+            c[k].incarnation += 1;
+            c[k].node = Some(Arc::clone(&node));
+            c[k].incarnation
+        };
+        let w = Arc::clone(self);
+        let mon = self.mon_addrs.clone();
+        let handle = node.spawn(async move {
+            let cluster = Cluster::connect(mon).await.map_err(|e| e.to_string())?;
+            let image = Image::open(&cluster, POOL, IMAGE).map_err(|e| e.to_string())?;
+            w.client(k, incarnation, image, until).await;
+            Ok::<(), String>(())
+        });
+        lock(&self.clients)[k].handle = Some(handle);
+    }
+
+    /// A host loses power: OSD slot `k` and client `k` die at once, and whatever they had
+    /// on the wire is lost. The client's write in flight is never retried.
+    fn crash_host(self: &Arc<Self>, k: usize, hold: Duration) -> bool {
+        let client = lock(&self.clients)[k].node.take();
+        let Some(client) = client else { return false };
+        client.kill();
+        self.net.power_off(&client.name);
+        let osd_name = lock(&self.osds)[k].name.clone();
+        if self.crash_osd(k) {
+            self.net.power_off(&osd_name);
+            self.restart_later(Restart::Osd(k), hold);
+        }
+        tracing::info!(target: "sim", "fault: host of client.{k} and {osd_name} lost power");
+        lock(&self.report).host_crashes += 1;
+        self.restart_later(Restart::Client(k), hold);
+        true
+    }
+
+    /// The operator marks OSDs out (draining their hosts), and in again after `hold`.
+    fn drain(self: &Arc<Self>, slots: Vec<usize>, hold: Duration) {
+        let ids: Vec<OsdId> = {
+            let osds = lock(&self.osds);
+            slots.iter().filter_map(|i| osds[*i].id).collect()
+        };
+        let Some(admin) = lock(&self.admin).clone() else {
+            return;
+        };
+        let mon = self.mon_addrs.clone();
+        tracing::info!(target: "sim", "fault: operator marks {ids:?} out for {hold:?}");
+        lock(&self.report).drains += ids.len() as u64;
+        admin.spawn(async move {
+            let Ok(mon) = MonClient::new(mon) else { return };
+            for id in &ids {
+                let _ = mon.command(Command::MarkOsdOut { id: *id }).await;
+            }
+            tokio::time::sleep(hold).await;
+            for id in &ids {
+                let _ = mon.command(Command::MarkOsdIn { id: *id }).await;
+            }
+        });
+    }
+
+    /// Kills OSD `i` and powers its device off (unsynced writes lost or torn).
+    fn crash_osd(&self, i: usize) -> bool {
+        let mut osds = lock(&self.osds);
+        let Some(node) = osds[i].node.take() else {
+            return false;
+        };
+        node.kill();
+        tracing::info!(target: "sim", "fault: crash {}", osds[i].name);
+        osds[i].daemon = None;
+        // What survives the power cut: from its own generator, as the number of draws
+        // depends on how many writes were in flight.
+        let crash_seed = self.rand(|r| r.random());
+        let (dev, stats) = osds[i]
+            .dev
+            .crash(&mut rand::rngs::StdRng::seed_from_u64(crash_seed));
+        osds[i].dev = dev;
+        let mut r = lock(&self.report);
+        r.osd_crashes += 1;
+        r.torn_writes += stats.torn as u64;
+        r.lost_writes += stats.lost as u64;
+        true
+    }
+
+    fn restart_later(self: &Arc<Self>, what: Restart, after: Duration) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let name = match what {
+                Restart::Osd(i) => format!("osd slot {i}"),
+                Restart::Mon(i) => format!("mon.{i}"),
+                Restart::Client(k) => format!("client.{k}"),
+            };
+            tracing::info!(target: "sim", "restart {name}");
+            match what {
+                Restart::Osd(i) => me.start_osd(i),
+                Restart::Mon(i) => me.start_mon(i),
+                Restart::Client(k) => me.start_client(k),
+            }
+        });
+    }
+
+    fn heal_later(self: &Arc<Self>, pairs: Vec<(String, String)>, after: Duration) {
+        let net = Arc::clone(&self.net);
+        tracing::info!(target: "sim", "fault: cut {pairs:?} for {after:?}");
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            tracing::info!(target: "sim", "heal: {pairs:?}");
+            net.uncut(&pairs);
+        });
+    }
+
+    /// The newest map any running OSD holds.
+    fn map(&self) -> Option<Arc<ClusterMap>> {
+        lock(&self.osds)
+            .iter()
+            .filter_map(|o| o.daemon.as_ref().map(|d| d.current_map()))
+            .max_by_key(|m| m.epoch)
+    }
+
+    fn image_object(&self, map: &ClusterMap, block: u64) -> Option<ObjectId> {
+        let (pool, image) = map.resolve_image(POOL, IMAGE).ok()?;
+        Some(ObjectId {
+            pool: pool.id,
+            image: image.id,
+            index: block * BLOCK as u64 / OBJECT_SIZE as u64,
+        })
+    }
+
+    /// The slot index of the OSD that is primary for the object holding `block`.
+    fn primary_of(&self, block: u64) -> Option<usize> {
+        let map = self.map()?;
+        let obj = self.image_object(&map, block)?;
+        let pool = map.pools.get(&obj.pool)?;
+        let pg = proto::placement::object_pg(&obj, pool);
+        let mappings = proto::pg::pool_mappings(&map, pool);
+        let primary = mappings.get(pg.seed as usize)?.primary()?;
+        let name = format!("osd.{}", primary.0);
+        lock(&self.osds).iter().position(|o| o.name == name)
+    }
+
+    fn osd_names(&self) -> Vec<String> {
+        lock(&self.osds).iter().map(|o| o.name.clone()).collect()
+    }
+
+    fn mon_names(&self) -> Vec<String> {
+        lock(&self.mons).iter().map(|m| m.name.clone()).collect()
+    }
+
+    fn client_names(&self) -> Vec<String> {
+        (0..self.opts.clients)
+            .map(|k| format!("client.{k}"))
+            .collect()
+    }
+
+    /// A write abandoned half-way: client `k` writes one of its cold blocks while that
+    /// block's primary is cut off from its peers and the monitors (so only the primary's
+    /// copy takes the write), and dies before it can retry. The primary comes back after
+    /// `hold`; its copy must then be rolled back.
+    fn abandon_write(self: &Arc<Self>, k: usize, hold: Duration) {
+        let cold = self
+            .owned(k)
+            .into_iter()
+            .filter(|b| *b >= HOT_BLOCKS)
+            .collect::<Vec<_>>();
+        if cold.is_empty() || lock(&self.clients)[k].node.is_none() {
+            return;
+        }
+        let b = cold[self.rand(|r| r.random_range(0..cold.len()))];
+        let Some(i) = self.primary_of(b) else { return };
+        lock(&self.steer)[k] = Some(b);
+        let w = Arc::clone(self);
+        tokio::spawn(async move {
+            // The writer may be busy with another write for a while. Once it has taken the
+            // block (it waits 30 ms before writing), the primary is cut off, then the
+            // client dies with the write held there.
+            for _ in 0..500 {
+                if lock(&w.steer)[k].is_none() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if lock(&w.steer)[k].take().is_some() {
+                return;
+            }
+            let me = vec![w.osd_names()[i].clone()];
+            let mut rest = w.osd_names();
+            rest.extend(w.mon_names());
+            let pairs = w.net.cut(&me, &rest, true, false);
+            w.heal_later(pairs, hold);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let client = lock(&w.clients)[k].node.take();
+            if let Some(c) = client {
+                tracing::info!(target: "sim", "fault: client.{k} dies writing block {b}");
+                c.kill();
+                w.net.power_off(&c.name);
+                lock(&w.report).abandoned_writes += 1;
+                w.restart_later(Restart::Client(k), hold + Duration::from_secs(3));
+            }
+        });
+    }
+
+    /// The blocks client `k` writes: its share of the hot blocks, and every block of its
+    /// share of the other objects (so nobody else rewrites an object it abandoned).
+    fn owned(&self, k: usize) -> Vec<u64> {
+        let per_object = OBJECT_SIZE as u64 / BLOCK as u64;
+        (0..self.opts.blocks)
+            .filter(|b| {
+                let owner = if *b < HOT_BLOCKS { *b } else { *b / per_object };
+                owner as usize % self.opts.clients == k
+            })
+            .collect()
+    }
+
+    /// Injects a random fault every 1-4 s until `until`, each healed or restarted later.
+    async fn faults(self: Arc<Self>, until: Instant) {
+        // One write abandoned shortly before the load stops: nothing rewrites its object
+        // before the primary returns, so its copy must be rolled back for the copies to
+        // agree at the end.
+        {
+            let w = Arc::clone(&self);
+            let k = self.rand(|r| r.random_range(0..self.opts.clients));
+            tokio::spawn(async move {
+                tokio::time::sleep_until(until - Duration::from_secs(4)).await;
+                w.abandon_write(k, Duration::from_secs(6));
+            });
+        }
+        while Instant::now() < until {
+            let wait = self.rand(|r| r.random_range(1000..4000));
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            if Instant::now() >= until {
+                break;
+            }
+            let hold = Duration::from_millis(self.rand(|r| r.random_range(300..6000)));
+            // Kind 10 (an OSD cut from the monitors only) twice as often as the others.
+            let kind = match self.rand(|r| r.random_range(0..15)) {
+                13 => 10,
+                k => k,
+            };
+            let n_osds = self.opts.osds;
+            let down_osds = lock(&self.osds).iter().filter(|o| o.node.is_none()).count();
+            match kind {
+                // Crash an OSD: a random one, or the primary of a block in use.
+                0..=2 => {
+                    if down_osds >= 2 {
+                        continue;
+                    }
+                    let victim = if kind == 0 {
+                        let b = self.rand(|r| r.random_range(0..self.opts.blocks));
+                        self.primary_of(b)
+                    } else {
+                        Some(self.rand(|r| r.random_range(0..n_osds)))
+                    };
+                    // Now and then for longer than the down-out interval: its data moves.
+                    let hold = if self.rand(|r| r.random_bool(0.15)) {
+                        Duration::from_millis(self.rand(|r| r.random_range(14_000..25_000)))
+                    } else {
+                        hold
+                    };
+                    if let Some(i) = victim {
+                        if self.crash_osd(i) {
+                            self.restart_later(Restart::Osd(i), hold);
+                        }
+                    }
+                }
+                // Crash a monitor (never more than a minority).
+                3 => {
+                    let down = lock(&self.mons).iter().filter(|m| m.node.is_none()).count();
+                    if down >= (self.opts.mons - 1) / 2 {
+                        continue;
+                    }
+                    let i = self.rand(|r| r.random_range(0..self.opts.mons));
+                    if self.crash_mon(i) {
+                        lock(&self.report).mon_crashes += 1;
+                        self.restart_later(Restart::Mon(i), hold);
+                    }
+                }
+                // Isolate an OSD from every node, both ways.
+                4 | 5 => {
+                    let i = self.rand(|r| r.random_range(0..n_osds));
+                    let me = vec![self.osd_names()[i].clone()];
+                    let mut rest = self.osd_names();
+                    rest.extend(self.mon_names());
+                    rest.extend(self.client_names());
+                    let reset = self.rand(|r| r.random_bool(0.5));
+                    let pairs = self.net.cut(&me, &rest, true, reset);
+                    lock(&self.report).partitions += 1;
+                    self.heal_later(pairs, hold);
+                }
+                // Split a primary from the monitors and its peers while the clients still
+                // reach it, and keep one client on the old map (cut from the monitors).
+                6 => {
+                    let b = self.rand(|r| r.random_range(0..self.opts.blocks));
+                    let Some(i) = self.primary_of(b) else {
+                        continue;
+                    };
+                    let me = vec![self.osd_names()[i].clone()];
+                    let mut rest = self.osd_names();
+                    rest.extend(self.mon_names());
+                    let reset = self.rand(|r| r.random_bool(0.5));
+                    let mut pairs = self.net.cut(&me, &rest, true, reset);
+                    let k = self.rand(|r| r.random_range(0..self.opts.clients));
+                    let client = vec![format!("client.{k}")];
+                    pairs.extend(self.net.cut(&client, &self.mon_names(), true, reset));
+                    lock(&self.report).partitions += 1;
+                    self.heal_later(pairs, hold);
+                }
+                // A one-way partition between two nodes.
+                7 => {
+                    let mut all = self.osd_names();
+                    all.extend(self.mon_names());
+                    let a = self.rand(|r| r.random_range(0..all.len()));
+                    let b = (a + 1 + self.rand(|r| r.random_range(0..all.len() - 1))) % all.len();
+                    let pairs = self
+                        .net
+                        .cut(&[all[a].clone()], &[all[b].clone()], false, false);
+                    lock(&self.report).one_way += 1;
+                    self.heal_later(pairs, hold);
+                }
+                // A burst of loss: connections reset.
+                8 => {
+                    self.net.set_loss(0.003);
+                    lock(&self.report).loss_bursts += 1;
+                    let net = Arc::clone(&self.net);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(hold.min(Duration::from_secs(2))).await;
+                        net.set_loss(0.0);
+                    });
+                }
+                // An OSD (the primary of a hot block) cut from the monitors only, and a
+                // client too: the OSD keeps its peers (and its read leases) until the
+                // monitors mark it down; the client keeps reading on the old map.
+                10 => {
+                    let b = self.rand(|r| r.random_range(0..HOT_BLOCKS.min(self.opts.blocks)));
+                    let Some(i) = self.primary_of(b) else {
+                        continue;
+                    };
+                    let me = vec![self.osd_names()[i].clone()];
+                    let mut pairs = self.net.cut(&me, &self.mon_names(), true, false);
+                    let k = self.rand(|r| r.random_range(0..self.opts.clients));
+                    pairs.extend(self.net.cut(
+                        &[format!("client.{k}")],
+                        &self.mon_names(),
+                        true,
+                        false,
+                    ));
+                    lock(&self.report).mon_cuts += 1;
+                    let hold = hold.max(Duration::from_secs(5));
+                    // The client only reads meanwhile, and only that object: a failed
+                    // write would make the old primary stop serving reads of the object
+                    // (rightly), and a read of another PG would wait for a map it cannot
+                    // get; either would hide a read served without a lease.
+                    let per_object = OBJECT_SIZE as u64 / BLOCK as u64;
+                    let first = b / per_object * per_object;
+                    lock(&self.quiet)[k] = Some((Instant::now() + hold, first..first + per_object));
+                    self.heal_later(pairs, hold);
+                }
+                // A host (an OSD and the client beside it) loses power.
+                11 => {
+                    if down_osds >= 2 {
+                        continue;
+                    }
+                    let k = self.rand(|r| r.random_range(0..self.opts.clients.min(n_osds)));
+                    self.crash_host(k, hold);
+                }
+                // The operator drains one or two hosts, then brings them back.
+                12 => {
+                    let n = self.rand(|r| r.random_range(1..=2));
+                    let first = self.rand(|r| r.random_range(0..n_osds));
+                    let slots: Vec<usize> = (0..n).map(|j| (first + j) % n_osds).collect();
+                    let hold = Duration::from_millis(self.rand(|r| r.random_range(5_000..20_000)));
+                    self.drain(slots, hold);
+                }
+                // A write abandoned half-way (see `abandon_write`).
+                14 => {
+                    let k = self.rand(|r| r.random_range(0..self.opts.clients));
+                    self.abandon_write(k, hold.max(Duration::from_secs(6)));
+                }
+                // A slow network.
+                _ => {
+                    let d = Duration::from_millis(self.rand(|r| r.random_range(5..40)));
+                    self.net.set_slow(d);
+                    lock(&self.report).slow_spells += 1;
+                    let net = Arc::clone(&self.net);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(hold).await;
+                        net.set_slow(Duration::ZERO);
+                    });
+                }
+            }
+        }
+    }
+
+    /// One client: QD1, writes to the blocks it owns (one write at a time per block),
+    /// reads of any block, until `until`.
+    async fn client(self: Arc<Self>, k: usize, incarnation: u64, image: Image, until: Instant) {
+        // Two ops in flight: a writer and a reader.
+        let image = Arc::new(image);
+        tokio::join!(
+            Arc::clone(&self).writer(k, incarnation, Arc::clone(&image), until),
+            Arc::clone(&self).reader(k, incarnation, image, until)
+        );
+    }
+
+    fn client_rng(&self, k: usize, incarnation: u64, role: u64) -> rand::rngs::StdRng {
+        // Its own generator: the workload does not shift with the fault schedule.
+        rand::rngs::StdRng::seed_from_u64(
+            self.opts.seed
+                ^ (k as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)
+                ^ incarnation.wrapping_mul(0xE703_7ED1_A0B4_28DB)
+                ^ role.wrapping_mul(0x8EBC_6AF0_9C88_C6E3),
+        )
+    }
+
+    fn op_done(&self, started: Instant) {
+        let mut r = lock(&self.report);
+        r.ops += 1;
+        r.max_op_ms = r.max_op_ms.max(started.elapsed().as_millis() as u64);
+    }
+
+    /// Writes the blocks client `k` owns, one write at a time (so a block's writes are
+    /// ordered), half of them to the hot blocks.
+    async fn writer(
+        self: Arc<Self>,
+        k: usize,
+        incarnation: u64,
+        image: Arc<Image>,
+        until: Instant,
+    ) {
+        let me = format!("client.{k}");
+        let mut rng = self.client_rng(k, incarnation, 1);
+        let owned = self.owned(k);
+        let hot = HOT_BLOCKS.min(self.opts.blocks);
+        let owned_hot: Vec<u64> = owned.iter().copied().filter(|b| *b < hot).collect();
+        let mut poisoned = std::collections::BTreeSet::new();
+        let mut seq = 0u64;
+        while Instant::now() < until {
+            let quiet = lock(&self.quiet)[k].as_ref().map(|(t, _)| *t);
+            if let Some(t) = quiet.filter(|t| *t > Instant::now()) {
+                tokio::time::sleep_until(t.min(until)).await;
+                continue;
+            }
+            let started = Instant::now();
+            let steered = lock(&self.steer)[k].take();
+            if steered.is_some() {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            let block = match steered {
+                Some(b) => b,
+                None if !owned_hot.is_empty() && rng.random_bool(0.5) => {
+                    owned_hot[rng.random_range(0..owned_hot.len())]
+                }
+                None => owned[rng.random_range(0..owned.len())],
+            };
+            if !poisoned.contains(&block) {
+                seq += 1;
+                let value = ((k as u64 + 1) << 48) | (incarnation << 32) | seq;
+                lock(&self.history).write_started(block, value, self.now_us());
+                tracing::debug!(target: "sim", "write block {block} value {value:#x}");
+                let r = image
+                    .write(block * BLOCK as u64, pattern(value).into(), false)
+                    .await;
+                tracing::debug!(target: "sim", "write block {block} value {value:#x} done: {:?}", r.as_ref().err());
+                match r {
+                    Ok(()) => lock(&self.history).write_acked(value, self.now_us()),
+                    Err(e) => {
+                        // It may or may not have happened: no more writes to this block.
+                        tracing::info!("{me}: write of block {block} failed: {e}");
+                        lock(&self.history).write_failed();
+                        lock(&self.report).failed_ops += 1;
+                        poisoned.insert(block);
+                    }
+                }
+                self.op_done(started);
+            }
+            let pause = rng.random_range(1..40);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+
+    /// Reads any block, half of the time a hot one.
+    async fn reader(
+        self: Arc<Self>,
+        k: usize,
+        incarnation: u64,
+        image: Arc<Image>,
+        until: Instant,
+    ) {
+        let me = format!("client.{k}");
+        let mut rng = self.client_rng(k, incarnation, 2);
+        let hot = HOT_BLOCKS.min(self.opts.blocks);
+        while Instant::now() < until {
+            let started = Instant::now();
+            let focus = lock(&self.quiet)[k]
+                .clone()
+                .filter(|(t, _)| *t > Instant::now())
+                .map(|(_, r)| r);
+            let block = match focus {
+                Some(r) => rng.random_range(r),
+                None if rng.random_bool(0.5) => rng.random_range(0..hot),
+                None => rng.random_range(0..self.opts.blocks),
+            };
+            let start = self.now_us();
+            match image.read(block * BLOCK as u64, BLOCK as u64).await {
+                Ok(data) => {
+                    let end = self.now_us();
+                    tracing::debug!(target: "sim", "read block {block} saw {:#x}", check::decode(&data).unwrap_or(u64::MAX));
+                    lock(&self.history).read_done(block, start, end, &data, &me);
+                }
+                Err(e) => {
+                    tracing::info!("{me}: read of block {block} failed: {e}");
+                    lock(&self.report).failed_ops += 1;
+                }
+            }
+            self.op_done(started);
+            let pause = rng.random_range(1..40);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+
+    /// Whether every PG is active+clean on a full acting set, as the primaries see it.
+    fn clean(&self, map: &ClusterMap) -> Result<(), String> {
+        let pool = map
+            .pool_by_name(POOL)
+            .ok_or_else(|| "no pool".to_string())?;
+        let daemons: BTreeMap<OsdId, Arc<Osd>> = lock(&self.osds)
+            .iter()
+            .filter_map(|o| o.daemon.clone())
+            .map(|d| (d.id, d))
+            .collect();
+        for m in proto::pg::pool_mappings(map, pool) {
+            let Some(primary) = m.primary().filter(|_| m.is_active()) else {
+                return Err(format!("pg {} is {}", m.pg, m.state.name()));
+            };
+            if m.acting.len() < pool.size as usize {
+                return Err(format!("pg {} has acting set {:?}", m.pg, m.acting));
+            }
+            let Some(d) = daemons.get(&primary) else {
+                return Err(format!("pg {}: primary {primary} is not running", m.pg));
+            };
+            let stat = d.primary_stats().into_iter().find(|s| s.pg == m.pg);
+            match stat {
+                Some(s) if s.state_name(pool.size as usize) == "active+clean" => {}
+                Some(s) => {
+                    return Err(format!(
+                        "pg {} is {} on {primary}",
+                        m.pg,
+                        s.state_name(pool.size as usize)
+                    ))
+                }
+                None => return Err(format!("pg {}: {primary} has no state for it", m.pg)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every acting member of every PG holds the same objects, at the same versions, with
+    /// the same bytes.
+    async fn compare_copies(&self, map: &ClusterMap) -> Vec<String> {
+        let mut out = Vec::new();
+        let Some(pool) = map.pool_by_name(POOL) else {
+            return vec!["no pool".into()];
+        };
+        let stores: BTreeMap<OsdId, Arc<Store>> = lock(&self.osds)
+            .iter()
+            .filter_map(|o| o.daemon.as_ref().map(|d| (d.id, Arc::clone(&d.store))))
+            .collect();
+        for m in proto::pg::pool_mappings(map, pool) {
+            let mut copies: BTreeMap<OsdId, BTreeMap<ObjectId, proto::Version>> = BTreeMap::new();
+            for o in &m.acting {
+                let Some(s) = stores.get(o) else {
+                    out.push(format!("pg {}: {o} is not running", m.pg));
+                    continue;
+                };
+                let objs = s
+                    .list(Some(pool.id))
+                    .into_iter()
+                    .filter(|e| !e.object.is_pg_meta() && !e.version.is_none())
+                    .filter(|e| proto::placement::object_pg(&e.object, pool) == m.pg)
+                    .map(|e| (e.object, e.version))
+                    .collect();
+                copies.insert(*o, objs);
+            }
+            let mut iter = copies.iter();
+            let Some((first, objs)) = iter.next() else {
+                continue;
+            };
+            for (other, theirs) in iter {
+                if theirs != objs {
+                    let diff: Vec<String> = objs
+                        .iter()
+                        .filter(|(o, v)| theirs.get(*o) != Some(*v))
+                        .map(|(o, v)| format!("{o} at {v:?} vs {:?}", theirs.get(o)))
+                        .chain(
+                            theirs
+                                .iter()
+                                .filter(|(o, _)| !objs.contains_key(*o))
+                                .map(|(o, v)| format!("{o} only on {other} at {v:?}")),
+                        )
+                        .take(3)
+                        .collect();
+                    out.push(format!(
+                        "pg {}: {first} and {other} hold different objects: {}",
+                        m.pg,
+                        diff.join("; ")
+                    ));
+                }
+            }
+            for obj in objs.keys() {
+                let mut first_bytes: Option<(OsdId, bytes::Bytes)> = None;
+                for o in &m.acting {
+                    let Some(s) = stores.get(o) else { continue };
+                    let bytes = match s.read(*obj, 0, pool.object_size).await {
+                        Ok((b, _, _)) => b,
+                        Err(e) => {
+                            out.push(format!("{obj} on {o}: {e}"));
+                            continue;
+                        }
+                    };
+                    lock(&self.report).objects_compared += 1;
+                    match &first_bytes {
+                        None => first_bytes = Some((*o, bytes)),
+                        Some((f, fb)) if *fb != bytes => out.push(format!(
+                            "{obj}: the copies on {f} and {o} differ in their bytes"
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Restart {
+    Osd(usize),
+    Mon(usize),
+    Client(usize),
+}
+
+/// Log lines stamped with the simulated time and the node that wrote them.
+struct SimStamp(std::sync::OnceLock<Instant>);
+
+impl tracing_subscriber::fmt::time::FormatTime for SimStamp {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let t0 = *self.0.get_or_init(Instant::now);
+        let node = ::net::rt::current().map_or_else(|| "sim".to_string(), |n| n.name.clone());
+        write!(w, "{} {node:>12}", fmt_us(t0.elapsed().as_micros() as u64))
+    }
+}
+
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where a failing seed's log goes (with `SIM_LOG` set).
+pub fn log_path(seed: u64) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("target/sim/seed-{seed}.log"))
+}
+
+/// Runs one seed; `Err` lists what went wrong and how to replay it. With `SIM_LOG` set (a
+/// tracing filter such as `info` or `osd=debug`), the daemons' log of a failing run is
+/// written to [`log_path`].
+pub fn run(opts: SimOptions) -> Result<Report, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let log = std::env::var("SIM_LOG").ok().filter(|f| !f.is_empty());
+    let buf = LogBuf::default();
+    let _guard = log.map(|filter| {
+        let writer = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_timer(SimStamp(Default::default()))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(sub)
+    });
+    osd::planted::plant(opts.bug);
+    mon::raft::seed_thread_rng(opts.seed);
+    let replay = opts.replay();
+    let seed = opts.seed;
+    let r = rt.block_on(run_inner(opts));
+    osd::planted::plant(None);
+    // Dropping the runtime drops every task still parked in it.
+    drop(rt);
+    // With `SIM_LOG`, a failing run leaves its log (every run does with `SIM_KEEP_LOG`).
+    let bytes = lock(&buf.0);
+    let keep = r.is_err() || std::env::var_os("SIM_KEEP_LOG").is_some();
+    let written = if bytes.is_empty() || !keep {
+        None
+    } else {
+        let path = log_path(seed);
+        let _ = std::fs::create_dir_all("target/sim");
+        Some(match std::fs::write(&path, &*bytes) {
+            Ok(()) => format!("log: {}", path.display()),
+            Err(e) => format!("log not written to {}: {e}", path.display()),
+        })
+    };
+    r.map_err(|e| {
+        let mut msg = format!("seed {seed}: {e}\n  replay: {replay}");
+        if let Some(w) = written {
+            msg.push_str(&format!("\n  {w}"));
+        }
+        msg
+    })
+}
+
+async fn run_inner(opts: SimOptions) -> Result<Report, String> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let fsid: u128 = rng.random();
+    let initial: Vec<proto::map::MonInfo> = (0..opts.mons)
+        .map(|i| proto::map::MonInfo {
+            name: format!("mon.{i}"),
+            addr: format!("10.0.0.{}:6789", i + 1),
+        })
+        .collect();
+    let mut mons = Vec::new();
+    for m in &initial {
+        let disk = mon::log::MemDisk(Default::default());
+        mon::log::format(
+            &disk,
+            &mon::store::Identity {
+                name: m.name.clone(),
+                addr: m.addr.clone(),
+                fsid,
+                initial: initial.clone(),
+            },
+        )?;
+        mons.push(MonSlot {
+            name: m.name.clone(),
+            disk,
+            node: None,
+        });
+    }
+    let osds = (0..opts.osds)
+        .map(|i| OsdSlot {
+            name: String::new(),
+            host: format!("host{i}"),
+            dev: SimDevice::new(DEVICE_BYTES),
+            node: None,
+            daemon: None,
+            generation: 0,
+            id: None,
+        })
+        .collect();
+    let world = Arc::new(World {
+        net: network::Network::new(rng.random()),
+        rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(rng.random())),
+        t0: Instant::now(),
+        mon_addrs: initial.iter().map(|m| m.addr.clone()).collect(),
+        mons: Mutex::new(mons),
+        osds: Mutex::new(osds),
+        history: Mutex::new(History::default()),
+        report: Mutex::new(Report::default()),
+        violations: Mutex::new(Vec::new()),
+        incarnations: Mutex::new(0),
+        until: Mutex::new(None),
+        clients: Mutex::new(
+            (0..opts.clients)
+                .map(|_| ClientSlot {
+                    node: None,
+                    handle: None,
+                    incarnation: 0,
+                })
+                .collect(),
+        ),
+        admin: Mutex::new(None),
+        steer: Mutex::new(vec![None; opts.clients]),
+        quiet: Mutex::new(vec![None; opts.clients]),
+        opts: opts.clone(),
+    });
+    for i in 0..opts.mons {
+        world.start_mon(i);
+    }
+    // The operator's set-up: OSDs formatted and registered, a pool, an image.
+    let admin = world.node("admin");
+    *lock(&world.admin) = Some(Arc::clone(&admin));
+    let setup = {
+        let w = Arc::clone(&world);
+        admin.spawn(async move { setup(&w).await })
+    };
+    setup
+        .await
+        .map_err(|e| format!("set-up task: {e}"))?
+        .map_err(|e| format!("set-up: {e:#}"))?;
+    for i in 0..opts.osds {
+        world.start_osd(i);
+    }
+    wait_clean(&world, Duration::from_secs(60))
+        .await
+        .map_err(|e| format!("the new cluster never became clean: {e}"))?;
+
+    // Load and faults.
+    let until = Instant::now() + Duration::from_secs(opts.secs);
+    *lock(&world.until) = Some(until);
+    for k in 0..opts.clients {
+        world.start_client(k);
+    }
+    let faults = tokio::spawn(Arc::clone(&world).faults(until));
+    let _ = faults.await;
+    tokio::time::sleep_until(until).await;
+
+    // Heal: every partition, every crashed daemon back.
+    let healed = Instant::now();
+    world.net.heal();
+    for i in 0..opts.mons {
+        world.start_mon(i);
+    }
+    for i in 0..opts.osds {
+        world.start_osd(i);
+    }
+    // Every OSD in again (drained ones, and those the monitors marked out).
+    let again = admin.spawn({
+        let mon = world.mon_addrs.clone();
+        async move {
+            let mon = MonClient::new(mon).map_err(|e| e.to_string())?;
+            let map = mon
+                .wait_for_map(Duration::from_secs(60))
+                .await
+                .map_err(|e| e.to_string())?;
+            for o in map.osds.values().filter(|o| !o.is_in) {
+                // A drain ending at this moment may have marked it in already.
+                match mon.command(Command::MarkOsdIn { id: o.id }).await {
+                    Ok(_) => {}
+                    Err(e) if e.to_string().contains("already in") => {}
+                    Err(e) => return Err(format!("osd in {}: {e}", o.id)),
+                }
+            }
+            Ok::<(), String>(())
+        }
+    });
+    match tokio::time::timeout(Duration::from_secs(120), again).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => world.violation(format!("marking every OSD in after the heal: {e}")),
+        other => world.violation(format!("marking every OSD in after the heal: {other:?}")),
+    }
+    let handles: Vec<_> = lock(&world.clients)
+        .iter_mut()
+        .map(|c| c.handle.take())
+        .collect();
+    for (k, c) in handles.into_iter().enumerate() {
+        let Some(c) = c else { continue };
+        match tokio::time::timeout(Duration::from_secs(400), c).await {
+            Ok(Ok(Ok(()))) => {}
+            // Killed with its host.
+            Ok(Err(e)) if e.is_cancelled() => {}
+            Ok(Ok(Err(e))) => world.violation(format!("client.{k}: {e}")),
+            Ok(Err(e)) => world.violation(format!("client.{k} task: {e}")),
+            Err(_) => world.violation(format!("client.{k}: an op never finished after the heal")),
+        }
+    }
+    if let Err(e) = wait_clean(&world, Duration::from_secs(120)).await {
+        world.violation(format!(
+            "not every PG active+clean 120 s after the faults healed: {e}"
+        ));
+    }
+    let clean_ms = healed.elapsed().as_millis() as u64;
+    // A last read of every block through a new client, then the copies themselves.
+    let node = world.node("client.final");
+    let w = Arc::clone(&world);
+    let last = node.spawn(async move {
+        let cluster = Cluster::connect(w.mon_addrs.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let image = Image::open(&cluster, POOL, IMAGE).map_err(|e| e.to_string())?;
+        for block in 0..w.opts.blocks {
+            let start = w.now_us();
+            let data = image
+                .read(block * BLOCK as u64, BLOCK as u64)
+                .await
+                .map_err(|e| format!("final read of block {block}: {e}"))?;
+            let end = w.now_us();
+            lock(&w.history).read_done(block, start, end, &data, "client.final");
+        }
+        Ok::<(), String>(())
+    });
+    match tokio::time::timeout(Duration::from_secs(60), last).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => world.violation(e),
+        Ok(Err(e)) => world.violation(format!("final reader: {e}")),
+        Err(_) => world.violation("the final read pass did not finish in 60 s".into()),
+    }
+    if let Some(map) = world.map() {
+        for v in world.compare_copies(&map).await {
+            world.violation(v);
+        }
+        lock(&world.report).final_epoch = map.epoch;
+    }
+    // Stop every node before the runtime goes.
+    for m in lock(&world.mons).iter_mut() {
+        if let Some(n) = m.node.take() {
+            n.kill();
+        }
+    }
+    for o in lock(&world.osds).iter_mut() {
+        o.daemon = None;
+        if let Some(n) = o.node.take() {
+            n.kill();
+        }
+    }
+    for c in lock(&world.clients).iter_mut() {
+        if let Some(n) = c.node.take() {
+            n.kill();
+        }
+    }
+    node_kill_all(&[admin]);
+
+    let mut history = std::mem::take(&mut *lock(&world.history));
+    history.check_order();
+    let mut violations = std::mem::take(&mut *lock(&world.violations));
+    violations.extend(history.violations.iter().cloned());
+    let mut report = lock(&world.report).clone();
+    report.reads = history.reads;
+    report.writes = history.writes;
+    report.clean_ms = clean_ms;
+    (report.segments, report.resets) = world.net.counters();
+    report.digest = history.digest();
+    if violations.is_empty() {
+        Ok(report)
+    } else {
+        let n = violations.len();
+        violations.truncate(8);
+        Err(format!(
+            "{n} violation(s):\n  {}\n  counters: {report:?}",
+            violations.join("\n  ")
+        ))
+    }
+}
+
+fn node_kill_all(nodes: &[Arc<Node>]) {
+    for n in nodes {
+        n.kill();
+    }
+}
+
+async fn setup(w: &Arc<World>) -> anyhow::Result<()> {
+    let mon = MonClient::new(w.mon_addrs.clone())?;
+    mon.wait_for_map(Duration::from_secs(60)).await?;
+    for i in 0..w.opts.osds {
+        let (dev, host) = {
+            let osds = lock(&w.osds);
+            (Arc::clone(&osds[i].dev), osds[i].host.clone())
+        };
+        let id = osd::register_and_format(
+            &*dev as &dyn BlockDevice,
+            w.mon_addrs.clone(),
+            &host,
+            WEIGHT_ONE,
+        )
+        .await?;
+        let mut osds = lock(&w.osds);
+        osds[i].name = format!("osd.{}", id.0);
+        osds[i].id = Some(id);
+    }
+    mon.command(Command::CreatePool {
+        name: POOL.into(),
+        size: 3,
+        min_size: 2,
+        pg_count: 16,
+        object_size: OBJECT_SIZE,
+        failure_domain: FailureDomain::Host,
+    })
+    .await?;
+    mon.command(Command::CreateImage {
+        pool: POOL.into(),
+        name: IMAGE.into(),
+        size_bytes: w.opts.blocks * BLOCK as u64,
+    })
+    .await?;
+    Ok(())
+}
+
+async fn wait_clean(w: &Arc<World>, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no OSD running");
+    loop {
+        if let Some(map) = w.map() {
+            match w.clean(&map) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

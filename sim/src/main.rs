@@ -1,0 +1,140 @@
+//! `atlant-sim`: runs seeds of the whole-cluster simulator.
+//!
+//!   atlant-sim --seed 7                 one seed (replays a failure)
+//!   atlant-sim --seeds 1..2000          a range, on every core
+//!   atlant-sim --seed 7 --bug no-rollback --log debug
+
+use clap::Parser;
+use osd::planted::Bug;
+use sim::{run, SimOptions};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Parser)]
+#[command(about = "Atlant's whole-cluster simulator")]
+struct Args {
+    /// One seed.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// A range of seeds, `A..B` (B excluded).
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Simulated seconds of load and faults per seed.
+    #[arg(long, default_value_t = 60)]
+    secs: u64,
+    /// Plant a bug: ack-local-only, skip-past-intervals, no-lease-wait, no-rollback.
+    #[arg(long, value_parser = parse_bug)]
+    bug: Option<Bug>,
+    /// Log filter for the daemons' tracing (one seed only), e.g. `info` or `osd=debug`.
+    #[arg(long)]
+    log: Option<String>,
+    /// Threads running seeds.
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+fn parse_bug(s: &str) -> Result<Bug, String> {
+    Bug::parse(s).ok_or_else(|| {
+        let names: Vec<_> = Bug::ALL.iter().map(|b| b.name()).collect();
+        format!("unknown bug {s:?}; known: {}", names.join(", "))
+    })
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("{s:?} is not a range A..B"))?;
+    let a: u64 = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u64 = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if b <= a {
+        return Err(format!("empty range {s}"));
+    }
+    Ok((a, b))
+}
+
+fn main() {
+    let args = Args::parse();
+    let (first, end) = match (&args.seed, &args.seeds) {
+        (Some(s), _) => (*s, *s + 1),
+        (None, Some(r)) => parse_range(r).unwrap_or_else(|e| {
+            eprintln!("atlant-sim: {e}");
+            std::process::exit(2)
+        }),
+        (None, None) => {
+            eprintln!("atlant-sim: give --seed N or --seeds A..B");
+            std::process::exit(2)
+        }
+    };
+    if let Some(filter) = &args.log {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .init();
+    }
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let next = Arc::new(AtomicU64::new(first));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let started = std::time::Instant::now();
+    let threads: Vec<_> = (0..jobs)
+        .map(|_| {
+            let (next, failures) = (Arc::clone(&next), Arc::clone(&failures));
+            let (secs, bug) = (args.secs, args.bug);
+            std::thread::spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= end {
+                    return;
+                }
+                let mut opts = SimOptions::new(seed);
+                opts.secs = secs;
+                opts.bug = bug;
+                let t = std::time::Instant::now();
+                match run(opts) {
+                    Ok(r) => println!(
+                        "seed {seed}: ok in {:.1}s: {} ops ({} reads, {} writes, slowest {} ms); faults: {} OSD crashes, {} monitor crashes, {} host power losses, {} partitions, {} one-way, {} cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts; clean {} ms after the heal; {} object copies compared; digest {:016x}",
+                        t.elapsed().as_secs_f64(),
+                        r.ops,
+                        r.reads,
+                        r.writes,
+                        r.max_op_ms,
+                        r.osd_crashes,
+                        r.mon_crashes,
+                        r.host_crashes,
+                        r.partitions,
+                        r.one_way,
+                        r.mon_cuts,
+                        r.abandoned_writes,
+                        r.drains,
+                        r.loss_bursts,
+                        r.clean_ms,
+                        r.objects_compared,
+                        r.digest
+                    ),
+                    Err(e) => {
+                        println!("FAILED {e}");
+                        failures.lock().unwrap_or_else(|p| p.into_inner()).push(seed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    let failures = failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    println!(
+        "{} seed(s) in {:.0}s: {} failed{}",
+        end - first,
+        started.elapsed().as_secs_f64(),
+        failures.len(),
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!(" ({failures:?})")
+        }
+    );
+    if !failures.is_empty() {
+        std::process::exit(1);
+    }
+}

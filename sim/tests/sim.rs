@@ -1,0 +1,197 @@
+//! The whole-cluster simulation over many seeds, and the planted bugs it must catch.
+//!
+//! - `SIM_SEEDS` (default 200) seeds from `SIM_FIRST_SEED` (default 1), each 60 simulated
+//!   seconds; every seed must run at least 1000 client ops and 5 crashes or partitions.
+//! - `SIM_BUG_SEEDS` (default 40): how many seeds each planted bug may take to be caught.
+//! - `SIM_JOBS`: threads (default: the machine's cores).
+
+use osd::planted::Bug;
+use sim::{run, Report, SimOptions};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn jobs() -> usize {
+    std::env::var("SIM_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+/// Runs `seeds` on `jobs()` threads; stops early once `stop` says so.
+fn run_seeds(
+    seeds: Vec<u64>,
+    make: impl Fn(u64) -> SimOptions + Send + Sync + 'static,
+    stop_on_failure: bool,
+) -> Vec<(u64, Result<Report, String>)> {
+    let seeds = Arc::new(seeds);
+    let next = Arc::new(AtomicU64::new(0));
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let make = Arc::new(make);
+    let threads: Vec<_> = (0..jobs())
+        .map(|_| {
+            let (seeds, next, out, make) = (
+                Arc::clone(&seeds),
+                Arc::clone(&next),
+                Arc::clone(&out),
+                Arc::clone(&make),
+            );
+            std::thread::spawn(move || loop {
+                let k = next.fetch_add(1, Ordering::SeqCst) as usize;
+                let Some(seed) = seeds.get(k).copied() else {
+                    return;
+                };
+                let r = run(make(seed));
+                let failed = r.is_err();
+                out.lock().unwrap().push((seed, r));
+                if failed && stop_on_failure {
+                    next.store(u64::MAX / 2, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a simulation thread panicked");
+    }
+    let mut v = std::mem::take(&mut *out.lock().unwrap());
+    v.sort_by_key(|(s, _)| *s);
+    v
+}
+
+#[test]
+fn whole_cluster_seeds() {
+    let n = env("SIM_SEEDS", 200);
+    let first = env("SIM_FIRST_SEED", 1);
+    let started = std::time::Instant::now();
+    let results = run_seeds((first..first + n).collect(), SimOptions::new, false);
+    let mut total = Report::default();
+    let mut failures = Vec::new();
+    let mut thin = Vec::new();
+    let (mut min_ops, mut min_faults) = (u64::MAX, u64::MAX);
+    let mut max_op_ms = 0;
+    for (seed, r) in &results {
+        match r {
+            Ok(r) => {
+                total.ops += r.ops;
+                total.reads += r.reads;
+                total.writes += r.writes;
+                total.osd_crashes += r.osd_crashes;
+                total.mon_crashes += r.mon_crashes;
+                total.partitions += r.partitions;
+                total.one_way += r.one_way;
+                total.loss_bursts += r.loss_bursts;
+                total.host_crashes += r.host_crashes;
+                total.abandoned_writes += r.abandoned_writes;
+                total.drains += r.drains;
+                total.mon_cuts += r.mon_cuts;
+                total.resets += r.resets;
+                total.objects_compared += r.objects_compared;
+                min_ops = min_ops.min(r.ops);
+                min_faults = min_faults.min(r.crashes_and_partitions());
+                max_op_ms = max_op_ms.max(r.max_op_ms);
+                if r.ops < 1000 || r.crashes_and_partitions() < 5 {
+                    thin.push(format!(
+                        "seed {seed}: {} ops, {} crashes or partitions",
+                        r.ops,
+                        r.crashes_and_partitions()
+                    ));
+                }
+            }
+            Err(e) => failures.push(e.clone()),
+        }
+    }
+    println!(
+        "whole-cluster simulation: {} seeds ({first}..{}) × 60 simulated s in {:.0} s",
+        results.len(),
+        first + n,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  client ops {} ({} reads, {} writes; fewest in a seed {min_ops}; slowest op {max_op_ms} ms)",
+        total.ops, total.reads, total.writes
+    );
+    println!(
+        "  faults: {} OSD crashes, {} monitor crashes, {} host power losses, {} partitions, {} one-way partitions, {} OSDs cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts ({} connections reset); fewest crashes+partitions in a seed {min_faults}",
+        total.osd_crashes,
+        total.mon_crashes,
+        total.host_crashes,
+        total.partitions,
+        total.one_way,
+        total.mon_cuts,
+        total.abandoned_writes,
+        total.drains,
+        total.loss_bursts,
+        total.resets
+    );
+    println!(
+        "  checked: every read against the acknowledged writes; after the heal every PG active+clean and {} object copies compared byte for byte",
+        total.objects_compared
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} seeds failed:\n{}",
+        failures.len(),
+        results.len(),
+        failures.join("\n")
+    );
+    assert!(
+        thin.is_empty(),
+        "seeds below the floor:\n{}",
+        thin.join("\n")
+    );
+}
+
+/// Each planted bug must be caught by the checkers within `SIM_BUG_SEEDS` seeds.
+fn planted(bug: Bug) {
+    let limit = env("SIM_BUG_SEEDS", 40);
+    let results = run_seeds(
+        (1..=limit).collect(),
+        move |seed| SimOptions {
+            bug: Some(bug),
+            ..SimOptions::new(seed)
+        },
+        true,
+    );
+    let caught = results.iter().find(|(_, r)| r.is_err());
+    match caught {
+        Some((seed, Err(e))) => {
+            let first = e.lines().take(3).collect::<Vec<_>>().join("\n    ");
+            println!(
+                "planted bug {}: caught at seed {seed} ({} seeds run):\n    {first}",
+                bug.name(),
+                results.len()
+            );
+        }
+        _ => panic!(
+            "planted bug {} was not caught in {limit} seeds: the checkers do not bite",
+            bug.name()
+        ),
+    }
+}
+
+#[test]
+fn planted_ack_local_only_is_caught() {
+    planted(Bug::AckLocalOnly);
+}
+
+#[test]
+fn planted_skip_past_intervals_is_caught() {
+    planted(Bug::SkipPastIntervals);
+}
+
+#[test]
+fn planted_no_lease_wait_is_caught() {
+    planted(Bug::NoLeaseWait);
+}
+
+#[test]
+fn planted_no_rollback_is_caught() {
+    planted(Bug::NoRollback);
+}
