@@ -119,7 +119,7 @@ impl PgInfo {
 #[derive(Default)]
 pub struct PgTable {
     pub epoch: Epoch,
-    pub pgs: HashMap<PgId, PgInfo>,
+    pub pgs: BTreeMap<PgId, PgInfo>,
 }
 
 impl PgTable {
@@ -127,7 +127,7 @@ impl PgTable {
     /// whose interval identity changed. Returns the PGs (with their interval start) this
     /// OSD must now peer as primary.
     pub fn apply_map(&mut self, me: OsdId, map: &ClusterMap) -> Vec<(PgId, Epoch)> {
-        let mut next = HashMap::new();
+        let mut next = BTreeMap::new();
         let mut to_peer = Vec::new();
         for pool in map.pools.values() {
             for mapping in pool_mappings(map, pool) {

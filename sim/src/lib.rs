@@ -86,7 +86,7 @@ impl SimOptions {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub ops: u64,
     pub reads: u64,
@@ -972,6 +972,86 @@ enum Restart {
     Client(usize),
 }
 
+/// The outcome of one seed run in its own process (see [`run_in_process`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Outcome {
+    pub seed: u64,
+    pub result: Result<Report, String>,
+}
+
+/// Runs each seed of `seeds` in its own process (`exe --seed N --json`), `jobs` at a time,
+/// calling `done` as each finishes; stops starting new ones once `done` returns false.
+///
+/// One process per seed makes a seed's run the same in a batch as in its replay: the
+/// thread-local generators behind `futures::select!` (which openraft uses) start from the
+/// same state in every fresh process.
+pub fn run_in_processes(
+    exe: &std::path::Path,
+    seeds: Vec<u64>,
+    bug: Option<Bug>,
+    secs: Option<u64>,
+    jobs: usize,
+    mut done: impl FnMut(Outcome) -> bool,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<Outcome>();
+    let queue = Arc::new(Mutex::new(
+        seeds.into_iter().collect::<std::collections::VecDeque<_>>(),
+    ));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..jobs.max(1))
+        .map(|_| {
+            let (queue, stop, tx, exe) = (
+                Arc::clone(&queue),
+                Arc::clone(&stop),
+                tx.clone(),
+                exe.to_path_buf(),
+            );
+            std::thread::spawn(move || loop {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Some(seed) = lock(&queue).pop_front() else { return };
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.args(["--seed", &seed.to_string(), "--json"]);
+                if let Some(b) = bug {
+                    cmd.args(["--bug", b.name()]);
+                }
+                if let Some(secs) = secs {
+                    cmd.args(["--secs", &secs.to_string()]);
+                }
+                let outcome = match cmd.stderr(std::process::Stdio::inherit()).output() {
+                    Ok(out) => String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .find_map(|l| serde_json::from_str::<Outcome>(l).ok())
+                        .unwrap_or_else(|| Outcome {
+                            seed,
+                            result: Err(format!(
+                                "seed {seed}: the simulator process ended ({}) without a result\n  replay: make sim SEED={seed}",
+                                out.status
+                            )),
+                        }),
+                    Err(e) => Outcome {
+                        seed,
+                        result: Err(format!("seed {seed}: cannot start {}: {e}", exe.display())),
+                    },
+                };
+                if tx.send(outcome).is_err() {
+                    return;
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for outcome in rx {
+        if !done(outcome) {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
 /// Log lines stamped with the simulated time and the node that wrote them.
 struct SimStamp(std::sync::OnceLock<Instant>);
 
@@ -1008,6 +1088,9 @@ pub fn run(opts: SimOptions) -> Result<Report, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(
+            &opts.seed.to_le_bytes(),
+        ))
         .build()
         .map_err(|e| e.to_string())?;
     let log = std::env::var("SIM_LOG").ok().filter(|f| !f.is_empty());

@@ -7,7 +7,6 @@
 use clap::Parser;
 use osd::planted::Bug;
 use sim::{run, SimOptions};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
@@ -28,9 +27,12 @@ struct Args {
     /// Log filter for the daemons' tracing (one seed only), e.g. `info` or `osd=debug`.
     #[arg(long)]
     log: Option<String>,
-    /// Threads running seeds.
+    /// Seeds run at once (each in its own process).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Print the result of `--seed` as one JSON line (what `--seeds` reads back).
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_bug(s: &str) -> Result<Bug, String> {
@@ -50,6 +52,32 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
         return Err(format!("empty range {s}"));
     }
     Ok((a, b))
+}
+
+fn print_outcome(seed: u64, result: &Result<sim::Report, String>, secs: f64) {
+    match result {
+        Ok(r) => println!(
+            "seed {seed}: ok{}: {} ops ({} reads, {} writes, slowest {} ms); faults: {} OSD crashes, {} monitor crashes, {} host power losses, {} partitions, {} one-way, {} cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts; clean {} ms after the heal; {} object copies compared; digest {:016x}",
+            if secs > 0.0 { format!(" in {secs:.1}s") } else { String::new() },
+            r.ops,
+            r.reads,
+            r.writes,
+            r.max_op_ms,
+            r.osd_crashes,
+            r.mon_crashes,
+            r.host_crashes,
+            r.partitions,
+            r.one_way,
+            r.mon_cuts,
+            r.abandoned_writes,
+            r.drains,
+            r.loss_bursts,
+            r.clean_ms,
+            r.objects_compared,
+            r.digest
+        ),
+        Err(e) => println!("FAILED {e}"),
+    }
 }
 
 fn main() {
@@ -74,54 +102,40 @@ fn main() {
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let next = Arc::new(AtomicU64::new(first));
-    let failures = Arc::new(Mutex::new(Vec::new()));
     let started = std::time::Instant::now();
-    let threads: Vec<_> = (0..jobs)
-        .map(|_| {
-            let (next, failures) = (Arc::clone(&next), Arc::clone(&failures));
-            let (secs, bug) = (args.secs, args.bug);
-            std::thread::spawn(move || loop {
-                let seed = next.fetch_add(1, Ordering::SeqCst);
-                if seed >= end {
-                    return;
-                }
-                let mut opts = SimOptions::new(seed);
-                opts.secs = secs;
-                opts.bug = bug;
-                let t = std::time::Instant::now();
-                match run(opts) {
-                    Ok(r) => println!(
-                        "seed {seed}: ok in {:.1}s: {} ops ({} reads, {} writes, slowest {} ms); faults: {} OSD crashes, {} monitor crashes, {} host power losses, {} partitions, {} one-way, {} cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts; clean {} ms after the heal; {} object copies compared; digest {:016x}",
-                        t.elapsed().as_secs_f64(),
-                        r.ops,
-                        r.reads,
-                        r.writes,
-                        r.max_op_ms,
-                        r.osd_crashes,
-                        r.mon_crashes,
-                        r.host_crashes,
-                        r.partitions,
-                        r.one_way,
-                        r.mon_cuts,
-                        r.abandoned_writes,
-                        r.drains,
-                        r.loss_bursts,
-                        r.clean_ms,
-                        r.objects_compared,
-                        r.digest
-                    ),
-                    Err(e) => {
-                        println!("FAILED {e}");
-                        failures.lock().unwrap_or_else(|p| p.into_inner()).push(seed);
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
+    if args.seed.is_some() {
+        let mut opts = SimOptions::new(first);
+        opts.secs = args.secs;
+        opts.bug = args.bug;
+        let result = run(opts);
+        if args.json {
+            let outcome = sim::Outcome {
+                seed: first,
+                result,
+            };
+            println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
+            return;
+        }
+        let ok = result.is_ok();
+        print_outcome(first, &result, started.elapsed().as_secs_f64());
+        std::process::exit(if ok { 0 } else { 1 });
     }
+    let exe = std::env::current_exe().unwrap_or_else(|e| {
+        eprintln!("atlant-sim: cannot find its own executable: {e}");
+        std::process::exit(2)
+    });
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let seeds: Vec<u64> = (first..end).collect();
+    sim::run_in_processes(&exe, seeds, args.bug, Some(args.secs), jobs, |o| {
+        if o.result.is_err() {
+            failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(o.seed);
+        }
+        print_outcome(o.seed, &o.result, 0.0);
+        true
+    });
     let failures = failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
     println!(
         "{} seed(s) in {:.0}s: {} failed{}",

@@ -259,6 +259,7 @@ impl SimNet for Network {
                     s.links.retain(|l| l.strong_count() > 0);
                 }
             }
+            tracing::trace!(target: "sim::net", %from, %to, %addr, "connected");
             let client = End::new(&net, Arc::clone(&up), Arc::clone(&down));
             let server = End::new(&net, down, up);
             if acceptor.send((Box::new(server), from)).is_err() {
@@ -402,6 +403,7 @@ impl AsyncWrite for End {
             return Poll::Ready(Err(End::reset_err()));
         }
         let at = (Instant::now() + d).max(st.last_at.unwrap_or_else(Instant::now));
+        tracing::trace!(target: "sim::net", from = %self.out.from, to = %self.out.to, len = data.len(), delay_us = d.as_micros() as u64, "segment");
         st.last_at = Some(at);
         st.queue.push_back((at, Bytes::copy_from_slice(data)));
         Link::wake(&mut st);

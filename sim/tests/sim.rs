@@ -3,12 +3,12 @@
 //! - `SIM_SEEDS` (default 200) seeds from `SIM_FIRST_SEED` (default 1), each 60 simulated
 //!   seconds; every seed must run at least 1000 client ops and 5 crashes or partitions.
 //! - `SIM_BUG_SEEDS` (default 40): how many seeds each planted bug may take to be caught.
-//! - `SIM_JOBS`: threads (default: the machine's cores).
+//! - `SIM_JOBS`: seeds at once (default: the machine's cores).
+//!
+//! Every seed runs in its own process, as `make sim SEED=n` replays it.
 
 use osd::planted::Bug;
-use sim::{run, Report, SimOptions};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use sim::Report;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -25,44 +25,23 @@ fn jobs() -> usize {
         .max(1)
 }
 
-/// Runs `seeds` on `jobs()` threads; stops early once `stop` says so.
+const EXE: &str = env!("CARGO_BIN_EXE_atlant-sim");
+
+/// Runs `seeds`, each in its own process (as `make sim SEED=n` replays it), `jobs()` at a
+/// time; stops starting new ones after a failure when `stop_on_failure`.
 fn run_seeds(
     seeds: Vec<u64>,
-    make: impl Fn(u64) -> SimOptions + Send + Sync + 'static,
+    bug: Option<Bug>,
     stop_on_failure: bool,
 ) -> Vec<(u64, Result<Report, String>)> {
-    let seeds = Arc::new(seeds);
-    let next = Arc::new(AtomicU64::new(0));
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let make = Arc::new(make);
-    let threads: Vec<_> = (0..jobs())
-        .map(|_| {
-            let (seeds, next, out, make) = (
-                Arc::clone(&seeds),
-                Arc::clone(&next),
-                Arc::clone(&out),
-                Arc::clone(&make),
-            );
-            std::thread::spawn(move || loop {
-                let k = next.fetch_add(1, Ordering::SeqCst) as usize;
-                let Some(seed) = seeds.get(k).copied() else {
-                    return;
-                };
-                let r = run(make(seed));
-                let failed = r.is_err();
-                out.lock().unwrap().push((seed, r));
-                if failed && stop_on_failure {
-                    next.store(u64::MAX / 2, Ordering::SeqCst);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("a simulation thread panicked");
-    }
-    let mut v = std::mem::take(&mut *out.lock().unwrap());
-    v.sort_by_key(|(s, _)| *s);
-    v
+    let mut out = Vec::new();
+    sim::run_in_processes(std::path::Path::new(EXE), seeds, bug, None, jobs(), |o| {
+        let failed = o.result.is_err();
+        out.push((o.seed, o.result));
+        !(failed && stop_on_failure)
+    });
+    out.sort_by_key(|(s, _)| *s);
+    out
 }
 
 #[test]
@@ -70,7 +49,7 @@ fn whole_cluster_seeds() {
     let n = env("SIM_SEEDS", 200);
     let first = env("SIM_FIRST_SEED", 1);
     let started = std::time::Instant::now();
-    let results = run_seeds((first..first + n).collect(), SimOptions::new, false);
+    let results = run_seeds((first..first + n).collect(), None, false);
     let mut total = Report::default();
     let mut failures = Vec::new();
     let mut thin = Vec::new();
@@ -151,14 +130,7 @@ fn whole_cluster_seeds() {
 /// Each planted bug must be caught by the checkers within `SIM_BUG_SEEDS` seeds.
 fn planted(bug: Bug) {
     let limit = env("SIM_BUG_SEEDS", 40);
-    let results = run_seeds(
-        (1..=limit).collect(),
-        move |seed| SimOptions {
-            bug: Some(bug),
-            ..SimOptions::new(seed)
-        },
-        true,
-    );
+    let results = run_seeds((1..=limit).collect(), Some(bug), true);
     let caught = results.iter().find(|(_, r)| r.is_err());
     match caught {
         Some((seed, Err(e))) => {
@@ -194,4 +166,28 @@ fn planted_no_lease_wait_is_caught() {
 #[test]
 fn planted_no_rollback_is_caught() {
     planted(Bug::NoRollback);
+}
+
+/// A seed replays exactly: two runs of one seed, each in its own process, issue the same
+/// ops at the same simulated times and see the same results.
+#[test]
+fn a_seed_replays_exactly() {
+    let seed = env("SIM_FIRST_SEED", 1);
+    let runs = run_seeds(vec![seed, seed], None, false);
+    let digests: Vec<u64> = runs
+        .iter()
+        .map(|(_, r)| {
+            r.as_ref()
+                .map(|r| r.digest)
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    println!(
+        "seed {seed} twice: history digests {:016x} and {:016x}",
+        digests[0], digests[1]
+    );
+    assert_eq!(
+        digests[0], digests[1],
+        "seed {seed} ran differently the second time"
+    );
 }
