@@ -236,9 +236,21 @@ fn osd_failures_under_a_verifying_workload() {
     let st = state.to_str().unwrap().to_string();
     let w = start_workload(dir.path(), &uri, "power-cycle", &["--state", &st]);
     std::thread::sleep(Duration::from_secs(4));
-    for key in ["OSD_PIDS", "MON_PIDS"] {
-        for pid in cluster_pids(dir.path(), key).values() {
-            signal(*pid, "-KILL");
+    for (key, kind) in [("OSD_PIDS", "osd"), ("MON_PIDS", "mon")] {
+        for (name, pid) in cluster_pids(dir.path(), key) {
+            // Every daemon must still be running here: one that exited on its own is a bug
+            // (its log says why).
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let log = dir.path().join("log").join(format!("{kind}.{name}.log"));
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+                panic!(
+                    "{kind}.{name} (pid {pid}) exited before the power cycle; the end of {}:\n{}",
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            signal(pid, "-KILL");
         }
     }
     signal(
