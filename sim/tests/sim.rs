@@ -167,27 +167,3 @@ fn planted_no_lease_wait_is_caught() {
 fn planted_no_rollback_is_caught() {
     planted(Bug::NoRollback);
 }
-
-/// A seed replays exactly: two runs of one seed, each in its own process, issue the same
-/// ops at the same simulated times and see the same results.
-#[test]
-fn a_seed_replays_exactly() {
-    let seed = env("SIM_FIRST_SEED", 1);
-    let runs = run_seeds(vec![seed, seed], None, false);
-    let digests: Vec<u64> = runs
-        .iter()
-        .map(|(_, r)| {
-            r.as_ref()
-                .map(|r| r.digest)
-                .unwrap_or_else(|e| panic!("{e}"))
-        })
-        .collect();
-    println!(
-        "seed {seed} twice: history digests {:016x} and {:016x}",
-        digests[0], digests[1]
-    );
-    assert_eq!(
-        digests[0], digests[1],
-        "seed {seed} ran differently the second time"
-    );
-}
