@@ -68,10 +68,7 @@ fn incarnations(osd: &Osd, pg: PgId, start: Epoch) -> Option<Vec<(OsdId, Epoch)>
     pgs.pgs
         .get(&pg)
         .filter(|i| i.interval_start == start)
-        .map(|i| {
-            let key = i.mapping.interval_key.iter().filter(|(_, e)| *e != 0);
-            key.copied().collect()
-        })
+        .map(|i| i.mapping.acting_incarnations())
 }
 
 fn current(osd: &Osd, pg: PgId, start: Epoch) -> Option<Vec<OsdId>> {
@@ -536,11 +533,7 @@ pub async fn on_activate(
                     .collect::<Vec<_>>()
             });
         let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
-        let current = pgs.pgs.get(&pg).map(|i| {
-            // The acting members at their incarnations (down placement members carry 0).
-            let key = i.mapping.interval_key.iter().filter(|(_, e)| *e != 0);
-            key.copied().collect::<Vec<_>>()
-        });
+        let current = pgs.pgs.get(&pg).map(|i| i.mapping.acting_incarnations());
         match (recorded, current) {
             (Some(r), Some(c)) if r == c => Ok(()),
             (r, c) => Err(format!(
@@ -816,25 +809,13 @@ async fn push_locked(
         let crcs = block_crcs(&data);
         (data, crcs)
     };
-    let push = ObjectOp {
-        // An object that must not exist is trimmed whole at `Version::NONE`.
-        op: if version.is_none() {
-            op::TRIM
-        } else {
-            op::PUSH
-        },
-        flags: FLAG_ROLLBACK,
-        object,
-        pg,
-        object_size: size,
-        epoch: start,
-        op_id: OpId { client: 0, tid: 0 },
-        offset: 0,
-        length: size,
-        version,
-        prev: Version::NONE,
-        crcs,
+    // An object that must not exist is trimmed whole at `Version::NONE`.
+    let kind = if version.is_none() {
+        op::TRIM
+    } else {
+        op::PUSH
     };
+    let push = whole_object_op(kind, FLAG_ROLLBACK, object, pg, size, start, version, crcs);
     let conn = osd.peer(map, member).await?;
     let f = conn
         .call(msg_type::REPLICA_OP, push.encode_meta(), data, PEER_TIMEOUT)

@@ -57,6 +57,15 @@ impl PgMapping {
     pub fn is_active(&self) -> bool {
         matches!(self.state, PgState::Active | PgState::ActiveDegraded)
     }
+    /// The acting members with their incarnations (the interval key without the down
+    /// placement members): what the monitors record for an interval that went active.
+    pub fn acting_incarnations(&self) -> Vec<(OsdId, Epoch)> {
+        self.interval_key
+            .iter()
+            .filter(|(_, e)| *e != 0)
+            .copied()
+            .collect()
+    }
 }
 
 pub fn pg_mapping(map: &ClusterMap, pool: &Pool, seed: u32) -> PgMapping {
