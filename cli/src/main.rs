@@ -821,22 +821,26 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let map = mon.get_map().await?;
             let (_, old) = map.resolve_image(&pool, &name)?;
             let old_size = old.size_bytes;
-            if new_size < old_size {
-                // Frees the cut-off tail first so that growing again later reads zeroes.
-                let cluster = Cluster::connect(mon.addrs().to_vec()).await?;
-                let img = client::Image::open(&cluster, &pool, &name)?;
-                let start = new_size.div_ceil(4096) * 4096;
-                if start < old_size {
-                    img.trim(start, old_size - start).await?;
-                }
-            }
+            // The new size first: from that epoch on, OSDs refuse writes past the new end
+            // (a gateway with the image open may still think it larger). Then the cut-off
+            // tail is freed with that epoch, so nothing lands after it and growing again
+            // later reads zeroes.
             let (epoch, _) = mon
                 .command(Command::ResizeImage {
-                    pool,
-                    name,
+                    pool: pool.clone(),
+                    name: name.clone(),
                     size_bytes: new_size,
                 })
                 .await?;
+            if new_size < old_size {
+                let cluster = Cluster::connect(mon.addrs().to_vec()).await?;
+                cluster
+                    .wait_for_epoch(epoch, std::time::Duration::from_secs(10))
+                    .await;
+                let mut img = client::Image::open(&cluster, &pool, &name)?;
+                img.size_bytes = old_size;
+                img.trim(new_size, old_size - new_size, true).await?;
+            }
             report(
                 json_out,
                 json!({"image": spec, "size_bytes": new_size, "epoch": epoch}),
@@ -847,8 +851,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let (pool, name) = split_spec(&spec)?;
             let cluster = Cluster::connect(mon.addrs().to_vec()).await?;
             let img = client::Image::open(&cluster, &pool, &name)?;
-            img.trim(0, img.size_bytes).await?;
+            // Removed from the map first: OSDs refuse writes to it from then on (an open
+            // export may still send some); then its objects are freed with that epoch.
             let (epoch, _) = mon.command(Command::RemoveImage { pool, name }).await?;
+            cluster
+                .wait_for_epoch(epoch, std::time::Duration::from_secs(10))
+                .await;
+            img.trim(0, img.size_bytes, true).await?;
             report(
                 json_out,
                 json!({"image": spec, "removed": true, "epoch": epoch}),

@@ -14,11 +14,12 @@
 
 use crate::monc::{MonClient, MonError};
 use bytes::Bytes;
+use net::sync::Cancel;
 use net::{Conn, ConnCache};
-use proto::msg::{msg_type, ObjectOp, ObjectReply, Status};
+use proto::msg::{msg_type, op, ObjectOp, ObjectReply, Status};
 use proto::pg::{pool_mappings, PgMapping};
 use proto::placement::object_pg;
-use proto::{ClusterMap, Epoch, ObjectId, OpId, OsdId, Version};
+use proto::{ClusterMap, Epoch, ObjectId, OpId, OsdId, PgId, Version};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +44,8 @@ pub enum ClientError {
     NoSpace(String),
     #[error("io error on object {object}: {reason}")]
     Io { object: ObjectId, reason: String },
+    #[error("the request was cancelled (its connection closed)")]
+    Cancelled,
     #[error("object {object}: gave up after {secs} s: {last}")]
     Timeout {
         object: ObjectId,
@@ -134,18 +137,54 @@ impl Cluster {
         &self,
         req: &ObjectRequest,
     ) -> Result<(ObjectReply, Bytes), ClientError> {
+        self.object_op_cancellable(req, &Cancel::never()).await
+    }
+
+    /// Like `object_op`, but stops resending once `cancel` is set, and returns only when
+    /// the op can no longer change anything (`ClientError::Cancelled`): a write whose
+    /// attempt is on its way waits for its answer, or for the PG's interval to end (an op
+    /// of an ended interval cannot land once the next one is active, and nothing is served
+    /// before that); one whose answer was lost is fenced at the primary (`op::FENCE`). So a
+    /// cancelled write never lands after a write that follows it.
+    pub async fn object_op_cancellable(
+        &self,
+        req: &ObjectRequest,
+        cancel: &Cancel,
+    ) -> Result<(ObjectReply, Bytes), ClientError> {
         let op_id = OpId {
             client: self.client_id,
             tid: self.next_tid.fetch_add(1, Ordering::Relaxed),
         };
+        self.run_op(req, op_id, cancel).await
+    }
+
+    async fn run_op(
+        &self,
+        req: &ObjectRequest,
+        op_id: OpId,
+        cancel: &Cancel,
+    ) -> Result<(ObjectReply, Bytes), ClientError> {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(5);
         let mut last = String::new();
         let mut attempts = 0u32;
+        // The interval of the last attempt whose fate is unknown (its answer was lost):
+        // it may still land while that interval lasts.
+        let mut unknown: Option<(PgId, Epoch)> = None;
+        let mutates = req.op != op::READ;
+        let cancelled = |unknown: Option<(PgId, Epoch)>| async move {
+            match unknown.filter(|_| mutates) {
+                Some((pg, interval)) => self.settle(req, op_id, pg, interval).await,
+                None => Err(ClientError::Cancelled),
+            }
+        };
         loop {
             attempts += 1;
             if attempts.is_multiple_of(50) {
                 tracing::warn!(object = %req.object, attempts, secs = start.elapsed().as_secs(), "op still waiting: {last}");
+            }
+            if cancel.is_cancelled() {
+                return cancelled(unknown).await;
             }
             if start.elapsed() > self.op_deadline {
                 return Err(ClientError::Timeout {
@@ -175,9 +214,13 @@ impl Cluster {
                     pool.name
                 )));
             };
-            let Some(primary) = mapping.primary().filter(|_| mapping.is_active()) else {
+            // An unknown attempt of an interval that has ended can no longer land.
+            if unknown.is_some_and(|(_, i)| i != mapping.interval) {
+                unknown = None;
+            }
+            let Some(primary) = mapping.primary().filter(|_| mapping.can_serve()) else {
                 last = format!("pg {pg} is {}", mapping.state.name());
-                self.pause(&mut backoff, &map).await;
+                self.pause_or_cancel(&mut backoff, &map, cancel).await;
                 continue;
             };
             let op = ObjectOp {
@@ -198,7 +241,7 @@ impl Cluster {
                 Ok(c) => c,
                 Err(e) => {
                     last = format!("{primary}: {e}");
-                    self.pause(&mut backoff, &map).await;
+                    self.pause_or_cancel(&mut backoff, &map, cancel).await;
                     continue;
                 }
             };
@@ -211,21 +254,50 @@ impl Cluster {
             // A primary the map has replaced (cut off, hung) may never answer: the op goes
             // to the new interval at once. The old one cannot complete it any more (its
             // replicas refuse ops of an ended interval), and the op keeps its identity.
-            let replaced = self.interval_changes(&map, pool.id, pg.seed, &mapping.interval_key);
+            let replaced = self.interval_changes(&map, pool.id, pg.seed, mapping.interval);
+            tokio::pin!(call, replaced);
+            let orphaned = proto::planted::active(proto::planted::Bug::OrphanedRequests);
             let answered = tokio::select! {
                 biased;
-                r = call => Some(r),
-                _ = replaced => None,
+                r = &mut call => Some(r),
+                _ = &mut replaced => None,
+                _ = cancel.cancelled(), if !orphaned => {
+                    // Cancelled with this attempt on its way: it is settled by its answer
+                    // or by the end of its interval.
+                    let answer = tokio::select! {
+                        biased;
+                        r = &mut call => Some(r),
+                        _ = &mut replaced => None,
+                    };
+                    match answer {
+                        // Its interval ended: nothing of it lands any more.
+                        None => unknown = None,
+                        // Lost on the way back: it may still land.
+                        Some(Err(_)) => unknown = Some((pg, mapping.interval)),
+                        // Applied (a re-sent copy of it is answered, never applied), or
+                        // refused: then an earlier attempt that was lost may be queued.
+                        Some(Ok(f)) => {
+                            let applied = ObjectReply::decode(&f.meta, f.data.len())
+                                .is_ok_and(|r| r.status == Status::Ok as u32);
+                            if applied {
+                                unknown = None;
+                            }
+                        }
+                    }
+                    return cancelled(unknown).await;
+                }
             };
             let Some(answered) = answered else {
                 last = format!("{primary} was replaced as the primary of pg {pg}");
+                unknown = None;
                 continue;
             };
             let frame = match answered {
                 Ok(f) => f,
                 Err(e) => {
                     last = format!("{primary}: {e}");
-                    self.pause(&mut backoff, &map).await;
+                    unknown = Some((pg, mapping.interval));
+                    self.pause_or_cancel(&mut backoff, &map, cancel).await;
                     continue;
                 }
             };
@@ -250,11 +322,12 @@ impl Cluster {
                 }
                 Some(s) if s.is_retryable() => {
                     last = format!("{primary}: {s:?}");
-                    self.pause(&mut backoff, &map).await;
+                    self.pause_or_cancel(&mut backoff, &map, cancel).await;
                 }
                 Some(Status::NoSpace) => {
                     return Err(ClientError::NoSpace(format!("{primary} refused the write")))
                 }
+                Some(Status::Cancelled) => return Err(ClientError::Cancelled),
                 Some(Status::Invalid) => {
                     return Err(ClientError::Invalid(format!(
                         "{primary} refused op on {}",
@@ -271,13 +344,49 @@ impl Cluster {
         }
     }
 
+    /// Settles a cancelled op whose last attempt (in `interval` of `pg`) may still land:
+    /// a FENCE at the PG's primary waits for it or makes sure it is refused. Returns
+    /// `Cancelled` once settled.
+    async fn settle(
+        &self,
+        req: &ObjectRequest,
+        op_id: OpId,
+        pg: PgId,
+        interval: Epoch,
+    ) -> Result<(ObjectReply, Bytes), ClientError> {
+        tracing::debug!(object = %req.object, ?op_id, %pg, interval, "fencing a cancelled op");
+        let fence = ObjectRequest {
+            object: req.object,
+            op: op::FENCE,
+            flags: 0,
+            offset: 0,
+            length: req.length,
+            data: Bytes::new(),
+            crcs: Vec::new(),
+        };
+        match Box::pin(self.run_op(&fence, op_id, &Cancel::never())).await {
+            Ok(_) => Err(ClientError::Cancelled),
+            Err(e) => {
+                tracing::error!(object = %req.object, ?op_id, "a cancelled op could not be fenced: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    async fn pause_or_cancel(&self, backoff: &mut Duration, map: &ClusterMap, cancel: &Cancel) {
+        tokio::select! {
+            _ = self.pause(backoff, map) => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+
     /// Returns once a map newer than `map` gives PG `seed` of `pool` another interval.
     async fn interval_changes(
         &self,
         map: &ClusterMap,
         pool: proto::PoolId,
         seed: u32,
-        key: &[(OsdId, Epoch)],
+        interval: Epoch,
     ) {
         let mut rx = self.map.subscribe();
         let mut seen = map.epoch;
@@ -292,14 +401,17 @@ impl Cluster {
             seen = m.epoch;
             let Some(p) = m.pools.get(&pool) else { return };
             let now = self.mappings_of(&m, p);
-            if now.get(seed as usize).is_none_or(|g| g.interval_key != key) {
+            if now
+                .get(seed as usize)
+                .is_none_or(|g| g.interval != interval)
+            {
                 return;
             }
         }
     }
 
     fn mappings_of(&self, map: &ClusterMap, pool: &proto::map::Pool) -> Arc<Vec<PgMapping>> {
-        let mut cache = self.mappings.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = net::sync::lock(&self.mappings);
         if cache.0 != map.epoch {
             *cache = (map.epoch, HashMap::new());
         }
@@ -310,8 +422,9 @@ impl Cluster {
             .clone()
     }
 
-    /// Makes every acknowledged write durable on every OSD (a no-op on OSDs in immediate
-    /// mode). Fails if an up OSD cannot be reached or refuses.
+    /// FLUSH as it was before it went through the PGs' primaries: asks every OSD the map
+    /// shows up, once, and fails if any does not answer. Kept only as the simulator's
+    /// planted bug `flush-up-osds-once` (`Image::flush` is the flush).
     pub async fn flush_all(&self) -> Result<(), ClientError> {
         let map = self.map();
         let req = proto::msg::encode_control(&proto::msg::ControlRequest::Flush);

@@ -2,6 +2,7 @@
 //! requests, and keeps a subscription that delivers every new map.
 
 use bytes::Bytes;
+use net::sync::lock;
 use net::{Conn, NetError};
 use proto::msg::{
     decode_control, encode_control, map_crc, msg_type, ControlRequest, ControlResponse, MapUpdate,
@@ -64,7 +65,7 @@ impl MonClient {
     }
 
     pub fn addrs(&self) -> Vec<String> {
-        self.addrs.lock().map(|a| a.clone()).unwrap_or_default()
+        lock(&self.addrs).clone()
     }
 
     /// Adopts the monitor group a map lists (ignored if it lists none).
@@ -73,16 +74,15 @@ impl MonClient {
         if listed.is_empty() {
             return;
         }
-        if let Ok(mut a) = self.addrs.lock() {
-            if *a != listed {
-                tracing::info!("monitors are now {}", listed.join(","));
-                *a = listed;
-            }
+        let mut a = lock(&self.addrs);
+        if *a != listed {
+            tracing::info!("monitors are now {}", listed.join(","));
+            *a = listed;
         }
     }
 
     async fn connection(&self) -> Result<Arc<Conn>, MonError> {
-        if let Some(c) = self.conn.lock().ok().and_then(|c| c.clone()) {
+        if let Some(c) = lock(&self.conn).clone() {
             if !c.is_closed() {
                 return Ok(c);
             }
@@ -90,16 +90,12 @@ impl MonClient {
         let start = self.next.load(Ordering::Relaxed);
         let (c, i) = connect_any(&self.addrs(), start).await?;
         self.next.store(i, Ordering::Relaxed);
-        if let Ok(mut slot) = self.conn.lock() {
-            *slot = Some(c.clone());
-        }
+        *lock(&self.conn) = Some(c.clone());
         Ok(c)
     }
 
     fn move_on(&self) {
-        if let Ok(mut slot) = self.conn.lock() {
-            *slot = None;
-        }
+        *lock(&self.conn) = None;
         let n = self.addrs().len().max(1);
         let _ = self
             .next

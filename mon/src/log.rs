@@ -107,10 +107,10 @@ pub struct MemDisk(pub Arc<Mutex<Tables>>);
 
 impl Disk for MemDisk {
     fn load(&self) -> Result<Tables, String> {
-        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        Ok(net::sync::lock(&self.0).clone())
     }
     fn commit(&self, b: Batch) -> Result<(), String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).apply(b);
+        net::sync::lock(&self.0).apply(b);
         Ok(())
     }
     fn describe(&self) -> String {
@@ -260,8 +260,28 @@ impl From<AppliedV3> for Applied {
     }
 }
 
+/// `Applied` as format 4 stored it (the map without interval starts).
+#[derive(serde::Deserialize)]
+pub struct AppliedV4 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    map: proto::map::ClusterMapV4,
+    sessions: BTreeMap<u128, (u64, MonResponse, u64)>,
+}
+
+impl From<AppliedV4> for Applied {
+    fn from(a: AppliedV4) -> Applied {
+        Applied {
+            last_applied: a.last_applied,
+            membership: a.membership,
+            map: a.map.into(),
+            sessions: a.sessions,
+        }
+    }
+}
+
 fn unseal_applied(raw: &[u8]) -> Result<Applied, String> {
-    unseal_migrating::<Applied, AppliedV3>(raw)
+    unseal_migrating::<Applied, AppliedV3, AppliedV4>(raw)
 }
 
 /// How many clients' last answers are kept.
@@ -402,7 +422,7 @@ impl MonLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        net::sync::lock(&self.inner)
     }
 }
 
@@ -553,7 +573,7 @@ impl Published {
         if to <= from {
             return Some(Vec::new());
         }
-        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let h = net::sync::lock(&self.history);
         let out: Vec<Command> = h.range(from + 1..=to).map(|(_, c)| c.clone()).collect();
         (out.len() as u64 == to - from).then_some(out)
     }
@@ -593,11 +613,7 @@ impl MonStateMachine {
 
     fn publish(&self, new_epochs: Vec<(Epoch, Command)>) {
         if !new_epochs.is_empty() {
-            let mut h = self
-                .published
-                .history
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut h = net::sync::lock(&self.published.history);
             h.extend(new_epochs);
             let cur = self.applied.map.epoch;
             if cur > KEEP_HISTORY {
@@ -751,18 +767,14 @@ impl RaftStateMachine<TypeConfig> for MonStateMachine {
             .commit(b)
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         self.applied = applied;
-        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), data));
-        self.published
-            .history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        *net::sync::lock(&self.snapshot) = Some((meta.clone(), data));
+        net::sync::lock(&self.published.history).clear();
         self.publish(Vec::new());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let slot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = net::sync::lock(&self.snapshot);
         Ok(slot.as_ref().map(|(meta, data)| Snapshot {
             meta: meta.clone(),
             snapshot: Box::new(Cursor::new(data.clone())),
@@ -800,7 +812,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MonSnapshotBuilder {
                 e,
             )
         })?;
-        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), data.clone()));
+        *net::sync::lock(&self.slot) = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

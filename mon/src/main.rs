@@ -53,6 +53,7 @@ fn secs(name: &str, v: f64, max: f64) -> anyhow::Result<std::time::Duration> {
 }
 
 fn main() -> anyhow::Result<()> {
+    net::sync::abort_on_panic();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

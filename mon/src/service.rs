@@ -12,6 +12,7 @@
 use crate::log::Published;
 use crate::raft::{MonNode, NodeId, Raft};
 use bytes::Bytes;
+use net::sync::lock;
 use net::ConnCache;
 use openraft::error::{ClientWriteError, RaftError};
 use proto::map::ClusterFlag;
@@ -110,10 +111,6 @@ pub struct MapService {
     live: Mutex<Liveness>,
     /// When each other monitor last answered this one's probe.
     mon_seen: Mutex<BTreeMap<String, Instant>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl MapService {
@@ -390,6 +387,13 @@ impl MapService {
             return;
         }
         let map = self.map();
+        if !map.pools_without_intervals().is_empty() {
+            // A map upgraded from format 4: its pools serve nothing until this commits.
+            match self.apply_own(Command::StartIntervals).await {
+                Ok((epoch, _)) => tracing::info!(epoch, "pools given interval starts"),
+                Err(e) => tracing::warn!("cannot start the pools' intervals: {e}"),
+            }
+        }
         let now = Instant::now();
         let mut down: Vec<(OsdId, Epoch, String)> = Vec::new();
         let mut out: Vec<OsdId> = Vec::new();

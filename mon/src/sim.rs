@@ -23,6 +23,7 @@ use crate::raft::{handle_rpc, MonNode, NodeId, Raft, RaftReply, RaftRpc, RaftTra
 use crate::service::{MapService, Policy};
 use crate::store::Identity;
 use futures::future::BoxFuture;
+use net::sync::lock;
 use openraft::error::{ClientWriteError, RaftError};
 use proto::map::{FailureDomain, MonInfo};
 use proto::msg::{map_crc, MonRequest};
@@ -156,10 +157,6 @@ impl Net {
 pub struct SimTransport {
     from: NodeId,
     net: Arc<Mutex<Net>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RaftTransport for SimTransport {

@@ -16,7 +16,9 @@ const MAGIC: u32 = u32::from_le_bytes(*b"ATLM");
 ///    maps. A format-2 store is refused with a message saying so.
 /// 4: the map gained per-PG history (intervals that went active). Format-3 records are read
 ///    and converted (`unseal_migrating`); they are rewritten as format 4 as the monitor runs.
-pub const FORMAT_VERSION: u16 = 4;
+/// 5: the map gained per-PG interval starts (`ClusterMap::pg_intervals`). Format-3 and -4
+///    records are read and converted; the leader then commits `StartIntervals`.
+pub const FORMAT_VERSION: u16 = 5;
 /// The oldest format this build reads.
 const OLDEST_READABLE: u16 = 3;
 const ENVELOPE_LEN: usize = 16;
@@ -54,19 +56,24 @@ pub fn unseal<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
     postcard::from_bytes(body).map_err(|e| format!("decode: {e}"))
 }
 
-/// Reads a record whose type changed in format 4: a format-3 record is read as `Old` and
-/// converted.
-pub fn unseal_migrating<T, Old>(raw: &[u8]) -> Result<T, String>
+/// Reads a record whose type changed in format 4 and again in format 5: a format-3 record
+/// is read as `V3`, a format-4 record as `V4`, and converted.
+pub fn unseal_migrating<T, V3, V4>(raw: &[u8]) -> Result<T, String>
 where
     T: serde::de::DeserializeOwned,
-    Old: serde::de::DeserializeOwned + Into<T>,
+    V3: serde::de::DeserializeOwned + Into<T>,
+    V4: serde::de::DeserializeOwned + Into<T>,
 {
     let (format, body) = envelope(raw)?;
-    if format == 3 {
-        let old: Old = postcard::from_bytes(body).map_err(|e| format!("decode (format 3): {e}"))?;
-        return Ok(old.into());
+    match format {
+        3 => postcard::from_bytes::<V3>(body)
+            .map(Into::into)
+            .map_err(|e| format!("decode (format 3): {e}")),
+        4 => postcard::from_bytes::<V4>(body)
+            .map(Into::into)
+            .map_err(|e| format!("decode (format 4): {e}")),
+        _ => postcard::from_bytes(body).map_err(|e| format!("decode: {e}")),
     }
-    postcard::from_bytes(body).map_err(|e| format!("decode: {e}"))
 }
 
 /// Checks a record's envelope; returns its format and body.
@@ -106,6 +113,7 @@ fn envelope(raw: &[u8]) -> Result<(u16, &[u8]), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::map::{ClusterMapV3 as V3, ClusterMapV4 as V4};
     use proto::ClusterMap;
 
     #[test]
@@ -141,16 +149,57 @@ mod tests {
         };
         m3.flags.insert(proto::map::ClusterFlag::NoOut);
         let raw = seal_as(&m3, 3);
-        let m: ClusterMap = unseal_migrating::<ClusterMap, proto::map::ClusterMapV3>(&raw).unwrap();
+        let m: ClusterMap = unseal_migrating::<ClusterMap, V3, V4>(&raw).unwrap();
         assert_eq!((m.fsid, m.epoch, m.next_image_id), (7, 42, 5));
         assert!(m.flags.contains(&proto::map::ClusterFlag::NoOut));
         assert!(m.pg_history.is_empty());
         // Read as the new type without conversion, the old record does not decode.
         assert!(unseal::<ClusterMap>(&raw).is_err());
-        // Written again, it is format 4 and reads back the same.
+        // Written again, it is the current format and reads back the same.
         assert_eq!(
-            unseal_migrating::<ClusterMap, proto::map::ClusterMapV3>(&seal(&m)).unwrap(),
+            unseal_migrating::<ClusterMap, V3, V4>(&seal(&m)).unwrap(),
             m
         );
+    }
+
+    #[test]
+    fn a_format_4_map_is_read_and_its_pools_wait_for_interval_starts() {
+        use proto::map::{Command, FailureDomain};
+        let m = ClusterMap::new(7, vec![])
+            .apply(&Command::CreatePool {
+                name: "rbd".into(),
+                size: 3,
+                min_size: 2,
+                pg_count: 8,
+                object_size: 4096,
+                failure_domain: FailureDomain::Host,
+            })
+            .unwrap()
+            .0;
+        let m4 = V4 {
+            fsid: m.fsid,
+            epoch: m.epoch,
+            mons: m.mons.clone(),
+            osds: m.osds.clone(),
+            pools: m.pools.clone(),
+            images: m.images.clone(),
+            next_osd_id: m.next_osd_id,
+            next_pool_id: m.next_pool_id,
+            next_image_id: m.next_image_id,
+            ratios: m.ratios,
+            flags: m.flags.clone(),
+            pg_history: m.pg_history.clone(),
+        };
+        let raw = seal_as(&m4, 4);
+        let read: ClusterMap = unseal_migrating::<ClusterMap, V3, V4>(&raw).unwrap();
+        assert_eq!(read.pools, m.pools);
+        assert_eq!(read.pools_without_intervals(), vec![1]);
+        let (started, _) = read.apply(&Command::StartIntervals).unwrap();
+        assert!(started.pools_without_intervals().is_empty());
+        assert_eq!(
+            started.interval_start(proto::PgId { pool: 1, seed: 3 }),
+            Some(started.epoch)
+        );
+        assert!(started.apply(&Command::StartIntervals).is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! only ever sees `BLOCK_SIZE`-aligned offsets and lengths.
 
 use bytes::Bytes;
+pub use net::sync::Cancel;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -21,6 +22,10 @@ pub enum IoError {
     /// The IO failed (maps to NBD EIO).
     #[error("io error: {0}")]
     Io(String),
+    /// The request's connection closed and the request was settled unfinished (nobody
+    /// reads its reply).
+    #[error("cancelled: the connection closed")]
+    Cancelled,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -33,25 +38,42 @@ pub enum OpenError {
 
 /// One export's storage. Offsets and lengths are multiples of `BLOCK_SIZE` and within
 /// `size()`; the server checks both before calling.
+///
+/// Every call takes the request's [`Cancel`]: the server sets it when the client's
+/// connection is gone. A call then returns (`IoError::Cancelled`) only once nothing it
+/// started can still change the export, because the client's resend will follow.
 pub trait Backend: Send + Sync + 'static {
     fn size(&self) -> u64;
-    fn read(&self, offset: u64, len: u64) -> impl Future<Output = Result<Bytes, IoError>> + Send;
-    /// Durable before it returns when `fua` is set (in Atlant every acknowledged write is
-    /// durable on all replicas anyway).
+    fn read(
+        &self,
+        offset: u64,
+        len: u64,
+        cancel: &Cancel,
+    ) -> impl Future<Output = Result<Bytes, IoError>> + Send;
+    /// On stable media before it returns when `fua` is set; otherwise after `flush`.
     fn write(
         &self,
         offset: u64,
         data: Bytes,
         fua: bool,
+        cancel: &Cancel,
     ) -> impl Future<Output = Result<(), IoError>> + Send;
-    fn trim(&self, offset: u64, len: u64) -> impl Future<Output = Result<(), IoError>> + Send;
+    fn trim(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> impl Future<Output = Result<(), IoError>> + Send;
     fn write_zeroes(
         &self,
         offset: u64,
         len: u64,
         fua: bool,
+        cancel: &Cancel,
     ) -> impl Future<Output = Result<(), IoError>> + Send;
-    fn flush(&self) -> impl Future<Output = Result<(), IoError>> + Send;
+    /// Every write completed before it is on stable media when it returns.
+    fn flush(&self, cancel: &Cancel) -> impl Future<Output = Result<(), IoError>> + Send;
 }
 
 /// Resolves export names (`pool/image`) to backends.

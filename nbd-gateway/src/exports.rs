@@ -16,12 +16,12 @@
 //! Invariants: every backend call has a `BLOCK_SIZE`-aligned offset and length inside
 //! `ExportState::size`, which is the backend size rounded down to a whole block.
 
-use crate::backend::{Backend, ExportProvider, IoError, OpenError, BLOCK_SIZE};
+use crate::backend::{Backend, Cancel, ExportProvider, IoError, OpenError, BLOCK_SIZE};
 use crate::locks::{BlockLocks, Mode};
 use crate::server::ServerConfig;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Largest single backend write used when writing literal zeroes (NO_HOLE).
 const ZERO_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
@@ -76,7 +76,7 @@ impl<P: ExportProvider> Exports<P> {
     /// Opens (or joins) the export `name`, which must already be resolved.
     pub async fn open(&self, name: &str) -> Result<Arc<ExportState<P::Backend>>, OpenError> {
         let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut slots = net::sync::lock(&self.slots);
             if !slots.contains_key(name) {
                 // Drop slots of exports that are closed and not being opened, so names sent
                 // by clients cannot grow the map without bound.
@@ -111,6 +111,19 @@ pub struct ExportState<B: Backend> {
     backend: Arc<B>,
     size: u64,
     locks: BlockLocks,
+    /// Connections that closed with requests still running, until those requests are
+    /// settled (cancelled and unable to land): requests that arrive meanwhile wait, so a
+    /// client's resend after a reconnect never races its original.
+    settling: tokio::sync::watch::Sender<usize>,
+}
+
+/// Held while a closed connection's requests settle (see `ExportState::settling`).
+pub struct Settling<B: Backend>(Arc<ExportState<B>>);
+
+impl<B: Backend> Drop for Settling<B> {
+    fn drop(&mut self) {
+        self.0.settling.send_modify(|n| *n -= 1);
+    }
 }
 
 fn io_error(msg: String) -> IoError {
@@ -129,7 +142,21 @@ impl<B: Backend> ExportState<B> {
             backend,
             size,
             locks: BlockLocks::new(lock_stripes),
+            settling: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A connection closed with requests running: new requests wait until the guard is
+    /// dropped (when those requests have settled).
+    pub fn begin_settling(self: &Arc<Self>) -> Settling<B> {
+        self.settling.send_modify(|n| *n += 1);
+        Settling(Arc::clone(self))
+    }
+
+    /// Waits until no closed connection's requests are still settling.
+    pub async fn settled(&self) {
+        let mut rx = self.settling.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     pub fn name(&self) -> &str {
@@ -157,21 +184,21 @@ impl<B: Backend> ExportState<B> {
     }
 
     /// Reads exactly `len` bytes at `offset`.
-    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, IoError> {
+    pub async fn read(&self, offset: u64, len: u64, cancel: &Cancel) -> Result<Bytes, IoError> {
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(Bytes::new());
         }
         let start = offset - offset % BLOCK_SIZE;
         let end = round_up(offset + len);
-        let data = self.backend_read(start, end - start).await?;
+        let data = self.backend_read(start, end - start, cancel).await?;
         let from = (offset - start) as usize;
         Ok(data.slice(from..from + len as usize))
     }
 
     /// A backend read whose result length is checked, so slicing it cannot panic.
-    async fn backend_read(&self, offset: u64, len: u64) -> Result<Bytes, IoError> {
-        let data = self.backend.read(offset, len).await?;
+    async fn backend_read(&self, offset: u64, len: u64, cancel: &Cancel) -> Result<Bytes, IoError> {
+        let data = self.backend.read(offset, len, cancel).await?;
         if data.len() as u64 != len {
             return Err(io_error(format!(
                 "backend returned {} bytes for a read of {len}@{offset}",
@@ -182,7 +209,13 @@ impl<B: Backend> ExportState<B> {
     }
 
     /// Writes `data` at `offset`, read-modify-writing partial blocks.
-    pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), IoError> {
+    pub async fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), IoError> {
         let len = data.len() as u64;
         self.check_range(offset, len)?;
         if len == 0 {
@@ -195,7 +228,7 @@ impl<B: Backend> ExportState<B> {
         let tail_partial = !end.is_multiple_of(BLOCK_SIZE);
         if !head_partial && !tail_partial {
             let _guard = self.locks.lock(first, last, Mode::Shared, &[]).await;
-            return self.backend.write(offset, data, fua).await;
+            return self.backend.write(offset, data, fua, cancel).await;
         }
         let mut exclusive = Vec::with_capacity(2);
         if head_partial {
@@ -213,14 +246,14 @@ impl<B: Backend> ExportState<B> {
         let (head, tail) = tokio::join!(
             async {
                 if head_partial {
-                    self.backend_read(start, BLOCK_SIZE).await.map(Some)
+                    self.backend_read(start, BLOCK_SIZE, cancel).await.map(Some)
                 } else {
                     Ok(None)
                 }
             },
             async {
                 if read_tail {
-                    self.backend_read(last * BLOCK_SIZE, BLOCK_SIZE)
+                    self.backend_read(last * BLOCK_SIZE, BLOCK_SIZE, cancel)
                         .await
                         .map(Some)
                 } else {
@@ -238,7 +271,7 @@ impl<B: Backend> ExportState<B> {
         }
         let at = (offset - start) as usize;
         buf[at..at + data.len()].copy_from_slice(&data);
-        self.backend.write(start, buf.freeze(), fua).await
+        self.backend.write(start, buf.freeze(), fua, cancel).await
     }
 
     /// Makes `offset..offset+len` read as zeroes. Partial blocks are read-modify-written;
@@ -250,6 +283,7 @@ impl<B: Backend> ExportState<B> {
         len: u64,
         fua: bool,
         no_hole: bool,
+        cancel: &Cancel,
     ) -> Result<(), IoError> {
         self.check_range(offset, len)?;
         if len == 0 {
@@ -270,11 +304,14 @@ impl<B: Backend> ExportState<B> {
         let _guard = self.locks.lock(first, last, Mode::Shared, &partial).await;
         let zero_partial = |block: u64| async move {
             let block_start = block * BLOCK_SIZE;
-            let mut buf = BytesMut::from(&self.backend_read(block_start, BLOCK_SIZE).await?[..]);
+            let mut buf =
+                BytesMut::from(&self.backend_read(block_start, BLOCK_SIZE, cancel).await?[..]);
             let from = offset.max(block_start) - block_start;
             let to = end.min(block_start + BLOCK_SIZE) - block_start;
             buf[from as usize..to as usize].fill(0);
-            self.backend.write(block_start, buf.freeze(), fua).await
+            self.backend
+                .write(block_start, buf.freeze(), fua, cancel)
+                .await
         };
         let middle = async {
             if mid_start >= mid_end {
@@ -283,7 +320,7 @@ impl<B: Backend> ExportState<B> {
             if !no_hole {
                 return self
                     .backend
-                    .write_zeroes(mid_start, mid_end - mid_start, fua)
+                    .write_zeroes(mid_start, mid_end - mid_start, fua, cancel)
                     .await;
             }
             let zeroes = Bytes::from(vec![
@@ -294,7 +331,7 @@ impl<B: Backend> ExportState<B> {
             while at < mid_end {
                 let n = ZERO_CHUNK_BYTES.min(mid_end - at);
                 self.backend
-                    .write(at, zeroes.slice(..n as usize), fua)
+                    .write(at, zeroes.slice(..n as usize), fua, cancel)
                     .await?;
                 at += n;
             }
@@ -316,7 +353,13 @@ impl<B: Backend> ExportState<B> {
     }
 
     /// Trims the blocks fully inside `offset..offset+len`; partial blocks keep their data.
-    pub async fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), IoError> {
+    pub async fn trim(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), IoError> {
         self.check_range(offset, len)?;
         let mid_start = round_up(offset);
         let end = offset + len;
@@ -333,15 +376,13 @@ impl<B: Backend> ExportState<B> {
                 &[],
             )
             .await;
-        self.backend.trim(mid_start, mid_end - mid_start).await?;
-        if fua {
-            self.backend.flush().await?;
-        }
-        Ok(())
+        self.backend
+            .trim(mid_start, mid_end - mid_start, fua, cancel)
+            .await
     }
 
-    pub async fn flush(&self) -> Result<(), IoError> {
-        self.backend.flush().await
+    pub async fn flush(&self, cancel: &Cancel) -> Result<(), IoError> {
+        self.backend.flush(cancel).await
     }
 }
 
@@ -352,6 +393,7 @@ fn round_up(x: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    static NEVER: std::sync::LazyLock<Cancel> = std::sync::LazyLock::new(Cancel::never);
     use super::*;
     use crate::mem::{MemBackend, MemProvider};
     use rand::{Rng, SeedableRng};
@@ -375,19 +417,24 @@ mod tests {
                 0 => {
                     let mut data = vec![0u8; l];
                     rng.fill(&mut data[..]);
-                    s.write(offset, Bytes::from(data.clone()), rng.random_bool(0.2))
-                        .await
-                        .unwrap();
+                    s.write(
+                        offset,
+                        Bytes::from(data.clone()),
+                        rng.random_bool(0.2),
+                        &NEVER,
+                    )
+                    .await
+                    .unwrap();
                     model[o..o + l].copy_from_slice(&data);
                 }
                 1 => {
-                    s.write_zeroes(offset, len, false, rng.random_bool(0.5))
+                    s.write_zeroes(offset, len, false, rng.random_bool(0.5), &NEVER)
                         .await
                         .unwrap();
                     model[o..o + l].fill(0);
                 }
                 2 => {
-                    s.trim(offset, len, false).await.unwrap();
+                    s.trim(offset, len, false, &NEVER).await.unwrap();
                     // Trimmed whole blocks read as zero in the memory backend; partial blocks
                     // must be untouched.
                     let ms = round_up(offset);
@@ -397,7 +444,7 @@ mod tests {
                     }
                 }
                 _ => {
-                    let got = s.read(offset, len).await.unwrap();
+                    let got = s.read(offset, len, &NEVER).await.unwrap();
                     assert_eq!(
                         &got[..],
                         &model[o..o + l],
@@ -406,7 +453,7 @@ mod tests {
                 }
             }
         }
-        let all = s.read(0, size).await.unwrap();
+        let all = s.read(0, size, &NEVER).await.unwrap();
         assert_eq!(&all[..], &model[..]);
     }
 
@@ -414,22 +461,23 @@ mod tests {
     async fn out_of_range_is_invalid() {
         let s = state(64 * 1024);
         assert!(matches!(
-            s.read(64 * 1024, 1).await,
+            s.read(64 * 1024, 1, &NEVER).await,
             Err(IoError::Invalid(_))
         ));
         assert!(matches!(
-            s.read(u64::MAX - 10, 100).await,
+            s.read(u64::MAX - 10, 100, &NEVER).await,
             Err(IoError::Invalid(_))
         ));
         assert!(matches!(
-            s.write(60 * 1024, Bytes::from(vec![1; 8192]), false).await,
+            s.write(60 * 1024, Bytes::from(vec![1; 8192]), false, &NEVER)
+                .await,
             Err(IoError::Invalid(_))
         ));
         assert!(matches!(
-            s.trim(u64::MAX, 2, false).await,
+            s.trim(u64::MAX, 2, false, &NEVER).await,
             Err(IoError::Invalid(_))
         ));
-        assert!(s.read(64 * 1024, 0).await.unwrap().is_empty());
+        assert!(s.read(64 * 1024, 0, &NEVER).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -16,6 +16,8 @@
 //! - `protocol.rs` — the wire format, with no IO: constants, headers, bounds-checked codecs.
 //! - `backend.rs` — the [`Backend`] / [`ExportProvider`] traits storage implements.
 //! - `mem.rs` — an in-memory provider for tests and `examples/mem_server.rs`.
+//! - `cluster.rs` — the production provider: `pool/image` names served by the client
+//!   library (the gateway binary and the whole-cluster simulator use it).
 //!
 //! What the gateway advertises: minimum and preferred block size 4 KiB, maximum payload
 //! 32 MiB, FLUSH, FUA, TRIM, WRITE_ZEROES, FAST_ZERO (configurable), CACHE, DF (with
@@ -38,6 +40,7 @@
 //! ```
 
 pub mod backend;
+pub mod cluster;
 pub mod exports;
 pub mod handshake;
 pub mod locks;
@@ -49,7 +52,7 @@ pub mod transmission;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{Backend, ExportProvider, IoError, OpenError, BLOCK_SIZE};
+pub use backend::{Backend, Cancel, ExportProvider, IoError, OpenError, BLOCK_SIZE};
 pub use exports::{ExportState, Exports};
 pub use server::{
     serve_connection, serve_tcp, serve_unix, ConnectionError, ServerConfig, MAX_PAYLOAD_BYTES,

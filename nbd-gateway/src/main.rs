@@ -1,8 +1,6 @@
 //! `atlant-nbd`: serves the cluster's images over NBD (export name `pool/image`) on a TCP
 //! address and/or a unix socket.
 
-mod cluster_backend;
-
 use anyhow::Context;
 use clap::Parser;
 use nbd_gateway::{serve_tcp, serve_unix, Exports, ServerConfig};
@@ -24,6 +22,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    net::sync::abort_on_panic();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -40,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let cluster = client::Cluster::connect(client::parse_addrs(&args.mon)).await?;
         let exports = Arc::new(Exports::new(
-            cluster_backend::ClusterProvider { cluster },
+            nbd_gateway::cluster::ClusterProvider { cluster },
             ServerConfig::default(),
         ));
         let mut tasks = Vec::new();

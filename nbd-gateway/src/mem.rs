@@ -9,11 +9,11 @@
 //! Test hooks: [`MemBackend::set_latency`] delays every operation (to widen race windows and
 //! reorder completions) and [`MemBackend::fail_with`] makes every operation fail.
 
-use crate::backend::{Backend, ExportProvider, IoError, OpenError, BLOCK_SIZE};
+use crate::backend::{Backend, Cancel, ExportProvider, IoError, OpenError, BLOCK_SIZE};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 const CHUNK_BYTES: u64 = 1024 * 1024;
@@ -44,7 +44,7 @@ impl MemBackend {
 
     /// Makes every later operation fail with `error` (`None` heals the backend).
     pub fn fail_with(&self, error: Option<IoError>) {
-        *self.fault.lock().unwrap_or_else(PoisonError::into_inner) = error;
+        *net::sync::lock(&self.fault) = error;
     }
 
     /// The stored bytes, without the block-alignment rule (for checking from tests).
@@ -59,12 +59,7 @@ impl MemBackend {
         if us > 0 {
             tokio::time::sleep(Duration::from_micros(us)).await;
         }
-        if let Some(e) = self
-            .fault
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        {
+        if let Some(e) = net::sync::lock(&self.fault).clone() {
             return Err(e);
         }
         if !offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) {
@@ -101,7 +96,7 @@ impl MemBackend {
             let Some(lock) = self.chunks.get(chunk) else {
                 return;
             };
-            let guard = lock.read().unwrap_or_else(PoisonError::into_inner);
+            let guard = lock.read().unwrap_or_else(|_| panic!("a lock is poisoned"));
             if let Some(data) = guard.as_ref() {
                 let n = range.len();
                 out[range].copy_from_slice(&data[at..at + n]);
@@ -114,7 +109,9 @@ impl MemBackend {
             let Some(lock) = self.chunks.get(chunk) else {
                 return;
             };
-            let mut guard = lock.write().unwrap_or_else(PoisonError::into_inner);
+            let mut guard = lock
+                .write()
+                .unwrap_or_else(|_| panic!("a lock is poisoned"));
             let buf =
                 guard.get_or_insert_with(|| vec![0u8; CHUNK_BYTES as usize].into_boxed_slice());
             let n = range.len();
@@ -127,7 +124,9 @@ impl MemBackend {
             let Some(lock) = self.chunks.get(chunk) else {
                 return;
             };
-            let mut guard = lock.write().unwrap_or_else(PoisonError::into_inner);
+            let mut guard = lock
+                .write()
+                .unwrap_or_else(|_| panic!("a lock is poisoned"));
             if at == 0 && range.len() as u64 == CHUNK_BYTES {
                 *guard = None;
             } else if let Some(buf) = guard.as_mut() {
@@ -142,32 +141,50 @@ impl Backend for MemBackend {
         self.size
     }
 
-    async fn read(&self, offset: u64, len: u64) -> Result<Bytes, IoError> {
+    async fn read(&self, offset: u64, len: u64, _cancel: &Cancel) -> Result<Bytes, IoError> {
         self.enter(offset, len).await?;
         let mut out = vec![0u8; len as usize];
         self.copy_out(offset, &mut out);
         Ok(Bytes::from(out))
     }
 
-    async fn write(&self, offset: u64, data: Bytes, _fua: bool) -> Result<(), IoError> {
+    async fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        _fua: bool,
+        _cancel: &Cancel,
+    ) -> Result<(), IoError> {
         self.enter(offset, data.len() as u64).await?;
         self.copy_in(offset, &data);
         Ok(())
     }
 
-    async fn trim(&self, offset: u64, len: u64) -> Result<(), IoError> {
+    async fn trim(
+        &self,
+        offset: u64,
+        len: u64,
+        _fua: bool,
+        _cancel: &Cancel,
+    ) -> Result<(), IoError> {
         self.enter(offset, len).await?;
         self.zero(offset, len);
         Ok(())
     }
 
-    async fn write_zeroes(&self, offset: u64, len: u64, _fua: bool) -> Result<(), IoError> {
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        _fua: bool,
+        _cancel: &Cancel,
+    ) -> Result<(), IoError> {
         self.enter(offset, len).await?;
         self.zero(offset, len);
         Ok(())
     }
 
-    async fn flush(&self) -> Result<(), IoError> {
+    async fn flush(&self, _cancel: &Cancel) -> Result<(), IoError> {
         self.enter(0, 0).await
     }
 }
@@ -217,6 +234,7 @@ impl ExportProvider for MemProvider {
 
 #[cfg(test)]
 mod tests {
+    static NEVER: std::sync::LazyLock<Cancel> = std::sync::LazyLock::new(Cancel::never);
     use super::*;
 
     #[tokio::test]
@@ -225,12 +243,17 @@ mod tests {
         let data: Vec<u8> = (0..3 * CHUNK_BYTES as usize)
             .map(|i| (i % 251) as u8)
             .collect();
-        b.write(CHUNK_BYTES / 2, Bytes::from(data.clone()), false)
+        b.write(CHUNK_BYTES / 2, Bytes::from(data.clone()), false, &NEVER)
             .await
             .unwrap();
-        let got = b.read(CHUNK_BYTES / 2, data.len() as u64).await.unwrap();
+        let got = b
+            .read(CHUNK_BYTES / 2, data.len() as u64, &NEVER)
+            .await
+            .unwrap();
         assert_eq!(&got[..], &data[..]);
-        b.trim(CHUNK_BYTES, CHUNK_BYTES).await.unwrap();
+        b.trim(CHUNK_BYTES, CHUNK_BYTES, false, &NEVER)
+            .await
+            .unwrap();
         assert!(b.contents(CHUNK_BYTES, CHUNK_BYTES).iter().all(|x| *x == 0));
         assert_eq!(
             b.contents(CHUNK_BYTES - 4096, 4096),
@@ -241,13 +264,19 @@ mod tests {
     #[tokio::test]
     async fn contract_violations_are_invalid() {
         let b = MemBackend::new(CHUNK_BYTES);
-        assert!(matches!(b.read(1, 4096).await, Err(IoError::Invalid(_))));
-        assert!(matches!(b.read(0, 100).await, Err(IoError::Invalid(_))));
         assert!(matches!(
-            b.read(CHUNK_BYTES, 4096).await,
+            b.read(1, 4096, &NEVER).await,
+            Err(IoError::Invalid(_))
+        ));
+        assert!(matches!(
+            b.read(0, 100, &NEVER).await,
+            Err(IoError::Invalid(_))
+        ));
+        assert!(matches!(
+            b.read(CHUNK_BYTES, 4096, &NEVER).await,
             Err(IoError::Invalid(_))
         ));
         b.fail_with(Some(IoError::NoSpace("full".into())));
-        assert!(matches!(b.flush().await, Err(IoError::NoSpace(_))));
+        assert!(matches!(b.flush(&NEVER).await, Err(IoError::NoSpace(_))));
     }
 }

@@ -21,15 +21,13 @@ impl<K: Hash + Eq + Copy> Default for ConnCache<K> {
 impl<K: Hash + Eq + Copy> ConnCache<K> {
     /// An open connection to `key` at `addr`, connecting if there is none.
     pub async fn get(&self, key: K, addr: &str) -> Result<Arc<Conn>, NetError> {
-        if let Some(c) = self.conns.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        if let Some(c) = crate::sync::lock(&self.conns).get(&key).cloned() {
             if !c.is_closed() && c.peer() == addr {
                 return Ok(c);
             }
         }
         let c = crate::transport::connect(addr).await?;
-        if let Ok(mut conns) = self.conns.lock() {
-            conns.insert(key, c.clone());
-        }
+        crate::sync::lock(&self.conns).insert(key, c.clone());
         Ok(c)
     }
 }

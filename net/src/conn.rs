@@ -158,10 +158,7 @@ impl Conn {
         crate::rt::spawn(async move {
             let result = read_frames(r, &peer, |f| {
                 if f.is_response() {
-                    let waiter = pending
-                        .lock()
-                        .ok()
-                        .and_then(|mut p| p.remove(&f.request_id));
+                    let waiter = crate::sync::lock(&pending).remove(&f.request_id);
                     if let Some(w) = waiter {
                         let _ = w.send(f);
                     }
@@ -176,9 +173,7 @@ impl Conn {
             }
             closed.store(true, Ordering::SeqCst);
             // Dropping the waiters fails every pending call.
-            if let Ok(mut p) = pending.lock() {
-                p.clear();
-            }
+            crate::sync::lock(&pending).clear();
         });
         conn
     }
@@ -193,7 +188,7 @@ impl Conn {
 
     /// The unsolicited frames the peer sends (only the first caller gets the receiver).
     pub fn take_pushes(&self) -> Option<mpsc::UnboundedReceiver<Frame>> {
-        self.pushes.lock().ok().and_then(|mut p| p.take())
+        crate::sync::lock(&self.pushes).take()
     }
 
     /// Sends a request and waits for its response.
@@ -207,7 +202,7 @@ impl Conn {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
-            let mut p = self.pending.lock().map_err(|_| self.closed_err())?;
+            let mut p = crate::sync::lock(&self.pending);
             if self.is_closed() {
                 return Err(self.closed_err());
             }
@@ -231,9 +226,7 @@ impl Conn {
     }
 
     fn forget(&self, id: u64) {
-        if let Ok(mut p) = self.pending.lock() {
-            p.remove(&id);
-        }
+        crate::sync::lock(&self.pending).remove(&id);
     }
 
     fn closed_err(&self) -> NetError {

@@ -8,6 +8,7 @@
 //! - its connections go through the simulated network ([`crate::transport::SimNet`]),
 //! - its identifiers (process nonces, store uuids, client ids) come from the run's seed.
 
+use crate::sync::lock;
 use rand::{Rng, SeedableRng};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,10 +33,6 @@ struct Tasks {
     handles: Vec<AbortHandle>,
     /// Finished tasks are dropped from `handles` when it doubles past this.
     prune_at: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Node {

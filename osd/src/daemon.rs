@@ -18,7 +18,7 @@ use proto::msg::{
     decode_control, encode_control, msg_type, ControlRequest, ControlResponse, ObjectOp,
     ObjectReply, Status,
 };
-use proto::{ClusterMap, Epoch, ObjectId, OsdId, PgId};
+use proto::{ClusterMap, Epoch, ObjectId, OsdId, PgId, Version};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,6 +55,63 @@ pub struct Osd {
     /// object that a removal decided on an older map is about to delete.
     pub stray_gate: tokio::sync::RwLock<()>,
     pub leases: crate::lease::Leases,
+    /// Ops that may still change the store, by the PG interval they were admitted in.
+    pub fence: OpFence,
+}
+
+/// The ops of each PG interval that may still change this OSD's store (client writes on
+/// the primary, replica writes, pushes, recovery pulls, activations).
+///
+/// Invariant: an op enters (under the PG table's lock) only after checking that its PG is
+/// still in the interval it belongs to, and leaves when its store writes are done. A new
+/// interval's peering query is answered only once no op of an earlier interval is left
+/// (`drain_before`): ops that were admitted before this OSD saw the new map have finished
+/// and are in what the answer lists, and any later op of an old interval fails its check.
+/// So an answer is final: nothing of an ended interval lands after it.
+#[derive(Default)]
+pub struct OpFence {
+    inflight: Mutex<HashMap<(PgId, Epoch), usize>>,
+    left: Notify,
+}
+
+/// An admitted op; it leaves the fence when dropped.
+pub struct OpTicket<'a> {
+    fence: &'a OpFence,
+    key: (PgId, Epoch),
+}
+
+impl OpFence {
+    /// Admits an op of `pg`'s interval `start`. Call with the PG table locked, after
+    /// checking that the PG is in that interval.
+    pub fn enter(&self, pg: PgId, start: Epoch) -> OpTicket<'_> {
+        *crate::lock(&self.inflight).entry((pg, start)).or_insert(0) += 1;
+        OpTicket {
+            fence: self,
+            key: (pg, start),
+        }
+    }
+
+    fn others(&self, pg: PgId, current: Option<Epoch>) -> usize {
+        crate::lock(&self.inflight)
+            .iter()
+            .filter(|((p, s), n)| *p == pg && Some(*s) != current && **n > 0)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+}
+
+impl Drop for OpTicket<'_> {
+    fn drop(&mut self) {
+        let mut m = crate::lock(&self.fence.inflight);
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+        drop(m);
+        self.fence.left.notify_waiters();
+    }
 }
 
 impl Osd {
@@ -78,12 +135,51 @@ impl Osd {
             pg_event: Notify::new(),
             stray_gate: tokio::sync::RwLock::new(()),
             leases: Default::default(),
+            fence: OpFence::default(),
         })
+    }
+
+    /// Admits an op of `pg` if the PG is in the interval `start` here and `ok` holds for it.
+    pub fn admit(
+        &self,
+        pg: PgId,
+        start: Epoch,
+        ok: impl FnOnce(&PgInfo) -> bool,
+    ) -> Option<OpTicket<'_>> {
+        let pgs = crate::lock(&self.pgs);
+        pgs.pgs
+            .get(&pg)
+            .filter(|i| i.interval_start == start && ok(i))
+            .map(|_| self.fence.enter(pg, start))
+    }
+
+    /// Returns once no op of an interval of `pg` other than the current one is left.
+    pub async fn drain_before(&self, pg: PgId) {
+        let began = tokio::time::Instant::now();
+        let mut warned = false;
+        loop {
+            let left = self.fence.left.notified();
+            tokio::pin!(left);
+            left.as_mut().enable();
+            let current = crate::lock(&self.pgs)
+                .pgs
+                .get(&pg)
+                .map(|i| i.interval_start);
+            let n = self.fence.others(pg, current);
+            if n == 0 {
+                return;
+            }
+            if !warned && began.elapsed() > Duration::from_secs(5) {
+                warned = true;
+                tracing::warn!(%pg, ops = n, "a peering answer still waits for ops of an ended interval");
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), left).await;
+        }
     }
 
     /// Runs `f` on the PG if it is still in the interval `start`; false if it is not.
     pub fn update_pg(&self, pg: PgId, start: Epoch, f: impl FnOnce(&mut PgInfo)) -> bool {
-        let mut pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pgs = net::sync::lock(&self.pgs);
         match pgs.pgs.get_mut(&pg).filter(|i| i.interval_start == start) {
             Some(i) => {
                 f(i);
@@ -93,10 +189,36 @@ impl Osd {
         }
     }
 
+    /// The primary's copy of `object` is damaged (it failed its checksum): recovery pulls
+    /// it from the other members before anything reads or pushes it.
+    pub fn note_bad_copy(
+        self: &Arc<Self>,
+        pg: PgId,
+        start: Epoch,
+        object: ObjectId,
+        version: Version,
+    ) {
+        let me = self.id;
+        let marked = self.update_pg(pg, start, |i| {
+            let others: Vec<OsdId> = i
+                .mapping
+                .acting
+                .iter()
+                .copied()
+                .filter(|o| *o != me && !i.is_missing(*o, &object))
+                .collect();
+            i.missing.entry(me).or_default().insert(object, version);
+            i.sources.insert(object, others);
+        });
+        if marked {
+            crate::peering::ensure_recovery(self, pg, start);
+        }
+    }
+
     /// The state of every PG this OSD is the primary of, for the monitors.
     pub fn primary_stats(&self) -> Vec<proto::msg::PgStat> {
         let map = self.current_map();
-        let pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        let pgs = net::sync::lock(&self.pgs);
         let mut v: Vec<_> = pgs
             .pgs
             .values()
@@ -112,7 +234,7 @@ impl Osd {
 
     /// Counts a client op the PG could not serve (shown as blocked ops in `atlant status`).
     pub fn note_blocked(&self, pg: PgId) {
-        let mut pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pgs = net::sync::lock(&self.pgs);
         if let Some(i) = pgs.pgs.get_mut(&pg) {
             i.blocked_ops += 1;
         }
@@ -132,9 +254,29 @@ impl Osd {
         self.metas.lock().await.remove(&pg);
     }
 
-    pub async fn set_pg_meta(&self, pg: PgId, meta: PgMeta) -> Result<(), StoreError> {
+    /// Persists `meta`. Its `last_epoch_started` never goes back: an activation of an
+    /// older interval than the one this OSD last helped activate is refused (`unchecked`:
+    /// the planted bug that wrote it anyway).
+    pub async fn set_pg_meta(&self, pg: PgId, meta: PgMeta, unchecked: bool) -> Result<(), String> {
         let mut metas = self.metas.lock().await;
-        pgmeta::save(&self.store, pg, &meta).await?;
+        let old = match metas.get(&pg) {
+            Some(m) => m.last_epoch_started,
+            None => {
+                pgmeta::load(&self.store, pg)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .last_epoch_started
+            }
+        };
+        if meta.last_epoch_started < old && !unchecked {
+            return Err(format!(
+                "{}: pg {pg}: refusing an activation for the interval from epoch {}: this OSD already activated the one from epoch {old}",
+                self.id, meta.last_epoch_started
+            ));
+        }
+        pgmeta::save(&self.store, pg, &meta)
+            .await
+            .map_err(|e| e.to_string())?;
         metas.insert(pg, meta);
         Ok(())
     }
@@ -173,7 +315,7 @@ impl Osd {
                 .osd(self.id)
                 .is_some_and(|o| o.up && o.up_from == up_from);
         let to_peer = {
-            let mut pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pgs = net::sync::lock(&self.pgs);
             if !serving {
                 pgs.pgs.clear();
                 return;

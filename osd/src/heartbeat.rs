@@ -81,7 +81,7 @@ pub fn spawn(
             let my_inc = osd.up_from.load(Ordering::SeqCst);
             if !map.osd(me).is_some_and(|o| o.up && o.up_from == my_inc) {
                 // Not serving: our view of others does not count.
-                state.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                net::sync::lock(&state).clear();
                 continue;
             }
             let ps = match &cached {
@@ -110,7 +110,7 @@ fn probe_round(
 ) -> Vec<(OsdId, u64, bool)> {
     let now = Instant::now();
     let mut reports = Vec::new();
-    let mut peers_now = state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut peers_now = net::sync::lock(state);
     peers_now.retain(|id, _| ps.contains(&OsdId(*id)));
     for p in ps {
         let Some(info) = map.osd(*p) else { continue };
@@ -173,7 +173,7 @@ fn probe_round(
             if granted {
                 osd.leases.hold(OsdId(id), sent);
             }
-            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = net::sync::lock(&state);
             if let Some(e) = st.get_mut(&id) {
                 e.inflight = false;
                 if e.up_from == up_from {

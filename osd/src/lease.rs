@@ -14,6 +14,7 @@
 //! - After a restart an OSD has forgotten what it granted: it answers no peering query
 //!   until one whole lease after it started.
 
+use net::sync::lock;
 use proto::{ClusterMap, Epoch, OsdId};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -40,10 +41,6 @@ impl Default for Leases {
             held: Mutex::new(HashMap::new()),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Leases {

@@ -11,10 +11,12 @@ pub mod lease;
 pub mod peering;
 pub mod pgmeta;
 pub mod pgs;
-pub mod planted;
 pub mod primary;
 pub mod replica;
 pub mod store;
+
+pub use net::planted;
+pub use net::sync::lock;
 
 use anyhow::{bail, Context};
 use client::MonClient;

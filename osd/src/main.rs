@@ -65,6 +65,7 @@ fn grace_secs(s: &str) -> Result<f64, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    net::sync::abort_on_panic();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

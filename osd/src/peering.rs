@@ -64,7 +64,7 @@ pub fn start(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
 /// The acting set if `pg` is still in the interval `start` with this OSD as primary.
 /// The acting members of `pg` with their incarnations, while its interval is `start`.
 fn incarnations(osd: &Osd, pg: PgId, start: Epoch) -> Option<Vec<(OsdId, Epoch)>> {
-    let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+    let pgs = net::sync::lock(&osd.pgs);
     pgs.pgs
         .get(&pg)
         .filter(|i| i.interval_start == start)
@@ -72,7 +72,7 @@ fn incarnations(osd: &Osd, pg: PgId, start: Epoch) -> Option<Vec<(OsdId, Epoch)>
 }
 
 fn current(osd: &Osd, pg: PgId, start: Epoch) -> Option<Vec<OsdId>> {
-    let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+    let pgs = net::sync::lock(&osd.pgs);
     pgs.pgs
         .get(&pg)
         .filter(|i| i.interval_start == start && i.mapping.primary() == Some(osd.id))
@@ -425,7 +425,11 @@ async fn query(
     let sent = tokio::time::Instant::now();
     match control(osd, map, to, &req).await? {
         ControlResponse::PgPeerInfo(i) => {
-            osd.leases.hold(to, sent);
+            // Only a lease the member says it granted (it grants none to an incarnation
+            // its map does not show up).
+            if i.lease || crate::planted::active(crate::planted::Bug::LeaseIgnored) {
+                osd.leases.hold(to, sent);
+            }
             Ok(*i)
         }
         ControlResponse::Error(e) => Err(e),
@@ -482,7 +486,12 @@ pub async fn on_query(
         tracing::debug!(%pg, %asker, wait_ms = wait.as_millis() as u64, "waiting for granted read leases to run out");
         tokio::time::sleep(wait).await;
     }
-    osd.leases.grant(&osd.current_map(), asker, epoch);
+    // What is listed below must be final: ops of the intervals before this one that were
+    // admitted before the map changed finish first (later ones fail their interval check).
+    if !crate::planted::active(crate::planted::Bug::QueryBeforeDrain) {
+        osd.drain_before(pg).await;
+    }
+    let lease = osd.leases.grant(&osd.current_map(), asker, epoch);
     let _gate = osd.stray_gate.read().await;
     let meta = osd.pg_meta(pg).await.map_err(|e| e.to_string())?;
     let map = osd.current_map();
@@ -501,14 +510,16 @@ pub async fn on_query(
         last_epoch_started: meta.last_epoch_started,
         objects,
         missing: meta.missing.into_iter().collect(),
+        lease,
     })
 }
 
 /// Member side of `PgActivate`: persist LES and what this OSD misses, and take replica
 /// ops from this primary only. `epoch` is a map that records the interval (the monitors
 /// committed it before the primary sent this); the activation is refused unless that
-/// interval is this OSD's current one, same members at the same incarnations. A delayed
-/// activation from an interval that has ended must not let its primary write here.
+/// interval is this OSD's current one (same start, same members at the same
+/// incarnations). A delayed activation from an interval that has ended must not let its
+/// primary write here, nor move LES back (LES only grows: `Osd::set_pg_meta`).
 pub async fn on_activate(
     osd: &Arc<Osd>,
     pg: PgId,
@@ -520,39 +531,52 @@ pub async fn on_activate(
         return Err(format!("{} has no map of epoch {epoch} yet", osd.id));
     }
     osd.apply_map(&osd.current_map());
-    let is_current = || {
-        let map = osd.current_map();
-        let recorded = map
-            .pg_history
-            .get(&pg)
-            .and_then(|h| h.iter().find(|i| i.start == start))
-            .map(|i| {
-                i.members
-                    .iter()
-                    .map(|m| (m.osd, m.up_from))
-                    .collect::<Vec<_>>()
-            });
-        let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
-        let current = pgs.pgs.get(&pg).map(|i| i.mapping.acting_incarnations());
-        match (recorded, current) {
-            (Some(r), Some(c)) if r == c => Ok(()),
-            (r, c) => Err(format!(
-                "{}: activation of pg {pg} for the interval from epoch {start} ({r:?}) is not for its current interval ({c:?})",
-                osd.id
-            )),
+    let map = osd.current_map();
+    let recorded: Option<Vec<(OsdId, Epoch)>> = map
+        .pg_history
+        .get(&pg)
+        .and_then(|h| h.iter().find(|i| i.start == start))
+        .map(|i| i.members.iter().map(|m| (m.osd, m.up_from)).collect());
+    let by_members = crate::planted::active(crate::planted::Bug::IntervalByMembers);
+    let (local_start, ok) = {
+        let pgs = net::sync::lock(&osd.pgs);
+        match pgs.pgs.get(&pg) {
+            Some(i) => {
+                let same = recorded.as_ref() == Some(&i.mapping.acting_incarnations())
+                    && (by_members || i.interval_start == start);
+                (i.interval_start, same)
+            }
+            None => (0, false),
         }
     };
-    is_current()?;
+    let refused = || {
+        format!(
+            "{}: activation of pg {pg} for the interval from epoch {start} ({recorded:?}) is not for its current interval (from epoch {local_start})",
+            osd.id
+        )
+    };
+    if !ok {
+        return Err(refused());
+    }
+    // Admitted like a write: a peering answer for a later interval waits for it, and it
+    // is refused once that interval has begun.
+    let Some(_ticket) = osd.admit(pg, local_start, |i| {
+        recorded.as_ref() == Some(&i.mapping.acting_incarnations())
+    }) else {
+        return Err(refused());
+    };
     let meta = PgMeta {
         last_epoch_started: start,
         missing: missing.into_iter().collect(),
     };
-    osd.set_pg_meta(pg, meta).await.map_err(|e| e.to_string())?;
-    is_current()?;
-    let mut pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(i) = pgs.pgs.get_mut(&pg) {
-        // Two activations of one interval: the later start is the live primary's.
-        i.activated = i.activated.max(Some(start));
+    osd.set_pg_meta(pg, meta, by_members).await?;
+    let mut pgs = net::sync::lock(&osd.pgs);
+    if let Some(i) = pgs
+        .pgs
+        .get_mut(&pg)
+        .filter(|i| i.interval_start == local_start)
+    {
+        i.activated = Some(start);
     }
     Ok(())
 }
@@ -563,12 +587,13 @@ pub async fn on_activate(
 /// Background recovery of `pg` for the interval `start`, until every member has every
 /// object or the interval ends.
 async fn recover(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
+    let mut recovered = 0u64;
     loop {
         if current(osd, pg, start).is_none() {
             return;
         }
         let work: Vec<(OsdId, ObjectId, Version)> = {
-            let mut pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pgs = net::sync::lock(&osd.pgs);
             let Some(info) = pgs.pgs.get_mut(&pg) else {
                 return;
             };
@@ -610,6 +635,7 @@ async fn recover(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
             .buffer_unordered(RECOVERY_PER_PG)
             .collect()
             .await;
+        recovered += results.iter().filter(|ok| **ok).count() as u64;
         if results.iter().any(|ok| !ok) {
             let epoch = osd.epoch();
             let mut rx = osd.map.clone();
@@ -617,21 +643,82 @@ async fn recover(osd: &Arc<Osd>, pg: PgId, start: Epoch) {
                 .await;
         }
     }
-    let map = osd.current_map();
-    let size = map
-        .pools
-        .get(&pg.pool)
-        .map(|p| p.size as usize)
-        .unwrap_or(0);
-    let Some(acting) = current(osd, pg, start) else {
-        return;
-    };
-    if acting.len() >= size {
-        match osd.batcher.send(MonNote::Clean(pg, start)).await {
-            Ok(_) => tracing::debug!(%pg, start, "clean"),
-            Err(e) => tracing::info!(%pg, "could not record the pg clean: {e}"),
+    // Pushed and pulled copies are on stable media on every member before the PG counts
+    // as recovered: only then may the history that names older witnesses be trimmed (and
+    // those witnesses delete their copies).
+    if recovered > 0 && !crate::planted::active(crate::planted::Bug::UnflushedRecovery) {
+        loop {
+            let Some(acting) = current(osd, pg, start) else {
+                return;
+            };
+            match flush_members(osd, pg, start, &acting).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::info!(%pg, "recovered copies not flushed yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
         }
     }
+    // Every member of the interval holds every object: the history before it is no longer
+    // needed, even while the PG is degraded (a down member is not a witness any more).
+    if current(osd, pg, start).is_none() {
+        return;
+    }
+    match osd.batcher.send(MonNote::Clean(pg, start)).await {
+        Ok(_) => tracing::debug!(%pg, start, "recovered; history trimmed"),
+        Err(e) => tracing::info!(%pg, "could not record the pg recovered: {e}"),
+    }
+}
+
+/// Flushes the devices of the acting members of `pg` (the primary's too).
+async fn flush_members(
+    osd: &Arc<Osd>,
+    pg: PgId,
+    start: Epoch,
+    acting: &[OsdId],
+) -> Result<(), String> {
+    let map = osd.current_map();
+    let size = object_size_of_pool(&map, pg)?;
+    let any = ObjectId {
+        pool: pg.pool,
+        image: 0,
+        index: 0,
+    };
+    let op = whole_object_op(
+        op::FLUSH,
+        0,
+        any,
+        pg,
+        size,
+        start,
+        Version::NONE,
+        Vec::new(),
+    );
+    let meta = op.encode_meta();
+    let others: Vec<OsdId> = acting.iter().copied().filter(|o| *o != osd.id).collect();
+    let remote = join_all(
+        others
+            .iter()
+            .map(|m| crate::primary::send(osd, &map, *m, meta.clone(), Bytes::new(), (pg, start))),
+    );
+    let (local, remote) = tokio::join!(osd.store.flush(), remote);
+    local.map_err(|e| format!("{}: {e}", osd.id))?;
+    for (m, r) in others.iter().zip(remote) {
+        match r {
+            Ok((Status::Ok, _)) => {}
+            Ok((s, _)) => return Err(format!("{m}: {s:?}")),
+            Err(e) => return Err(format!("{m}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn object_size_of_pool(map: &ClusterMap, pg: PgId) -> Result<u32, String> {
+    map.pools
+        .get(&pg.pool)
+        .map(|p| p.object_size)
+        .ok_or_else(|| format!("pool {} is gone", pg.pool))
 }
 
 /// Brings `member`'s copy of `object` to `version` (the primary pulls its own copy from a
@@ -645,23 +732,30 @@ pub async fn recover_object(
     version: Version,
 ) -> Result<(), String> {
     let _guard = osd.lock_object(&object).await;
-    let still = {
-        let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
-        pgs.pgs
-            .get(&pg)
-            .filter(|i| i.interval_start == start)
-            .map(|i| i.is_missing(member, &object))
+    let (still, _ticket) = {
+        let pgs = net::sync::lock(&osd.pgs);
+        match pgs.pgs.get(&pg).filter(|i| i.interval_start == start) {
+            None => return Err("interval over".into()),
+            Some(i) => (i.is_missing(member, &object), osd.fence.enter(pg, start)),
+        }
     };
-    match still {
-        None => return Err("interval over".into()),
-        Some(false) => return Ok(()),
-        Some(true) => {}
+    if !still {
+        return Ok(());
     }
     let map = osd.current_map();
-    if member == osd.id {
-        pull_locked(osd, &map, pg, object, version).await?;
-    } else {
-        push_locked(osd, &map, pg, start, member, object, version).await?;
+    let work = async {
+        if member == osd.id {
+            pull_locked(osd, &map, pg, object, version).await
+        } else {
+            push_locked(osd, &map, pg, start, member, object, version).await
+        }
+    };
+    // A peer that hangs must not hold the fence (and so the next interval's peering) for
+    // the whole timeout.
+    tokio::select! {
+        biased;
+        r = work => r?,
+        _ = crate::primary::interval_ends(osd, pg, start) => return Err("interval over".into()),
     }
     osd.update_pg(pg, start, |i| {
         if let Some(m) = i.missing.get_mut(&member) {
@@ -729,12 +823,26 @@ pub async fn pull_locked(
             .map_err(|e| e.to_string());
     }
     let sources: Vec<OsdId> = {
-        let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        let pgs = net::sync::lock(&osd.pgs);
         pgs.pgs
             .get(&pg)
             .and_then(|i| i.sources.get(&object).cloned())
             .unwrap_or_default()
     };
+    pull_from(osd, map, pg, object, version, &sources).await
+}
+
+/// Replaces the local copy of `object` with the copy at `version` of the first of
+/// `sources` that holds it intact (caller holds the object lock).
+pub async fn pull_from(
+    osd: &Osd,
+    map: &ClusterMap,
+    pg: PgId,
+    object: ObjectId,
+    version: Version,
+    sources: &[OsdId],
+) -> Result<(), String> {
+    let size = object_size(map, &object)?;
     let mut last = format!("no source for {object}");
     for s in sources.iter().filter(|s| **s != osd.id) {
         let req = whole_object_op(
@@ -1066,6 +1174,7 @@ mod tests {
             last_epoch_started: les,
             objects: objects.iter().map(|(i, v)| (obj(*i), *v)).collect(),
             missing: missing.iter().map(|(i, v)| (obj(*i), *v)).collect(),
+            lease: true,
         }
     }
 

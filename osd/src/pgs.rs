@@ -2,15 +2,16 @@
 //! start epoch and identity), the peering phase and recovery state when it is the primary,
 //! the next sequence number to assign, and the ops recently completed.
 //!
-//! An interval starts whenever a PG's acting set or a member's incarnation changes; its
-//! start is the first epoch at which this OSD saw it. Only the primary assigns versions
-//! (with the start it saw), and each interval's start is later than the previous one's, so
-//! versions grow across intervals.
+//! An interval starts whenever a PG's placement, a member's incarnation or whether it can
+//! serve changes; the map records its start (`ClusterMap::interval_start`), so every member
+//! names it alike and an interval that ended is never taken for a later one with the same
+//! members. Only the primary assigns versions (interval start, sequence), and each
+//! interval's start is later than the previous one's, so versions grow across intervals.
 
 use proto::msg::{PgPhase, PgStat};
 use proto::pg::{pool_mappings, PgMapping};
 use proto::{ClusterMap, Epoch, ObjectId, OpId, OsdId, PgId, Version};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use tokio::time::Instant;
 
 /// How many completed op ids a PG remembers for answering re-sent ops.
@@ -44,6 +45,12 @@ pub struct PgInfo {
     next_seq: u64,
     recent: HashMap<OpId, Version>,
     recent_order: VecDeque<OpId>,
+    /// Primary only: client writes admitted and not finished (a FENCE waits for them).
+    in_flight: HashSet<OpId>,
+    /// Primary only: ops their client cancelled (`op::FENCE`) before they arrived; refused
+    /// if they ever do.
+    fenced: HashSet<OpId>,
+    fenced_order: VecDeque<OpId>,
 }
 
 impl PgInfo {
@@ -66,6 +73,34 @@ impl PgInfo {
             if self.recent_order.len() > RECENT_OPS {
                 if let Some(old) = self.recent_order.pop_front() {
                     self.recent.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub fn op_started(&mut self, id: OpId) {
+        self.in_flight.insert(id);
+    }
+
+    pub fn op_finished(&mut self, id: &OpId) {
+        self.in_flight.remove(id);
+    }
+
+    pub fn is_in_flight(&self, id: &OpId) -> bool {
+        self.in_flight.contains(id)
+    }
+
+    pub fn is_fenced(&self, id: &OpId) -> bool {
+        self.fenced.contains(id)
+    }
+
+    /// Records that `id` must be refused if it ever arrives (its client cancelled it).
+    pub fn fence_op(&mut self, id: OpId) {
+        if self.fenced.insert(id) {
+            self.fenced_order.push_back(id);
+            if self.fenced_order.len() > RECENT_OPS {
+                if let Some(old) = self.fenced_order.pop_front() {
+                    self.fenced.remove(&old);
                 }
             }
         }
@@ -124,7 +159,7 @@ pub struct PgTable {
 
 impl PgTable {
     /// Recomputes the PGs this OSD acts in from `map`, starting a new interval for every PG
-    /// whose interval identity changed. Returns the PGs (with their interval start) this
+    /// whose interval start changed. Returns the PGs (with their interval start) this
     /// OSD must now peer as primary.
     pub fn apply_map(&mut self, me: OsdId, map: &ClusterMap) -> Vec<(PgId, Epoch)> {
         let mut next = BTreeMap::new();
@@ -135,27 +170,55 @@ impl PgTable {
                     continue;
                 }
                 let pg = mapping.pg;
+                let by_members = crate::planted::active(crate::planted::Bug::IntervalByMembers);
                 let info = match self.pgs.remove(&pg) {
-                    Some(mut old) if old.mapping.interval_key == mapping.interval_key => {
+                    Some(mut old)
+                        if (by_members && old.mapping.interval_key == mapping.interval_key)
+                            || (!by_members && old.interval_start == mapping.interval) =>
+                    {
                         old.mapping = mapping;
                         old
                     }
                     old => {
-                        // The first epoch this OSD sees the interval in: never before its
-                        // real start, and after the previous interval's start.
-                        let start = map.epoch;
-                        if mapping.primary() == Some(me) && mapping.is_active() {
+                        // The interval as the map identifies it: every member sees the
+                        // same start, and a later interval with the same members has a
+                        // later one. A pool without interval starts (upgraded map) serves
+                        // nothing until it has them.
+                        let start = if by_members {
+                            map.epoch
+                        } else {
+                            mapping.interval
+                        };
+                        if mapping.primary() == Some(me) && mapping.can_serve() {
                             to_peer.push((pg, start));
+                        }
+                        if let Some(o) = &old {
+                            assert!(
+                                start == 0 || start > o.interval_start,
+                                "pg {pg}: interval start {start} after {}",
+                                o.interval_start
+                            );
                         }
                         // Ops this OSD completed as the PG's primary stay answered when it
                         // is the primary again: each was on every member, so peering keeps
                         // it, and a re-sent copy must not be applied a second time.
-                        let (blocked_ops, recent, recent_order) = match old {
-                            Some(o) if o.mapping.primary() == Some(me) => {
-                                (o.blocked_ops, o.recent, o.recent_order)
-                            }
-                            Some(o) => (o.blocked_ops, HashMap::new(), VecDeque::new()),
-                            None => (0, HashMap::new(), VecDeque::new()),
+                        // So do the ops it fenced: a cancelled op must never land.
+                        let (blocked_ops, recent, recent_order, fenced, fenced_order) = match old {
+                            Some(o) if o.mapping.primary() == Some(me) => (
+                                o.blocked_ops,
+                                o.recent,
+                                o.recent_order,
+                                o.fenced,
+                                o.fenced_order,
+                            ),
+                            Some(o) => (
+                                o.blocked_ops,
+                                Default::default(),
+                                Default::default(),
+                                Default::default(),
+                                Default::default(),
+                            ),
+                            None => Default::default(),
                         };
                         PgInfo {
                             mapping,
@@ -174,6 +237,9 @@ impl PgTable {
                             next_seq: 0,
                             recent,
                             recent_order,
+                            in_flight: HashSet::new(),
+                            fenced,
+                            fenced_order,
                         }
                     }
                 };

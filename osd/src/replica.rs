@@ -6,13 +6,15 @@
 //! Nothing is ever applied over a gap, and a copy never moves backwards.
 //!
 //! Only the primary of the interval this OSD was activated in may change its copies: every
-//! op carries that primary's interval start, and one from any other interval is refused.
+//! op carries that primary's interval start, and one from any other interval is refused,
+//! both before it waits for the object and again once it holds it (then it is admitted to
+//! the PG's op fence, so a peering answer for a later interval waits for its write).
 
 use crate::daemon::Osd;
 use crate::primary::store_status;
 use bytes::Bytes;
 use proto::checksum::verify_blocks;
-use proto::msg::{op, ObjectOp, ObjectReply, Status, FLAG_ROLLBACK};
+use proto::msg::{op, ObjectOp, ObjectReply, Status, FLAG_FUA, FLAG_ROLLBACK, REPLY_DURABLE};
 
 pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes) {
     let reply = |s: Status, epoch| (ObjectReply::status(s, epoch), Bytes::new());
@@ -29,26 +31,67 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
         let _guard = osd.lock_object(&op.object).await;
         return crate::primary::read(osd, &op, epoch).await;
     }
-    {
-        let pgs = osd.pgs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(info) = pgs.pgs.get(&op.pg) else {
-            return reply(Status::NotPrimary, epoch);
-        };
-        // Writes, pushes and rollbacks come from the primary of the interval this OSD was
-        // activated in, stamped with its start. Anything else is from an interval that
-        // ended (a cut-off primary that has since caught up with the maps).
-        if info.activated != Some(op.epoch) {
-            tracing::debug!(pg = %op.pg, object = %op.object, op_interval = op.epoch, activated = ?info.activated, "refusing a replica op of another interval");
-            return reply(Status::StaleEpoch, epoch);
+    // Writes, pushes and rollbacks come from the primary of the interval this OSD was
+    // activated in, stamped with its start. Anything else is from an interval that ended
+    // (a cut-off primary that has since caught up with the maps).
+    let stamped = |i: &crate::pgs::PgInfo| i.activated == Some(op.epoch);
+    let start = {
+        let pgs = net::sync::lock(&osd.pgs);
+        match pgs.pgs.get(&op.pg) {
+            None => return reply(Status::NotPrimary, epoch),
+            Some(info) if !stamped(info) => {
+                tracing::debug!(pg = %op.pg, object = %op.object, op_interval = op.epoch, activated = ?info.activated, "refusing a replica op of another interval");
+                return reply(Status::StaleEpoch, epoch);
+            }
+            Some(info) => info.interval_start,
         }
+    };
+    let durable = |fua: bool| {
+        let mut r = ObjectReply::status(Status::Ok, epoch);
+        if crate::primary::locally_durable(osd, fua) {
+            r.flags |= REPLY_DURABLE;
+        }
+        (r, Bytes::new())
+    };
+    if op.op == op::FLUSH {
+        // Every write this OSD took from the interval's primary is on stable media after
+        // this; so are the pushes, which went through the same store.
+        return match osd.store.flush().await {
+            Ok(()) => durable(true),
+            Err(e) => {
+                tracing::error!(pg = %op.pg, "flush failed: {e}");
+                reply(store_status(&e), epoch)
+            }
+        };
     }
     if op.carries_data() && verify_blocks(&data, &op.crcs).is_err() {
         return reply(Status::Checksum, epoch);
     }
     let _guard = osd.lock_object(&op.object).await;
+    // Checked again now that the object is ours: the interval may have ended while the op
+    // waited, and a peering answer for the next one may already have listed this object.
+    // Admitted, the op holds back any such answer until its write is done.
+    let _ticket = if crate::planted::active(crate::planted::Bug::QueryBeforeDrain) {
+        None
+    } else {
+        match osd.admit(op.pg, start, stamped) {
+            Some(t) => Some(t),
+            None => {
+                tracing::debug!(pg = %op.pg, object = %op.object, "the interval ended while the replica op waited");
+                return reply(Status::StaleEpoch, epoch);
+            }
+        }
+    };
+    let fua = op.flags & FLAG_FUA != 0;
     let local = osd.store.version(&op.object);
     if local == op.version {
-        return reply(Status::Ok, epoch);
+        // A duplicate: on stable media if this OSD writes durably, or once flushed now.
+        if fua {
+            if let Err(e) = osd.store.flush().await {
+                return reply(store_status(&e), epoch);
+            }
+        }
+        return durable(fua);
     }
     tracing::trace!(pg = %op.pg, object = %op.object, op = op.op, flags = op.flags, %local, version = %op.version, epoch = op.epoch, "replica op");
     let result = match op.op {
@@ -79,11 +122,11 @@ pub async fn handle(osd: &Osd, op: ObjectOp, data: Bytes) -> (ObjectReply, Bytes
         _ => return reply(Status::Invalid, epoch),
     };
     let result = match result {
-        Ok(()) if op.flags & proto::msg::FLAG_FUA != 0 => osd.store.flush().await,
+        Ok(()) if fua => osd.store.flush().await,
         other => other,
     };
     match result {
-        Ok(()) => reply(Status::Ok, epoch),
+        Ok(()) => durable(fua),
         Err(e) => {
             tracing::error!(object = %op.object, "replica write failed: {e}");
             reply(store_status(&e), epoch)

@@ -152,6 +152,7 @@ impl World {
                     } else {
                         s.missing.iter().map(|(k, v)| (*k, *v)).collect()
                     },
+                    lease: true,
                 };
                 (*o, info)
             })

@@ -6,7 +6,9 @@
 //! - `pg`: per-PG state derived from a map (acting set, interval, health);
 //! - `frame`: the wire frame codec (fixed little-endian header, checksummed);
 //! - `msg`: message bodies (control messages in postcard, data ops as fixed headers);
-//! - `checksum`: crc32c per 4 KiB block.
+//! - `checksum`: crc32c per 4 KiB block;
+//! - `planted`: bugs the whole-cluster simulator puts back, one at a time, to show that its
+//!   checkers catch them (a per-thread switch, off everywhere else).
 
 pub mod checksum;
 pub mod frame;
@@ -15,6 +17,7 @@ pub mod map;
 pub mod msg;
 pub mod pg;
 pub mod placement;
+pub mod planted;
 
 pub use ids::*;
 pub use map::{ClusterMap, Command, CommandResult, MapError};

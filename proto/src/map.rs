@@ -171,6 +171,14 @@ pub struct ClusterMap {
     /// Per PG, the intervals that went active since the PG was last clean (oldest first).
     /// Only these can hold acknowledged writes: peering asks a member of each.
     pub pg_history: BTreeMap<PgId, Vec<PastInterval>>,
+    /// Per pool, the epoch at which each PG's current interval began (indexed by PG seed):
+    /// the last epoch that changed the PG's placement, a member's incarnation, or whether
+    /// it can serve (see `track_intervals`). Every daemon reads a PG's interval from here,
+    /// so an interval that ended can never be taken for a later one with the same members
+    /// (an OSD that skipped the maps in between would otherwise do exactly that). A pool
+    /// without an entry (a map upgraded from format 4) serves nothing until the leader
+    /// commits `StartIntervals`.
+    pub pg_intervals: BTreeMap<PoolId, Vec<Epoch>>,
 }
 
 /// One member of a PG interval: the OSD, its incarnation and the store it ran on. A member
@@ -222,6 +230,46 @@ impl From<ClusterMapV3> for ClusterMap {
             flags: m.flags,
             // A store of format 3 ran PGs only with every member up: every copy is current.
             pg_history: BTreeMap::new(),
+            pg_intervals: BTreeMap::new(),
+        }
+    }
+}
+
+/// The map as format 4 of the monitor store held it (before per-PG interval starts); read
+/// once when a monitor of an older build is upgraded, and converted. Its PGs serve nothing
+/// until the leader commits `StartIntervals`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterMapV4 {
+    pub fsid: u128,
+    pub epoch: Epoch,
+    pub mons: Vec<MonInfo>,
+    pub osds: BTreeMap<u32, OsdInfo>,
+    pub pools: BTreeMap<PoolId, Pool>,
+    pub images: BTreeMap<ImageId, Image>,
+    pub next_osd_id: u32,
+    pub next_pool_id: PoolId,
+    pub next_image_id: ImageId,
+    pub ratios: FullRatios,
+    pub flags: BTreeSet<ClusterFlag>,
+    pub pg_history: BTreeMap<PgId, Vec<PastInterval>>,
+}
+
+impl From<ClusterMapV4> for ClusterMap {
+    fn from(m: ClusterMapV4) -> ClusterMap {
+        ClusterMap {
+            fsid: m.fsid,
+            epoch: m.epoch,
+            mons: m.mons,
+            osds: m.osds,
+            pools: m.pools,
+            images: m.images,
+            next_osd_id: m.next_osd_id,
+            next_pool_id: m.next_pool_id,
+            next_image_id: m.next_image_id,
+            ratios: m.ratios,
+            flags: m.flags,
+            pg_history: m.pg_history,
+            pg_intervals: BTreeMap::new(),
         }
     }
 }
@@ -363,8 +411,9 @@ pub enum Command {
     PgsActivated {
         intervals: Vec<(PgId, PastInterval)>,
     },
-    /// A PG became clean in the interval that started at the given epoch: older history
-    /// is trimmed.
+    /// Every member of the PG's interval that started at the given epoch holds every
+    /// object: older history is trimmed, but for the newest interval with a full acting
+    /// set when this one is degraded (its members' copies are not strays yet).
     PgsClean {
         pgs: Vec<(PgId, Epoch)>,
     },
@@ -373,6 +422,9 @@ pub enum Command {
     MarkOsdLost {
         id: OsdId,
     },
+    /// Gives every pool without interval starts (a map upgraded from format 4) a start of
+    /// this epoch for each PG. The leader commits it once after an upgrade.
+    StartIntervals,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,6 +469,7 @@ impl ClusterMap {
             ratios: FullRatios::default(),
             flags: BTreeSet::new(),
             pg_history: BTreeMap::new(),
+            pg_intervals: BTreeMap::new(),
         }
     }
 
@@ -451,7 +504,107 @@ impl ClusterMap {
         let mut next = self.clone();
         next.epoch = self.epoch + 1;
         let result = next.apply_in_place(cmd)?;
+        next.track_intervals(self, cmd);
         Ok((next, result))
+    }
+
+    /// The epoch at which `pg`'s current interval began; None for a PG of a pool that has
+    /// no interval starts yet (upgraded map) or that does not exist.
+    pub fn interval_start(&self, pg: PgId) -> Option<Epoch> {
+        self.pg_intervals
+            .get(&pg.pool)
+            .and_then(|v| v.get(pg.seed as usize))
+            .copied()
+    }
+
+    /// Pools that have no interval starts (a map upgraded from an older format).
+    pub fn pools_without_intervals(&self) -> Vec<PoolId> {
+        self.pools
+            .values()
+            .filter(|p| {
+                self.pg_intervals
+                    .get(&p.id)
+                    .is_none_or(|v| v.len() != p.pg_count as usize)
+            })
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// Starts a new interval at this epoch for every PG whose interval identity `cmd`
+    /// changed: its placement set, a member's incarnation (up_from, or down), or whether it
+    /// has enough members to serve. Only the commands that touch those are looked at:
+    /// placement depends on the OSDs' in/out state, weights and hosts and on the pool;
+    /// up/down changes only the PGs that place the OSD.
+    fn track_intervals(&mut self, prev: &ClusterMap, cmd: &Command) {
+        let epoch = self.epoch;
+        match cmd {
+            Command::CreatePool { name, .. } => {
+                if let Some(p) = self.pool_by_name(name) {
+                    let (id, n) = (p.id, p.pg_count as usize);
+                    self.pg_intervals.insert(id, vec![epoch; n]);
+                }
+            }
+            Command::RemovePool { .. } => {
+                let pools = &self.pools;
+                self.pg_intervals.retain(|id, _| pools.contains_key(id));
+            }
+            Command::StartIntervals => {
+                for id in self.pools_without_intervals() {
+                    let n = self.pools[&id].pg_count as usize;
+                    self.pg_intervals.insert(id, vec![epoch; n]);
+                }
+            }
+            // Placement is unchanged: only the PGs placing this OSD change.
+            Command::BootOsd { id, .. } | Command::MarkOsdDown { id, .. } => {
+                let pools: Vec<Pool> = self.pools.values().cloned().collect();
+                for pool in pools {
+                    let changed: Vec<u32> = crate::pg::pool_mappings(self, &pool)
+                        .iter()
+                        .filter(|m| m.osds.contains(id))
+                        .map(|m| m.pg.seed)
+                        .collect();
+                    self.restart_intervals(pool.id, &changed);
+                }
+            }
+            Command::MarkOsdFailed { .. }
+            | Command::CreateOsd { .. }
+            | Command::MarkOsdOut { .. }
+            | Command::MarkOsdIn { .. }
+            | Command::ReweightOsd { .. }
+            | Command::RemoveOsd { .. }
+            | Command::MarkOsdLost { .. }
+            | Command::SetPoolMinSize { .. } => {
+                let pools: Vec<Pool> = self.pools.values().cloned().collect();
+                for pool in pools {
+                    let Some(old_pool) = prev.pools.get(&pool.id) else {
+                        continue;
+                    };
+                    let before = crate::pg::pool_mappings(prev, old_pool);
+                    let after = crate::pg::pool_mappings(self, &pool);
+                    let changed: Vec<u32> = before
+                        .iter()
+                        .zip(&after)
+                        .filter(|(b, a)| {
+                            b.interval_key != a.interval_key || b.is_active() != a.is_active()
+                        })
+                        .map(|(_, a)| a.pg.seed)
+                        .collect();
+                    self.restart_intervals(pool.id, &changed);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn restart_intervals(&mut self, pool: PoolId, seeds: &[u32]) {
+        let epoch = self.epoch;
+        if let Some(v) = self.pg_intervals.get_mut(&pool) {
+            for s in seeds {
+                if let Some(e) = v.get_mut(*s as usize) {
+                    *e = epoch;
+                }
+            }
+        }
     }
 
     fn osd_mut(&mut self, id: OsdId) -> Result<&mut OsdInfo, MapError> {
@@ -800,9 +953,32 @@ impl ClusterMap {
             }
             Command::PgsClean { pgs } => {
                 for (pg, start) in pgs {
+                    let size = self.pools.get(&pg.pool).map_or(0, |p| p.size as usize);
                     if let Some(h) = self.pg_history.get_mut(pg) {
-                        h.retain(|i| i.start >= *start);
+                        // The newest older interval whose acting set was full stays: its
+                        // members keep their copies (strays are only what no history
+                        // names), so a degraded PG still has them as a third copy.
+                        let keep = if h
+                            .iter()
+                            .any(|i| i.start == *start && i.members.len() >= size)
+                        {
+                            None
+                        } else {
+                            h.iter()
+                                .filter(|i| i.start < *start && i.members.len() >= size)
+                                .map(|i| i.start)
+                                .max()
+                        };
+                        h.retain(|i| i.start >= *start || Some(i.start) == keep);
                     }
+                }
+                Ok(CommandResult::Done)
+            }
+            Command::StartIntervals => {
+                if self.pools_without_intervals().is_empty() {
+                    return Err(MapError::Invalid(
+                        "every pool already has interval starts".into(),
+                    ));
                 }
                 Ok(CommandResult::Done)
             }
@@ -845,9 +1021,13 @@ impl ClusterMap {
             .iter()
             .map(|m| (m.osd, m.up_from))
             .collect();
-        if current != asked || !m.is_active() {
+        let by_members = crate::planted::active(crate::planted::Bug::IntervalByMembers);
+        let same_start = by_members || self.interval_start(pg) == Some(interval.start);
+        if current != asked || !m.is_active() || !same_start {
             return Err(MapError::Invalid(format!(
-                "pg {pg}: interval {asked:?} is not current (acting {current:?})"
+                "pg {pg}: interval {asked:?} from epoch {} is not current (acting {current:?} since epoch {:?})",
+                interval.start,
+                self.interval_start(pg)
             )));
         }
         Ok(())

@@ -17,7 +17,7 @@
 //!  80 prev    (epoch u64, seq u64)      (replica ops: the version the replica must hold)
 //!  96 crc32c u32 × (length / 4096)      (ops that carry data)
 //! ```
-//! Reply header: `status u32 | reserved u32 | epoch u64 | version (u64, u64)` (32 bytes),
+//! Reply header: `status u32 | flags u32 | epoch u64 | version (u64, u64)` (32 bytes),
 //! followed by one crc32c per block of returned data.
 
 use crate::ids::{Epoch, ObjectId, OpId, OsdId, PgId, Version};
@@ -53,10 +53,20 @@ pub mod op {
     pub const PUSH: u8 = 4;
     /// Replica only: the whole object and its version (the primary recovering its own copy).
     pub const PULL: u8 = 5;
+    /// Client → primary: every write acknowledged in the op's PG is on stable media on
+    /// every member of the acting set once this answers (the object names the PG; range
+    /// and data are ignored). Primary → replica: flush the device (lazy mode).
+    pub const FLUSH: u8 = 6;
+    /// Client → primary: settles an op the client cancelled (the op id named here). Once
+    /// it answers, that op has completed or will be refused if it ever arrives.
+    pub const FENCE: u8 = 7;
 }
 
 /// Op flags.
 pub const FLAG_FUA: u8 = 1;
+/// Reply flags: the write is on stable media on every member that holds it (all of them
+/// in immediate durability mode, or it carried FUA); a client need not FLUSH for it.
+pub const REPLY_DURABLE: u32 = 1;
 /// On a PUSH: the primary rolls back a copy newer than the authoritative one (it was never
 /// acknowledged); the replica takes it even though its own version is newer. On a TRIM of
 /// the whole object at `Version::NONE`: the object must not exist.
@@ -91,7 +101,7 @@ const _: () = assert!(std::mem::size_of::<ObjectOpHeader>() == OBJECT_OP_HEADER_
 #[repr(C)]
 pub struct ObjectReplyHeader {
     pub status: U32,
-    pub reserved: U32,
+    pub flags: U32,
     pub epoch: U64,
     pub version_epoch: U64,
     pub version_seq: U64,
@@ -120,6 +130,8 @@ pub enum Status {
     /// A data block did not match its checksum in transit: resend.
     Checksum = 8,
     ShuttingDown = 9,
+    /// The client cancelled the op (`op::FENCE`) before it arrived: it was not applied.
+    Cancelled = 10,
 }
 
 impl Status {
@@ -136,6 +148,7 @@ impl Status {
             7 => Invalid,
             8 => Checksum,
             9 => ShuttingDown,
+            10 => Cancelled,
             _ => return None,
         })
     }
@@ -232,7 +245,10 @@ impl ObjectOp {
                 got: meta.len(),
                 want: OBJECT_OP_HEADER_LEN,
             })?;
-        if !matches!(h.op, op::READ | op::WRITE | op::TRIM | op::PUSH | op::PULL) {
+        if !matches!(
+            h.op,
+            op::READ | op::WRITE | op::TRIM | op::PUSH | op::PULL | op::FLUSH | op::FENCE
+        ) {
             return Err(DecodeError::UnknownOp(h.op));
         }
         let (offset, length, object_size) = (h.offset.get(), h.length.get(), h.object_size.get());
@@ -304,6 +320,8 @@ impl ObjectOp {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectReply {
     pub status: u32,
+    /// `REPLY_*` flags.
+    pub flags: u32,
     pub epoch: Epoch,
     pub version: Version,
     pub crcs: Vec<u32>,
@@ -313,6 +331,7 @@ impl ObjectReply {
     pub fn status(status: Status, epoch: Epoch) -> Self {
         ObjectReply {
             status: status as u32,
+            flags: 0,
             epoch,
             version: Version::NONE,
             crcs: Vec::new(),
@@ -322,7 +341,7 @@ impl ObjectReply {
     pub fn encode_meta(&self) -> Vec<u8> {
         let h = ObjectReplyHeader {
             status: self.status.into(),
-            reserved: 0.into(),
+            flags: self.flags.into(),
             epoch: self.epoch.into(),
             version_epoch: self.version.epoch.into(),
             version_seq: self.version.seq.into(),
@@ -349,6 +368,7 @@ impl ObjectReply {
         }
         Ok(ObjectReply {
             status: h.status.get(),
+            flags: h.flags.get(),
             epoch: h.epoch.get(),
             version: Version {
                 epoch: h.version_epoch.get(),
@@ -460,6 +480,9 @@ pub struct PgPeerInfo {
     pub objects: Vec<(ObjectId, Version)>,
     /// Objects it knew it was missing when it last activated, with the version needed.
     pub missing: Vec<(ObjectId, Version)>,
+    /// Whether the answer granted the asking primary a read lease (none to an incarnation
+    /// the member's map does not show up).
+    pub lease: bool,
 }
 
 /// A PG's state as its primary sees it.
@@ -693,6 +716,7 @@ mod tests {
     fn reply_round_trip() {
         let r = ObjectReply {
             status: Status::Ok as u32,
+            flags: REPLY_DURABLE,
             epoch: 4,
             version: Version { epoch: 2, seq: 9 },
             crcs: vec![1, 2],

@@ -45,9 +45,13 @@ pub struct PgMapping {
     /// The members that are up, in placement order (first = primary).
     pub acting: Vec<OsdId>,
     pub state: PgState,
-    /// Each member with the incarnation it has in this map (0 when down). Two maps in which
-    /// this value is equal belong to the same interval of the PG.
+    /// Each member with the incarnation it has in this map (0 when down): what the
+    /// monitors compare to decide that a new interval began.
     pub interval_key: Vec<(OsdId, Epoch)>,
+    /// The epoch at which the PG's current interval began (`ClusterMap::interval_start`);
+    /// 0 while the map has none for the pool (upgraded map: no IO until it has). Two maps
+    /// with the same value see the same interval: this, not `interval_key`, identifies it.
+    pub interval: Epoch,
 }
 
 impl PgMapping {
@@ -56,6 +60,10 @@ impl PgMapping {
     }
     pub fn is_active(&self) -> bool {
         matches!(self.state, PgState::Active | PgState::ActiveDegraded)
+    }
+    /// Active, and in an interval the map identifies (see `interval`).
+    pub fn can_serve(&self) -> bool {
+        self.is_active() && self.interval != 0
     }
     /// The acting members with their incarnations (the interval key without the down
     /// placement members): what the monitors record for an interval that went active.
@@ -108,15 +116,17 @@ fn mapping_of(map: &ClusterMap, pool: &Pool, seed: u32, osds: Vec<OsdId>) -> PgM
     } else {
         PgState::Active
     };
+    let pg = PgId {
+        pool: pool.id,
+        seed,
+    };
     PgMapping {
-        pg: PgId {
-            pool: pool.id,
-            seed,
-        },
+        pg,
         osds,
         acting,
         state,
         interval_key,
+        interval: map.interval_start(pg).unwrap_or(0),
     }
 }
 
@@ -168,10 +178,10 @@ mod tests {
         m.apply(&pool).unwrap().0
     }
 
-    fn interval_of(m: &ClusterMap, start: Epoch) -> crate::map::PastInterval {
+    fn interval_of(m: &ClusterMap) -> crate::map::PastInterval {
         let g = pg_mapping(m, &m.pools[&1], 0);
         crate::map::PastInterval {
-            start,
+            start: g.interval,
             members: g
                 .acting
                 .iter()
@@ -219,7 +229,7 @@ mod tests {
     fn history_records_current_intervals_only_and_trims_when_clean() {
         let pg = PgId { pool: 1, seed: 0 };
         let m = three_osds(1);
-        let i0 = interval_of(&m, m.epoch);
+        let i0 = interval_of(&m);
         let m = m
             .apply(&Command::PgsActivated {
                 intervals: vec![(pg, i0.clone())],
@@ -247,7 +257,7 @@ mod tests {
             intervals: vec![(pg, i0.clone())],
         });
         assert!(stale.is_err(), "a stale interval was recorded");
-        let i1 = interval_of(&m, m.epoch);
+        let i1 = interval_of(&m);
         let m = m
             .apply(&Command::PgsActivated {
                 intervals: vec![(pg, i1.clone())],
@@ -260,13 +270,116 @@ mod tests {
         assert!(lost.pg_history[&pg]
             .iter()
             .all(|i| i.members.iter().all(|x| x.osd != victim)));
-        // Clean in the second interval: the first is trimmed.
+        // Recovered in the second (degraded) interval: the first, full one stays, its
+        // members' copies are not strays yet.
         let m = m
             .apply(&Command::PgsClean {
                 pgs: vec![(pg, i1.start)],
             })
             .unwrap()
             .0;
-        assert_eq!(m.pg_history[&pg], vec![i1]);
+        assert_eq!(m.pg_history[&pg], vec![i0.clone(), i1.clone()]);
+        // Another degraded interval (the victim back, and down again): the one in between
+        // is trimmed, the full one still stays. History does not grow while degraded.
+        let m = m
+            .apply(&Command::BootOsd {
+                id: victim,
+                store_uuid: i0.members[2].store_uuid,
+                addr: "127.0.0.1:1".into(),
+                process: 2,
+            })
+            .unwrap()
+            .0;
+        let up_from = m.osd(victim).unwrap().up_from;
+        let m = m
+            .apply(&Command::MarkOsdDown {
+                id: victim,
+                up_from,
+            })
+            .unwrap()
+            .0;
+        let i2 = interval_of(&m);
+        assert!(i2.start > i1.start && i2.members == i1.members);
+        let m = m
+            .apply(&Command::PgsActivated {
+                intervals: vec![(pg, i2.clone())],
+            })
+            .unwrap()
+            .0;
+        let m = m
+            .apply(&Command::PgsClean {
+                pgs: vec![(pg, i2.start)],
+            })
+            .unwrap()
+            .0;
+        assert_eq!(m.pg_history[&pg], vec![i0.clone(), i2.clone()]);
+        // Recovered with a full acting set: only that interval is left.
+        let m = m
+            .apply(&Command::BootOsd {
+                id: victim,
+                store_uuid: i0.members[2].store_uuid,
+                addr: "127.0.0.1:1".into(),
+                process: 3,
+            })
+            .unwrap()
+            .0;
+        let i3 = interval_of(&m);
+        let m = m
+            .apply(&Command::PgsActivated {
+                intervals: vec![(pg, i3.clone())],
+            })
+            .unwrap()
+            .0;
+        let m = m
+            .apply(&Command::PgsClean {
+                pgs: vec![(pg, i3.start)],
+            })
+            .unwrap()
+            .0;
+        assert_eq!(m.pg_history[&pg], vec![i3]);
+    }
+
+    #[test]
+    fn an_interval_that_ends_and_comes_back_with_the_same_members_is_a_new_interval() {
+        let pg = PgId { pool: 1, seed: 0 };
+        let m = three_osds(1);
+        let a = pg_mapping(&m, &m.pools[&1], 0);
+        // A member marked out and in again: the acting set changes and changes back.
+        let member = a.acting[1];
+        let out = m.apply(&Command::MarkOsdOut { id: member }).unwrap().0;
+        let b = pg_mapping(&out, &out.pools[&1], 0);
+        assert_ne!(b.interval, a.interval);
+        let back = out.apply(&Command::MarkOsdIn { id: member }).unwrap().0;
+        let c = pg_mapping(&back, &back.pools[&1], 0);
+        assert_eq!(
+            c.interval_key, a.interval_key,
+            "same members, same incarnations"
+        );
+        assert!(c.interval > b.interval && b.interval > a.interval);
+        // An OSD that skipped the map in between tells them apart, and the monitors refuse
+        // to record the old interval as the current one.
+        let mut old = interval_of(&m);
+        old.members = interval_of(&back).members;
+        assert!(back
+            .apply(&Command::PgsActivated {
+                intervals: vec![(pg, old)],
+            })
+            .is_err());
+        assert!(back
+            .apply(&Command::PgsActivated {
+                intervals: vec![(pg, interval_of(&back))],
+            })
+            .is_ok());
+        // Changes that do not touch the PG start no interval.
+        let flagged = back
+            .apply(&Command::SetFlag {
+                flag: crate::map::ClusterFlag::NoOut,
+            })
+            .unwrap()
+            .0;
+        assert_eq!(
+            pg_mapping(&flagged, &flagged.pools[&1], 0).interval,
+            c.interval
+        );
     }
 }

@@ -24,6 +24,7 @@ pub mod network;
 
 use crate::check::{fmt_us, pattern, History, BLOCK};
 use ::net::rt::Node;
+use ::net::sync::lock;
 use ::net::transport::SimNet;
 use client::{Cluster, Image, MonClient};
 use osd::daemon::Osd;
@@ -125,10 +126,6 @@ impl Report {
     pub fn crashes_and_partitions(&self) -> u64 {
         self.osd_crashes + self.mon_crashes + self.partitions + self.one_way + self.mon_cuts
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct MonSlot {

@@ -128,15 +128,12 @@ fn main() {
     let seeds: Vec<u64> = (first..end).collect();
     sim::run_in_processes(&exe, seeds, args.bug, Some(args.secs), jobs, |o| {
         if o.result.is_err() {
-            failures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(o.seed);
+            net::sync::lock(&failures).push(o.seed);
         }
         print_outcome(o.seed, &o.result, 0.0);
         true
     });
-    let failures = failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let failures = net::sync::lock(&failures).clone();
     println!(
         "{} seed(s) in {:.0}s: {} failed{}",
         end - first,

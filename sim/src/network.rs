@@ -10,6 +10,7 @@
 
 use bytes::{Buf, Bytes};
 use futures::future::BoxFuture;
+use net::sync::lock;
 use net::transport::{SimAccept, SimNet, SimStream};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -21,10 +22,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 #[derive(Default)]
 struct LinkState {

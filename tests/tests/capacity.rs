@@ -70,7 +70,7 @@ fn a_full_cluster_refuses_writes_with_enospc_and_loses_nothing() {
         });
         assert!(full, "status shows no full OSD: {}", health(&mon));
         // Trimming frees space; writes are accepted again once the OSDs report it.
-        image.trim(0, 16 << 20).await.unwrap();
+        image.trim(0, 16 << 20, false).await.unwrap();
         let mut ok = false;
         for _ in 0..100 {
             if image

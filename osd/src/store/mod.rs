@@ -418,7 +418,7 @@ impl Store {
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        net::sync::lock(&self.inner)
     }
 
     pub fn max_object_size(&self) -> u32 {

@@ -65,7 +65,7 @@ impl SimDevice {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        net::sync::lock(&self.state)
     }
 
     /// Device operations so far.

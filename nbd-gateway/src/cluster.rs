@@ -1,9 +1,9 @@
 //! The production export provider: `pool/image` names resolve to images of the Atlant
 //! cluster, served through the client library.
 
+use crate::backend::{Backend, Cancel, ExportProvider, IoError, OpenError};
 use bytes::Bytes;
 use client::{ClientError, Cluster, Image};
-use nbd_gateway::{Backend, ExportProvider, IoError, OpenError};
 use std::sync::Arc;
 
 pub struct ClusterProvider {
@@ -18,6 +18,7 @@ fn io_error(e: ClientError) -> IoError {
     match e {
         ClientError::Invalid(s) => IoError::Invalid(s),
         ClientError::NoSpace(s) => IoError::NoSpace(s),
+        ClientError::Cancelled => IoError::Cancelled,
         other => {
             tracing::error!("io failed: {other}");
             IoError::Io(other.to_string())
@@ -30,25 +31,49 @@ impl Backend for ClusterBackend {
         self.image.size_bytes
     }
 
-    async fn read(&self, offset: u64, len: u64) -> Result<Bytes, IoError> {
-        self.image.read(offset, len).await.map_err(io_error)
+    async fn read(&self, offset: u64, len: u64, cancel: &Cancel) -> Result<Bytes, IoError> {
+        self.image
+            .read_cancellable(offset, len, cancel)
+            .await
+            .map_err(io_error)
     }
 
-    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), IoError> {
-        self.image.write(offset, data, fua).await.map_err(io_error)
+    async fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), IoError> {
+        self.image
+            .write_cancellable(offset, data, fua, cancel)
+            .await
+            .map_err(io_error)
     }
 
-    async fn trim(&self, offset: u64, len: u64) -> Result<(), IoError> {
-        self.image.trim(offset, len).await.map_err(io_error)
+    async fn trim(&self, offset: u64, len: u64, fua: bool, cancel: &Cancel) -> Result<(), IoError> {
+        self.image
+            .trim_cancellable(offset, len, fua, cancel)
+            .await
+            .map_err(io_error)
     }
 
     /// Trimmed blocks read as zeroes, so zeroing is a trim (it also frees the space).
-    async fn write_zeroes(&self, offset: u64, len: u64, _fua: bool) -> Result<(), IoError> {
-        self.image.trim(offset, len).await.map_err(io_error)
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), IoError> {
+        self.image
+            .trim_cancellable(offset, len, fua, cancel)
+            .await
+            .map_err(io_error)
     }
 
-    async fn flush(&self) -> Result<(), IoError> {
-        self.image.flush().await.map_err(io_error)
+    async fn flush(&self, cancel: &Cancel) -> Result<(), IoError> {
+        self.image.flush_cancellable(cancel).await.map_err(io_error)
     }
 }
 
