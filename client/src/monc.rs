@@ -239,11 +239,36 @@ impl MonClient {
             Ok(other) => return Err(unexpected(other)),
             Err(e) => return Err(MonError::Unexpected(e.to_string())),
         }
-        while let Some(f) = pushes.recv().await {
+        // A monitor in the quorum pushes at least a keepalive every second; one that says
+        // nothing for longer is cut off or hung (its map may be frozen): move on.
+        let silent = proto::msg::SUBSCRIPTION_KEEPALIVE * 3;
+        let stay = proto::planted::active(proto::planted::Bug::StayOnIsolatedMonitor);
+        loop {
+            let f = if stay {
+                pushes.recv().await
+            } else {
+                match tokio::time::timeout(silent, pushes.recv()).await {
+                    Ok(f) => f,
+                    Err(_) => {
+                        return Err(MonError::Unreachable {
+                            addrs: conn.peer().to_string(),
+                            last: format!("subscription silent for {silent:?}"),
+                        })
+                    }
+                }
+            };
+            let Some(f) = f else { break };
             if f.msg_type != msg_type::MAP_PUSH {
                 continue;
             }
             match decode_control::<MapUpdate>(&f.meta) {
+                Ok(MapUpdate::Keepalive { .. }) => {}
+                Ok(MapUpdate::NotInQuorum(why)) => {
+                    return Err(MonError::Unreachable {
+                        addrs: conn.peer().to_string(),
+                        last: why,
+                    })
+                }
                 Ok(MapUpdate::Full(m)) => publish(tx, *m),
                 Ok(MapUpdate::Incremental { from, cmds, crc }) => {
                     let cur = tx.borrow().clone();

@@ -15,7 +15,14 @@ pub async fn handle(svc: Arc<MapService>, f: Frame, r: Responder) {
     match f.msg_type {
         msg_type::RAFT => {
             let reply = match decode_control::<RaftRpc>(&f.meta) {
-                Ok(rpc) => encode_control(&handle_rpc(&svc.raft, rpc).await),
+                Ok(rpc) => {
+                    let append = matches!(rpc, RaftRpc::Append(_));
+                    let reply = handle_rpc(&svc.raft, rpc).await;
+                    if append && accepted(&reply) {
+                        svc.heard_leader();
+                    }
+                    encode_control(&reply)
+                }
                 // A malformed RPC: no reply; the sender sees a timeout and retries.
                 Err(e) => {
                     tracing::warn!("bad raft rpc: {e}");
@@ -50,7 +57,18 @@ async fn control(svc: Arc<MapService>, f: Frame, r: Responder) {
         );
         return;
     }
+    let frozen =
+        || !svc.in_quorum() && !proto::planted::active(proto::planted::Bug::StayOnIsolatedMonitor);
     match req {
+        ControlRequest::GetMap { .. } | ControlRequest::Subscribe { .. } if frozen() => {
+            reply(
+                &r,
+                &ControlResponse::NoQuorum(format!(
+                    "monitor {} is not in contact with a quorum: its map may be stale",
+                    svc.name
+                )),
+            );
+        }
         ControlRequest::GetMap { have } => {
             let m = svc.map();
             let resp = if m.epoch > have {
@@ -154,6 +172,17 @@ async fn subscription(svc: &MapService, have: proto::Epoch, r: &Responder) {
         },
     );
     let mut sent = have;
+    let mut tick = tokio::time::interval(proto::msg::SUBSCRIPTION_KEEPALIVE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let push = |update: &MapUpdate| {
+        r.sender.send(OutFrame::new(
+            msg_type::MAP_PUSH,
+            0,
+            0,
+            encode_control(update),
+            Bytes::new(),
+        ))
+    };
     loop {
         let m = rx.borrow_and_update().clone();
         if m.epoch > sent {
@@ -165,22 +194,38 @@ async fn subscription(svc: &MapService, have: proto::Epoch, r: &Responder) {
                 },
                 _ => MapUpdate::Full(Box::new((*m).clone())),
             };
-            let push = OutFrame::new(
-                msg_type::MAP_PUSH,
-                0,
-                0,
-                encode_control(&update),
-                Bytes::new(),
-            );
-            if !r.sender.send(push) {
+            if !push(&update) {
                 return;
             }
             sent = m.epoch;
         }
-        if rx.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tick.tick() => {
+                if proto::planted::active(proto::planted::Bug::StayOnIsolatedMonitor) {
+                    continue;
+                }
+                let update = if svc.in_quorum() {
+                    MapUpdate::Keepalive { epoch: sent }
+                } else {
+                    MapUpdate::NotInQuorum(format!("monitor {} lost contact with the quorum", svc.name))
+                };
+                let leaving = matches!(update, MapUpdate::NotInQuorum(_));
+                if !push(&update) || leaving {
+                    return;
+                }
+            }
         }
     }
+}
+
+/// Whether a reply to AppendEntries means this monitor took the sender as its leader.
+fn accepted(reply: &crate::raft::RaftReply) -> bool {
+    matches!(reply, crate::raft::RaftReply::Append(Ok(r)) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
 }
 
 fn reply(r: &Responder, resp: &ControlResponse) {

@@ -60,6 +60,8 @@ impl Default for Policy {
     }
 }
 
+/// A monitor that has not been in contact with a quorum for this long serves no map.
+pub const QUORUM_CONTACT: Duration = Duration::from_secs(2);
 /// How long a command waits for a leader before answering "no quorum".
 const LEADER_WAIT: Duration = Duration::from_secs(8);
 /// How long a follower waits for the leader it forwarded a command to.
@@ -111,6 +113,8 @@ pub struct MapService {
     live: Mutex<Liveness>,
     /// When each other monitor last answered this one's probe.
     mon_seen: Mutex<BTreeMap<String, Instant>>,
+    /// When this monitor last accepted entries (or a heartbeat) from a leader.
+    leader_heard: Mutex<Option<Instant>>,
 }
 
 impl MapService {
@@ -135,6 +139,7 @@ impl MapService {
             pg_stats: Mutex::new(BTreeMap::new()),
             live: Mutex::new(Liveness::default()),
             mon_seen: Mutex::new(BTreeMap::new()),
+            leader_heard: Mutex::new(None),
         })
     }
 
@@ -479,6 +484,29 @@ impl MapService {
                     lock(&self.live).down_since.insert(id.0, Instant::now());
                 }
             }
+        }
+    }
+
+    /// A leader's AppendEntries (entries or heartbeat) was accepted.
+    pub fn heard_leader(&self) {
+        *lock(&self.leader_heard) = Some(Instant::now());
+    }
+
+    /// Whether this monitor is in contact with a quorum now: as the leader, a quorum
+    /// acknowledged it within `QUORUM_CONTACT`; as a follower, it heard from the leader
+    /// within that. A monitor cut off from the others keeps an applied map that no longer
+    /// moves: it serves no map reads or subscriptions then (clients move to another).
+    pub fn in_quorum(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let recent = |t: Option<Instant>| t.is_some_and(|t| t.elapsed() < QUORUM_CONTACT);
+        match m.current_leader {
+            Some(l) if l == self.node => {
+                m.membership_config.membership().voter_ids().count() <= 1
+                    || m.millis_since_quorum_ack
+                        .is_some_and(|ms| ms < QUORUM_CONTACT.as_millis() as u64)
+            }
+            Some(_) => recent(*lock(&self.leader_heard)),
+            None => false,
         }
     }
 

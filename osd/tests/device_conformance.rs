@@ -389,6 +389,27 @@ async fn uring_device_conforms() {
     check_path(Kind::Uring, &file.0, 0x0b1e).await;
 }
 
+/// A device is opened by one process (and one open) at a time: a second open is refused,
+/// saying why, whichever implementation holds it; dropping the device releases it.
+#[test]
+fn a_device_is_opened_exclusively() {
+    let file = TempFile::new("exclusive", 8 << 20);
+    let first = FileDevice::open(&file.0).expect("first open");
+    let busy = |r: std::io::Result<()>| {
+        let e = r.expect_err("a second open of an open device succeeded");
+        assert_eq!(e.kind(), std::io::ErrorKind::ResourceBusy, "{e}");
+        assert!(e.to_string().contains("in use by another process"), "{e}");
+    };
+    busy(FileDevice::open(&file.0).map(drop));
+    busy(UringDevice::open(&file.0).map(drop));
+    drop(first);
+    if let Ok(uring) = UringDevice::open(&file.0) {
+        busy(FileDevice::open(&file.0).map(drop));
+        drop(uring);
+    }
+    FileDevice::open(&file.0).expect("open after the holder closed it");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_device_conforms() {
     let sim = SimDevice::new(FILE_SIZE);

@@ -270,11 +270,29 @@ async fn crash_points_lazy() {
     println!("lazy: {n} crash points, {torn} torn and {lost} lost unflushed writes, every flushed write survived");
 }
 
+/// Opens the store on `path` again once the dropped one has let go of the device (its
+/// background tasks end after the last handle is dropped, and the device lock with them).
+async fn reopen(path: &std::path::Path) -> Arc<Store> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open_path(path, Durability::Immediate).await {
+            Ok(s) => return s,
+            Err(e) if e.to_string().contains("in use") && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("reopen {}: {e}", path.display()),
+        }
+    }
+}
+
 /// The same streams (without crashes, with reopens) on a real file and, where losetup
 /// works, on a loop device.
 async fn real_device_run(path: &std::path::Path, steps: usize) {
-    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(path).unwrap());
-    format(&*dev).await;
+    {
+        // Closed before the store opens it: a device is opened once at a time.
+        let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(path).unwrap());
+        format(&*dev).await;
+    }
     let mut run = Run {
         rng: StdRng::seed_from_u64(seed()),
         model: BTreeMap::new(),
@@ -286,7 +304,7 @@ async fn real_device_run(path: &std::path::Path, steps: usize) {
         run.step(&store).await.unwrap();
         if run.rng.random_range(0..20) == 0 {
             drop(store);
-            store = Store::open_path(path, Durability::Immediate).await.unwrap();
+            store = reopen(path).await;
             run.verify(&store, false, &format!("{} step {s}", path.display()))
                 .await;
         }

@@ -22,7 +22,10 @@ pub const WEIGHT_ONE: u32 = 0x1_0000;
 
 pub const MAX_POOL_SIZE: u8 = 10;
 pub const MIN_OBJECT_SIZE: u32 = 4096;
-pub const MAX_OBJECT_SIZE: u32 = 64 << 20;
+/// The largest object every OSD's store holds (one journal record names all of an object's
+/// blocks in one 4 KiB block: see `osd::store::layout`); a pool with larger objects is
+/// refused at creation instead of turning every IO into an error.
+pub const MAX_OBJECT_SIZE: u32 = 1 << 20;
 pub const MAX_PG_COUNT: u32 = 1 << 16;
 pub const BLOCK_SIZE: u32 = 4096;
 
@@ -775,7 +778,7 @@ impl ClusterMap {
                     || *object_size > MAX_OBJECT_SIZE
                 {
                     return Err(MapError::Invalid(format!(
-                        "object size {object_size} must be a power of two in {MIN_OBJECT_SIZE}..={MAX_OBJECT_SIZE}"
+                        "object size {object_size} must be a power of two in {MIN_OBJECT_SIZE}..={MAX_OBJECT_SIZE} (the largest object an OSD's store holds)"
                     )));
                 }
                 let id = self.next_pool_id;
@@ -1114,6 +1117,32 @@ mod tests {
             object_size: 128 << 10,
             failure_domain: FailureDomain::Host,
         }
+    }
+
+    #[test]
+    fn a_pool_with_objects_larger_than_a_store_holds_is_refused() {
+        let m = ClusterMap::new(7, vec![]);
+        let big = |object_size| match pool_cmd("big") {
+            Command::CreatePool {
+                name,
+                size,
+                min_size,
+                pg_count,
+                failure_domain,
+                ..
+            } => Command::CreatePool {
+                name,
+                size,
+                min_size,
+                pg_count,
+                object_size,
+                failure_domain,
+            },
+            _ => unreachable!(),
+        };
+        let err = m.apply(&big(MAX_OBJECT_SIZE * 2)).unwrap_err().to_string();
+        assert!(err.contains("largest object"), "{err}");
+        assert!(m.apply(&big(MAX_OBJECT_SIZE)).is_ok());
     }
 
     #[test]

@@ -569,7 +569,19 @@ pub enum MapUpdate {
         cmds: Vec<Command>,
         crc: u32,
     },
+    /// Sent every `SUBSCRIPTION_KEEPALIVE` when nothing else was: the monitor is in the
+    /// quorum and its map is at `epoch`. A subscriber that hears nothing for a few of these
+    /// moves to another monitor.
+    Keepalive {
+        epoch: Epoch,
+    },
+    /// The monitor lost contact with the quorum: its map may be frozen. The subscriber
+    /// moves to another monitor.
+    NotInQuorum(String),
 }
+
+/// How often a monitor tells an idle subscriber it is alive and in the quorum.
+pub const SUBSCRIPTION_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The crc of a map's encoding, as `MapUpdate::Incremental` carries it.
 pub fn map_crc(m: &ClusterMap) -> u32 {

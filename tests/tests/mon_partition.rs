@@ -1,7 +1,8 @@
 //! A monitor cut off from the other two (network namespaces joined by a bridge; the cut is
 //! a pair of blackhole routes, so the test itself still reaches every monitor): the two
-//! keep committing, the isolated one commits nothing and answers "no quorum", and after
-//! the partition heals it catches up with every change. The leader is the one cut off, so
+//! keep committing, the isolated one commits nothing and answers "no quorum" (to map
+//! requests too), a subscriber that was on it moves to the majority within seconds, and
+//! after the partition heals it catches up with every change. The leader is the one cut off, so
 //! a new one must be elected.
 
 use atlant_tests::*;
@@ -25,16 +26,21 @@ fn pool(name: &str) -> Command {
     }
 }
 
-/// One request to one monitor, no failover.
+/// One change submitted to one monitor, no failover.
 async fn submit_to(addr: &str, cmd: Command) -> Result<ControlResponse, String> {
-    let c = net::transport::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
     let req = ControlRequest::Submit(MonRequest {
         client: 424242,
         seq: 1,
         cmd,
     });
+    call_one(addr, req).await
+}
+
+/// One request to one monitor, no failover.
+async fn call_one(addr: &str, req: ControlRequest) -> Result<ControlResponse, String> {
+    let c = net::transport::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let f = c
         .call(
             msg_type::CONTROL,
@@ -111,7 +117,13 @@ fn an_isolated_monitor_commits_nothing_and_catches_up() {
             .map(|i| addrs[i].clone())
             .collect();
         let isolated = addrs[leader].clone();
-        let cut_epoch = epoch_of(&isolated).await;
+        // A subscriber (as every OSD and gateway is) that starts on the monitor to be cut off.
+        let first_isolated: Vec<String> = std::iter::once(isolated.clone())
+            .chain(others.iter().cloned())
+            .collect();
+        let watcher = MonClient::new(first_isolated).unwrap();
+        let initial = watcher.get_map().await.unwrap();
+        let map_rx = watcher.subscribe(initial).subscribe();
         fabric.cut(leader, &[0, 1, 2], true);
         let cut_at = Instant::now();
 
@@ -132,21 +144,33 @@ fn an_isolated_monitor_commits_nothing_and_catches_up() {
             }
             committed.push((name, epoch));
         }
-        // The isolated monitor commits nothing: it answers "no quorum", its map stands still.
+        // The isolated monitor commits nothing and serves no map: it answers "no quorum"
+        // (its map would be frozen).
         let r = submit_to(&isolated, pool("minority")).await;
         assert!(
             matches!(r, Ok(ControlResponse::NoQuorum(_))),
             "isolated monitor answered {r:?}"
         );
-        assert_eq!(
-            epoch_of(&isolated).await,
-            cut_epoch,
-            "the isolated monitor's map moved"
+        let r = call_one(&isolated, ControlRequest::GetMap { have: 0 }).await;
+        assert!(
+            matches!(r, Ok(ControlResponse::NoQuorum(_))),
+            "isolated monitor served a map: {r:?}"
         );
+        // The subscriber noticed (keepalives stopped, or the monitor said it is outside the
+        // quorum) and moved to a monitor that has every change.
+        let target = committed.last().unwrap().1;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while map_rx.borrow().epoch < target {
+            assert!(
+                Instant::now() < deadline,
+                "a subscriber of the isolated monitor stayed at epoch {} (majority at {target})",
+                map_rx.borrow().epoch
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
 
         // Heal: it catches up with every change, and the minority's request never applied.
         fabric.cut(leader, &[0, 1, 2], false);
-        let target = committed.last().unwrap().1;
         let deadline = Instant::now() + Duration::from_secs(30);
         while epoch_of(&isolated).await < target {
             assert!(

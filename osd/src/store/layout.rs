@@ -51,7 +51,7 @@ pub const JOURNAL_MAGIC: u32 = u32::from_le_bytes(*b"ATLJ");
 pub const CHECKPOINT_MAGIC: u64 = u64::from_le_bytes(*b"ATLCKPT\0");
 /// Largest object the store holds: one journal record (52 + 8 bytes per block) must fit a
 /// journal block.
-pub const MAX_OBJECT_SIZE: u32 = 1 << 20;
+pub const MAX_OBJECT_SIZE: u32 = proto::map::MAX_OBJECT_SIZE;
 pub const JOURNAL_HEADER: usize = 40;
 pub const RECORD_FIXED: usize = 52;
 pub const ENTRY_FIXED: usize = 46;
@@ -232,9 +232,18 @@ impl Superblock {
         ]
         .iter()
         .all(|x| x % b == 0);
+        // Checked: the fields come from the device and may be anything.
         let ordered = self.checkpoint_offset >= b
-            && self.journal_offset >= self.checkpoint_offset + 2 * self.checkpoint_bytes
-            && self.data_offset >= self.journal_offset + self.journal_blocks * b;
+            && self
+                .checkpoint_bytes
+                .checked_mul(2)
+                .and_then(|c| c.checked_add(self.checkpoint_offset))
+                .is_some_and(|end| self.journal_offset >= end)
+            && self
+                .journal_blocks
+                .checked_mul(b)
+                .and_then(|j| j.checked_add(self.journal_offset))
+                .is_some_and(|end| self.data_offset >= end);
         if !aligned
             || !ordered
             || end > self.device_size

@@ -14,6 +14,36 @@ use std::sync::Arc;
 pub struct FileDevice {
     file: Arc<File>,
     size: u64,
+    _lock: DeviceLock,
+}
+
+/// An exclusive advisory lock on a device path, held while a device is open on it: two
+/// processes (two OSDs started on one store, or fsck beside a running OSD) would each
+/// replay and overwrite the other's journal. Taken on a descriptor of its own, so it is
+/// released when the device is dropped even if the kernel still holds the data descriptor
+/// (an io_uring ring tears down asynchronously).
+pub struct DeviceLock(#[allow(dead_code)] File);
+
+impl DeviceLock {
+    pub fn take(path: &Path) -> io::Result<DeviceLock> {
+        let file = OpenOptions::new().read(true).open(path)?;
+        // SAFETY: flock(2) on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    format!(
+                        "{} is in use by another process (another OSD or fsck on the same \
+                         device?); refusing to open it twice",
+                        path.display()
+                    ),
+                ));
+            }
+            return Err(e);
+        }
+        Ok(DeviceLock(file))
+    }
 }
 
 /// Opens a device or file for direct IO; where the filesystem refuses O_DIRECT (tmpfs) it
@@ -54,11 +84,13 @@ pub fn device_size(file: &File) -> io::Result<u64> {
 
 impl FileDevice {
     pub fn open(path: &Path) -> io::Result<FileDevice> {
+        let lock = DeviceLock::take(path)?;
         let file = open_direct(path)?;
         let size = device_size(&file)?;
         Ok(FileDevice {
             file: Arc::new(file),
             size,
+            _lock: lock,
         })
     }
 }

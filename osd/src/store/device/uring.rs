@@ -52,7 +52,7 @@
 //! 5.6 (IORING_OP_READ/WRITE); `open` says why when io_uring is unavailable (ENOSYS, EPERM from
 //! `kernel.io_uring_disabled` or a seccomp filter) so the caller can fall back to `FileDevice`.
 
-use super::file::{device_size, open_direct};
+use super::file::{device_size, open_direct, DeviceLock};
 use super::{check_aligned, AlignedBuf, BlockDevice, IoFuture};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use io_uring::{opcode, squeue, types, IoUring};
@@ -88,6 +88,7 @@ pub struct UringDevice {
     requests: Sender<Message>,
     wake: Arc<Wake>,
     thread: Option<JoinHandle<()>>,
+    _lock: DeviceLock,
 }
 
 /// The eventfd the ring thread listens on and the flag that batches writes to it.
@@ -155,6 +156,7 @@ impl Request {
 impl UringDevice {
     /// Opens a device or file for direct IO and starts its ring thread.
     pub fn open(path: &Path) -> io::Result<UringDevice> {
+        let lock = DeviceLock::take(path)?;
         let file = open_direct(path)?;
         let size = device_size(&file)?;
         // SAFETY: eventfd(2) with valid flags; the result is checked before use.
@@ -202,6 +204,7 @@ impl UringDevice {
             requests,
             wake,
             thread: Some(thread),
+            _lock: lock,
         })
     }
 
