@@ -20,8 +20,13 @@ With --state PATH the acknowledged writes are saved on exit (also when the conne
 dies, e.g. the whole cluster was killed), and --verify-only reads back every block in that
 state after a restart.
 
+With --flush-ratio P a FLUSH follows a write with probability P, and with --fua-ratio P a
+write carries FUA (as a guest's fsync and journal commits do); a failed FLUSH counts as an
+IO error, like a failed read or write.
+
 Usage: nbd_verify.py URI [--region-mib 64] [--seconds 60] [--stop-file PATH]
-       [--read-ratio 0.3] [--seed N] [--state PATH] [--verify-only]
+       [--read-ratio 0.3] [--flush-ratio 0] [--fua-ratio 0] [--seed N] [--state PATH]
+       [--verify-only]
 """
 
 import argparse
@@ -65,6 +70,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--stop-file")
     ap.add_argument("--read-ratio", type=float, default=0.3)
+    ap.add_argument("--flush-ratio", type=float, default=0.0)
+    ap.add_argument("--fua-ratio", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--state")
     ap.add_argument("--verify-only", action="store_true")
@@ -98,7 +105,8 @@ def main():
             )
             failed[b] = (old, new)
         gen = st["gen"]
-    stats = {"writes": 0, "reads": 0, "io_errors": 0, "verify_errors": 0, "lost_writes": 0}
+    stats = {"writes": 0, "reads": 0, "flushes": 0, "io_errors": 0, "verify_errors": 0,
+             "lost_writes": 0}
     lat = []
     stalls = []
     errors = []
@@ -168,7 +176,8 @@ def main():
         b = rng.randrange(blocks)
         gen += 1
         data = block_data(b, gen, rng.getrandbits(64))
-        ok, r = timed(lambda: h.pwrite(data, b * BLOCK))
+        flags = nbd.CMD_FLAG_FUA if rng.random() < a.fua_ratio else 0
+        ok, r = timed(lambda: h.pwrite(data, b * BLOCK, flags))
         if ok:
             run_errors = 0
             stats["writes"] += 1
@@ -179,6 +188,14 @@ def main():
             # Read back now and then: the newest value must be there at once.
             if rng.random() < 0.1:
                 read(b)
+            if rng.random() < a.flush_ratio:
+                ok, r = timed(h.flush)
+                if ok:
+                    stats["flushes"] += 1
+                else:
+                    run_errors += 1
+                    stats["io_errors"] += 1
+                    errors.append(f"flush: {r}")
         else:
             run_errors += 1
             stats["io_errors"] += 1

@@ -891,7 +891,7 @@ pub async fn pull_from(
 /// Sends the primary's copy of `object` (at `version`) to `member`, replacing whatever it
 /// holds (caller holds the object lock).
 async fn push_locked(
-    osd: &Osd,
+    osd: &Arc<Osd>,
     map: &ClusterMap,
     pg: PgId,
     start: Epoch,
@@ -909,11 +909,17 @@ async fn push_locked(
     let (data, crcs) = if version.is_none() {
         (Bytes::new(), Vec::new())
     } else {
-        let (data, _, _) = osd
-            .store
-            .read(object, 0, size)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (data, _, _) = match osd.store.read(object, 0, size).await {
+            Ok(r) => r,
+            // The primary's own copy is damaged: pushing it again would fail the same way
+            // (and count towards the device's error limit). It is pulled from a member
+            // first, then pushed.
+            Err(e @ crate::store::StoreError::Checksum { .. }) => {
+                osd.note_bad_copy(pg, start, object, version);
+                return Err(format!("the primary's copy is damaged: {e}"));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let crcs = block_crcs(&data);
         (data, crcs)
     };

@@ -639,7 +639,7 @@ pub async fn send(
 /// Sends the whole local object at `version` to a replica (with the write's FUA); returns
 /// whether the replica has it on stable media.
 async fn push_full(
-    osd: &Osd,
+    osd: &Arc<Osd>,
     map: &ClusterMap,
     op: &ObjectOp,
     replica: OsdId,
@@ -647,11 +647,16 @@ async fn push_full(
     fence: (PgId, Epoch),
 ) -> Result<bool, Status> {
     let size = op.object_size;
-    let (data, _, _) = osd
-        .store
-        .read(op.object, 0, size)
-        .await
-        .map_err(|e| store_status(&e))?;
+    let (data, _, _) = match osd.store.read(op.object, 0, size).await {
+        Ok(r) => r,
+        // The local copy is damaged: recovery pulls it from another member, and the
+        // client's retry finds it whole (an IO error would reach a guest).
+        Err(StoreError::Checksum { .. }) => {
+            osd.note_bad_copy(op.pg, fence.1, op.object, version);
+            return Err(Status::PgInactive);
+        }
+        Err(e) => return Err(store_status(&e)),
+    };
     let push = ObjectOp {
         op: op::PUSH,
         flags: op.flags & FLAG_FUA,

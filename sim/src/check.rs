@@ -19,6 +19,36 @@ use std::collections::BTreeMap;
 
 pub const BLOCK: usize = 4096;
 
+/// The names violations start with (`"<kind>: <what happened>"`): a planted bug counts as
+/// caught only when the run reports the kind of violation it causes.
+pub mod kind {
+    /// A block that is not one whole write (torn, or another block's bytes).
+    pub const TORN: &str = "torn read";
+    /// A value never written to the block.
+    pub const FOREIGN: &str = "foreign read";
+    /// Older than a write acknowledged before the read started (a lost or stale write).
+    pub const STALE: &str = "stale read";
+    /// A write issued after the read ended.
+    pub const FUTURE: &str = "read from the future";
+    /// Older than what an earlier read saw.
+    pub const BACKWARDS: &str = "read went back";
+    /// A client op (read, write, flush) that returned an error.
+    pub const FAILED_OP: &str = "failed op";
+    /// A client op slower than the bound (detection + peering + recovery of one object).
+    pub const SLOW_OP: &str = "slow op";
+    /// An op that never finished after the faults healed, or a check that never ended.
+    pub const WEDGE: &str = "wedge";
+    /// PGs not active+clean long after the heal.
+    pub const NOT_CLEAN: &str = "not clean";
+    /// Copies of an object that differ after the cluster is clean.
+    pub const COPIES_DIFFER: &str = "copies differ";
+    /// A running OSD that reaches a quorum of monitors but stays on an old map for long
+    /// (it listens to a monitor whose map is frozen).
+    pub const STALE_MAP: &str = "stale map";
+    /// A daemon that failed on its own (a store that does not open, a monitor that stops).
+    pub const DAEMON: &str = "daemon failed";
+}
+
 /// The 4 KiB a write of `value` puts on its block: the value in every 8-byte word, mixed
 /// with the word's position so that a block assembled from two writes does not decode.
 pub fn pattern(value: u64) -> Vec<u8> {
@@ -128,7 +158,8 @@ impl History {
         self.mix(block ^ start.rotate_left(13) ^ end.rotate_left(41) ^ word);
         let Some(value) = decode(data) else {
             self.violations.push(format!(
-                "{who}: block {block} read at {} is not one whole write (torn or foreign data, first word {:#x})",
+                "{}: {who}: block {block} read at {} is not one whole write (torn or foreign data, first word {:#x})",
+                kind::TORN,
                 fmt_us(end),
                 u64::from_le_bytes(data[..8].try_into().unwrap_or([0; 8]))
             ));
@@ -142,7 +173,8 @@ impl History {
                 Some((blk, k)) if *blk == block => *k,
                 _ => {
                     self.violations.push(format!(
-                        "{who}: block {block} read at {} returned value {value:#x}, never written to it",
+                        "{}: {who}: block {block} read at {} returned value {value:#x}, never written to it",
+                        kind::FOREIGN,
                         fmt_us(end)
                     ));
                     return;
@@ -158,7 +190,8 @@ impl History {
         if saw < floor {
             let w = &b.writes[floor - 1];
             self.violations.push(format!(
-                "{who}: stale read of block {block} at {}: saw {} but write {:#x} was acknowledged at {}",
+                "{}: {who}: block {block} at {}: saw {} but write {:#x} was acknowledged at {}",
+                kind::STALE,
                 fmt_us(start),
                 describe(&b.writes, saw),
                 w.value,
@@ -168,7 +201,8 @@ impl History {
         // Rule 3: issued before the read ended.
         if saw > 0 && b.writes[saw - 1].start > end {
             self.violations.push(format!(
-                "{who}: block {block} read ending at {} saw write {value:#x} issued later",
+                "{}: {who}: block {block} read ending at {} saw write {value:#x} issued later",
+                kind::FUTURE,
                 fmt_us(end)
             ));
         }
@@ -202,7 +236,8 @@ impl History {
                 if r.saw < m {
                     let earlier = by_end[at];
                     self.violations.push(format!(
-                        "{}: block {block} read at {} saw {}, older than {} that {} read at {}",
+                        "{}: {}: block {block} read at {} saw {}, older than {} that {} read at {}",
+                        kind::BACKWARDS,
                         r.who,
                         fmt_us(r.start),
                         describe(&b.writes, r.saw),
@@ -256,7 +291,11 @@ mod tests {
     fn a_stale_read_is_caught() {
         let mut h = h();
         h.read_done(1, 500, 510, &pattern(10), "c");
-        assert!(h.violations[0].contains("stale read"), "{:?}", h.violations);
+        assert!(
+            h.violations[0].starts_with(kind::STALE),
+            "{:?}",
+            h.violations
+        );
     }
 
     #[test]
@@ -266,7 +305,11 @@ mod tests {
         h.read_done(1, 365, 370, &pattern(10), "b");
         assert!(h.violations.is_empty());
         h.check_order();
-        assert!(h.violations[0].contains("older than"), "{:?}", h.violations);
+        assert!(
+            h.violations[0].starts_with(kind::BACKWARDS),
+            "{:?}",
+            h.violations
+        );
     }
 
     #[test]
@@ -285,7 +328,7 @@ mod tests {
         h.write_started(1, 12, 1000);
         h.read_done(1, 500, 510, &pattern(12), "c");
         assert!(
-            h.violations[0].contains("issued later"),
+            h.violations[0].starts_with(kind::FUTURE),
             "{:?}",
             h.violations
         );

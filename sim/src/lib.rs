@@ -22,7 +22,7 @@
 pub mod check;
 pub mod network;
 
-use crate::check::{fmt_us, pattern, History, BLOCK};
+use crate::check::{fmt_us, kind, pattern, History, BLOCK};
 use ::net::rt::Node;
 use ::net::sync::lock;
 use ::net::transport::SimNet;
@@ -47,6 +47,14 @@ const OBJECT_SIZE: u32 = 16 << 10;
 /// Half of the ops go to the first blocks (three objects): reads there often follow a
 /// write, so a stale copy is read soon after it goes stale.
 const HOT_BLOCKS: u64 = 12;
+/// The longest a client op may take: a crashed primary is detected within the grace
+/// (4 s) and the down-out interval (12 s) may pass before its data moves; peering and
+/// the recovery of one object add a few seconds. An op slower than this is a violation.
+const SLOW_OP: Duration = Duration::from_secs(60);
+/// How long after the faults heal an op may still be pending: longer is a wedge.
+const AFTER_HEAL: Duration = Duration::from_secs(30);
+/// How long a running OSD that reaches a majority of the monitors may lag the newest map.
+const MAP_LAG: Duration = Duration::from_secs(10);
 /// Each OSD's simulated device.
 const DEVICE_BYTES: u64 = 32 << 20;
 
@@ -107,6 +115,8 @@ pub struct Report {
     pub drains: u64,
     /// OSDs cut from the monitors only.
     pub mon_cuts: u64,
+    /// Monitors cut off from the other monitors only.
+    pub mon_isolations: u64,
     pub torn_writes: u64,
     pub lost_writes: u64,
     pub segments: u64,
@@ -117,6 +127,10 @@ pub struct Report {
     pub objects_compared: u64,
     /// The longest any client op took (simulated ms).
     pub max_op_ms: u64,
+    /// Bytes of a primary's copy that decayed.
+    pub bit_rot: u64,
+    /// FLUSH requests the writers sent.
+    pub flushes: u64,
     /// A digest of the run's history (ops, values, times): equal digests, same run.
     pub digest: u64,
 }
@@ -177,6 +191,12 @@ struct World {
     /// Problems that are not history violations (a store that does not open, ...).
     violations: Mutex<Vec<String>>,
     incarnations: Mutex<u64>,
+    /// Until when a monitor is cut off from the others (kind 15).
+    mon_isolated_until: Mutex<Option<Instant>>,
+    /// When the faults healed.
+    healed_at: Mutex<Option<Instant>>,
+    /// A block the next reader reads (one with a decayed copy).
+    read_next: Mutex<Option<u64>>,
 }
 
 impl World {
@@ -198,8 +218,9 @@ impl World {
         Node::new(name, Arc::clone(&self.net) as Arc<dyn SimNet>, seed)
     }
 
-    fn violation(&self, v: String) {
-        lock(&self.violations).push(format!("[{}] {v}", fmt_us(self.now_us())));
+    /// Records a violation of `kind` (one of `check::kind`).
+    fn violation(&self, kind: &str, v: String) {
+        lock(&self.violations).push(format!("{kind}: [{}] {v}", fmt_us(self.now_us())));
     }
 
     fn policy() -> mon::service::Policy {
@@ -234,10 +255,10 @@ impl World {
             match started {
                 Ok(svc) => {
                     if let Err(e) = mon::serve(svc).await {
-                        me.violation(format!("mon.{i} stopped serving: {e:#}"));
+                        me.violation(kind::DAEMON, format!("mon.{i} stopped serving: {e:#}"));
                     }
                 }
-                Err(e) => me.violation(format!("mon.{i} does not start: {e:#}")),
+                Err(e) => me.violation(kind::DAEMON, format!("mon.{i} does not start: {e:#}")),
             }
         });
     }
@@ -271,7 +292,10 @@ impl World {
             let store = match Store::open(dev, osd::Durability::Immediate).await {
                 Ok(s) => s,
                 Err(e) => {
-                    me.violation(format!("osd.{i}'s store does not open after a crash: {e}"));
+                    me.violation(
+                        kind::DAEMON,
+                        format!("osd.{i}'s store does not open after a crash: {e}"),
+                    );
                     return;
                 }
             };
@@ -469,6 +493,72 @@ impl World {
         lock(&self.osds).iter().position(|o| o.name == name)
     }
 
+    /// Watches the running OSDs' maps until `until`: one that reaches a majority of the
+    /// monitors yet stays behind the newest map any OSD holds for `MAP_LAG` is a violation
+    /// (it listens to a monitor whose map is frozen, and never moves on).
+    async fn watch_maps(self: Arc<Self>, until: Instant) {
+        let mut behind: BTreeMap<String, (Instant, u64)> = BTreeMap::new();
+        let mut reported = std::collections::BTreeSet::new();
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let osds: Vec<(String, u64)> = lock(&self.osds)
+                .iter()
+                .filter_map(|o| o.daemon.as_ref().map(|d| (o.name.clone(), d.epoch())))
+                .collect();
+            let Some(newest) = osds.iter().map(|(_, e)| *e).max() else {
+                continue;
+            };
+            let n_mons = self.opts.mons;
+            let running_mons: Vec<String> = lock(&self.mons)
+                .iter()
+                .filter(|m| m.node.is_some())
+                .map(|m| m.name.clone())
+                .collect();
+            for (name, epoch) in osds {
+                // Whether it reaches, both ways, a majority of monitors that reach each other.
+                let reached: Vec<&String> = running_mons
+                    .iter()
+                    .filter(|m| !self.net.is_cut(&name, m) && !self.net.is_cut(m, &name))
+                    .collect();
+                let connected = reached
+                    .iter()
+                    .filter(|m| {
+                        reached
+                            .iter()
+                            .filter(|o| o != m && !self.net.is_cut(m, o) && !self.net.is_cut(o, m))
+                            .count()
+                            * 2
+                            + 2
+                            > n_mons
+                    })
+                    .count();
+                if epoch >= newest || connected * 2 <= n_mons {
+                    behind.remove(&name);
+                    continue;
+                }
+                let (since, at) = *behind
+                    .entry(name.clone())
+                    .or_insert((Instant::now(), epoch));
+                if at != epoch {
+                    behind.insert(name.clone(), (Instant::now(), epoch));
+                } else if since.elapsed() > MAP_LAG && reported.insert(name.clone()) {
+                    self.violation(
+                        kind::STALE_MAP,
+                        format!(
+                            "{name} stayed at epoch {epoch} for {:.1} s while it reached a quorum of monitors and epoch {newest} was out",
+                            since.elapsed().as_secs_f64()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether a monitor is cut off from the others now (kind 15).
+    fn mon_isolated(&self) -> bool {
+        lock(&self.mon_isolated_until).is_some_and(|t| t > Instant::now())
+    }
+
     fn osd_names(&self) -> Vec<String> {
         lock(&self.osds).iter().map(|o| o.name.clone()).collect()
     }
@@ -563,7 +653,7 @@ impl World {
             }
             let hold = Duration::from_millis(self.rand(|r| r.random_range(300..6000)));
             // Kind 10 (an OSD cut from the monitors only) twice as often as the others.
-            let kind = match self.rand(|r| r.random_range(0..15)) {
+            let kind = match self.rand(|r| r.random_range(0..17)) {
                 13 => 10,
                 k => k,
             };
@@ -593,9 +683,10 @@ impl World {
                         }
                     }
                 }
-                // Crash a monitor (never more than a minority).
+                // Crash a monitor (never more than a minority, counting one cut off).
                 3 => {
-                    let down = lock(&self.mons).iter().filter(|m| m.node.is_none()).count();
+                    let down = lock(&self.mons).iter().filter(|m| m.node.is_none()).count()
+                        + self.mon_isolated() as usize;
                     if down >= (self.opts.mons - 1) / 2 {
                         continue;
                     }
@@ -706,6 +797,66 @@ impl World {
                     let k = self.rand(|r| r.random_range(0..self.opts.clients));
                     self.abandon_write(k, hold.max(Duration::from_secs(6)));
                 }
+                // A monitor cut from the other monitors only, for long: OSDs and clients
+                // still reach it, and those subscribed to it must notice that its map is
+                // frozen and move on. An OSD crashes meanwhile, so the map moves.
+                15 => {
+                    let down = lock(&self.mons).iter().filter(|m| m.node.is_none()).count();
+                    if down > 0 || self.mon_isolated() || self.opts.mons < 3 {
+                        continue;
+                    }
+                    let i = self.rand(|r| r.random_range(0..self.opts.mons));
+                    let names = self.mon_names();
+                    let me = vec![names[i].clone()];
+                    let pairs = self.net.cut(&me, &names, true, false);
+                    let hold = Duration::from_millis(self.rand(|r| r.random_range(20_000..35_000)));
+                    *lock(&self.mon_isolated_until) = Some(Instant::now() + hold);
+                    lock(&self.report).mon_isolations += 1;
+                    self.heal_later(pairs, hold);
+                    let victim = self.rand(|r| r.random_range(0..n_osds));
+                    if down_osds < 2 && self.crash_osd(victim) {
+                        self.restart_later(Restart::Osd(victim), Duration::from_secs(3));
+                    }
+                }
+                // Bit rot: a byte of a hot block's copy on its primary decays (the other
+                // copies are intact). Reads must still return the right bytes.
+                16 => {
+                    let b = self.rand(|r| r.random_range(0..HOT_BLOCKS.min(self.opts.blocks)));
+                    let (Some(i), Some(map)) = (self.primary_of(b), self.map()) else {
+                        continue;
+                    };
+                    let Some(obj) = self.image_object(&map, b) else {
+                        continue;
+                    };
+                    let (daemon, dev) = {
+                        let osds = lock(&self.osds);
+                        (osds[i].daemon.clone(), Arc::clone(&osds[i].dev))
+                    };
+                    let Some(daemon) = daemon else { continue };
+                    // Only where every member holds the current version: rot on the only
+                    // current copy is a loss no store survives.
+                    let pool = map.pools.get(&obj.pool);
+                    let clean = pool.is_some_and(|p| {
+                        let pg = proto::placement::object_pg(&obj, p);
+                        daemon
+                            .primary_stats()
+                            .iter()
+                            .any(|s| s.pg == pg && s.state_name(p.size as usize) == "active+clean")
+                    });
+                    if !clean {
+                        continue;
+                    }
+                    let in_object = (b * BLOCK as u64 % OBJECT_SIZE as u64) as usize / BLOCK;
+                    if let Some(at) = daemon.store.block_location(&obj, in_object) {
+                        let byte = self.rand(|r| r.random_range(0..BLOCK as u64));
+                        dev.rot(at + byte);
+                        tracing::info!(target: "sim", "fault: bit rot in block {b} ({obj}) on osd slot {i}");
+                        lock(&self.report).bit_rot += 1;
+                        // Read soon, as a scrub would: the primary must serve the right
+                        // bytes (from another member) and repair its copy.
+                        *lock(&self.read_next) = Some(b);
+                    }
+                }
                 // A slow network.
                 _ => {
                     let d = Duration::from_millis(self.rand(|r| r.random_range(5..40)));
@@ -742,10 +893,38 @@ impl World {
         )
     }
 
-    fn op_done(&self, started: Instant) {
-        let mut r = lock(&self.report);
-        r.ops += 1;
-        r.max_op_ms = r.max_op_ms.max(started.elapsed().as_millis() as u64);
+    /// Counts a finished op; one slower than `SLOW_OP` is a violation (a wedge that healed
+    /// by luck, or a stall longer than detection, peering and recovery take).
+    fn op_done(&self, started: Instant, what: &str) {
+        let took = started.elapsed();
+        {
+            let mut r = lock(&self.report);
+            r.ops += 1;
+            r.max_op_ms = r.max_op_ms.max(took.as_millis() as u64);
+        }
+        let healed = *lock(&self.healed_at);
+        if let Some(h) = healed.filter(|h| started < *h + AFTER_HEAL) {
+            if Instant::now() > h + AFTER_HEAL {
+                self.violation(
+                    kind::WEDGE,
+                    format!(
+                        "{what} was still pending {:.1} s after the faults healed",
+                        (Instant::now() - h).as_secs_f64()
+                    ),
+                );
+                return;
+            }
+        }
+        if took > SLOW_OP {
+            self.violation(
+                kind::SLOW_OP,
+                format!(
+                    "{what} took {:.1} s (bound {:?})",
+                    took.as_secs_f64(),
+                    SLOW_OP
+                ),
+            );
+        }
     }
 
     /// Writes the blocks client `k` owns, one write at a time (so a block's writes are
@@ -762,7 +941,6 @@ impl World {
         let owned = self.owned(k);
         let hot = HOT_BLOCKS.min(self.opts.blocks);
         let owned_hot: Vec<u64> = owned.iter().copied().filter(|b| *b < hot).collect();
-        let mut poisoned = std::collections::BTreeSet::new();
         let mut seq = 0u64;
         while Instant::now() < until {
             let quiet = lock(&self.quiet)[k].as_ref().map(|(t, _)| *t);
@@ -782,26 +960,39 @@ impl World {
                 }
                 None => owned[rng.random_range(0..owned.len())],
             };
-            if !poisoned.contains(&block) {
-                seq += 1;
-                let value = ((k as u64 + 1) << 48) | (incarnation << 32) | seq;
-                lock(&self.history).write_started(block, value, self.now_us());
-                tracing::debug!(target: "sim", "write block {block} value {value:#x}");
-                let r = image
-                    .write(block * BLOCK as u64, pattern(value).into(), false)
-                    .await;
-                tracing::debug!(target: "sim", "write block {block} value {value:#x} done: {:?}", r.as_ref().err());
-                match r {
-                    Ok(()) => lock(&self.history).write_acked(value, self.now_us()),
-                    Err(e) => {
-                        // It may or may not have happened: no more writes to this block.
-                        tracing::info!("{me}: write of block {block} failed: {e}");
-                        lock(&self.history).write_failed();
-                        lock(&self.report).failed_ops += 1;
-                        poisoned.insert(block);
-                    }
+            seq += 1;
+            let value = ((k as u64 + 1) << 48) | (incarnation << 32) | seq;
+            // Now and then with FUA, as a guest's journal commit is.
+            let fua = rng.random_bool(0.05);
+            lock(&self.history).write_started(block, value, self.now_us());
+            tracing::debug!(target: "sim", "write block {block} value {value:#x}");
+            let r = image
+                .write(block * BLOCK as u64, pattern(value).into(), fua)
+                .await;
+            tracing::debug!(target: "sim", "write block {block} value {value:#x} done: {:?}", r.as_ref().err());
+            match r {
+                Ok(()) => lock(&self.history).write_acked(value, self.now_us()),
+                Err(e) => {
+                    // Reported; the block is written again later, and the checker allows
+                    // the failed write only in its place in the block's order.
+                    lock(&self.history).write_failed();
+                    lock(&self.report).failed_ops += 1;
+                    self.violation(
+                        kind::FAILED_OP,
+                        format!("{me}: write of block {block} ({value:#x}) failed: {e}"),
+                    );
                 }
-                self.op_done(started);
+            }
+            self.op_done(started, &format!("{me}: write of block {block}"));
+            // Now and then a FLUSH, as a guest's fsync: it must ride out every fault.
+            if rng.random_bool(0.1) {
+                let started = Instant::now();
+                if let Err(e) = image.flush().await {
+                    lock(&self.report).failed_ops += 1;
+                    self.violation(kind::FAILED_OP, format!("{me}: FLUSH failed: {e}"));
+                }
+                lock(&self.report).flushes += 1;
+                self.op_done(started, &format!("{me}: FLUSH"));
             }
             let pause = rng.random_range(1..40);
             tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -825,7 +1016,9 @@ impl World {
                 .clone()
                 .filter(|(t, _)| *t > Instant::now())
                 .map(|(_, r)| r);
+            let next = lock(&self.read_next).take();
             let block = match focus {
+                _ if next.is_some() => next.unwrap_or_default(),
                 Some(r) => rng.random_range(r),
                 None if rng.random_bool(0.5) => rng.random_range(0..hot),
                 None => rng.random_range(0..self.opts.blocks),
@@ -838,11 +1031,14 @@ impl World {
                     lock(&self.history).read_done(block, start, end, &data, &me);
                 }
                 Err(e) => {
-                    tracing::info!("{me}: read of block {block} failed: {e}");
                     lock(&self.report).failed_ops += 1;
+                    self.violation(
+                        kind::FAILED_OP,
+                        format!("{me}: read of block {block} failed: {e}"),
+                    );
                 }
             }
-            self.op_done(started);
+            self.op_done(started, &format!("{me}: read of block {block}"));
             let pause = rng.random_range(1..40);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
@@ -1181,6 +1377,9 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
         report: Mutex::new(Report::default()),
         violations: Mutex::new(Vec::new()),
         incarnations: Mutex::new(0),
+        mon_isolated_until: Mutex::new(None),
+        healed_at: Mutex::new(None),
+        read_next: Mutex::new(None),
         until: Mutex::new(None),
         clients: Mutex::new(
             (0..opts.clients)
@@ -1224,11 +1423,14 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
         world.start_client(k);
     }
     let faults = tokio::spawn(Arc::clone(&world).faults(until));
+    let maps = tokio::spawn(Arc::clone(&world).watch_maps(until));
     let _ = faults.await;
+    let _ = maps.await;
     tokio::time::sleep_until(until).await;
 
     // Heal: every partition, every crashed daemon back.
     let healed = Instant::now();
+    *lock(&world.healed_at) = Some(healed);
     world.net.heal();
     for i in 0..opts.mons {
         world.start_mon(i);
@@ -1258,8 +1460,14 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
     });
     match tokio::time::timeout(Duration::from_secs(120), again).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => world.violation(format!("marking every OSD in after the heal: {e}")),
-        other => world.violation(format!("marking every OSD in after the heal: {other:?}")),
+        Ok(Ok(Err(e))) => world.violation(
+            kind::FAILED_OP,
+            format!("marking every OSD in after the heal: {e}"),
+        ),
+        other => world.violation(
+            kind::WEDGE,
+            format!("marking every OSD in after the heal: {other:?}"),
+        ),
     }
     let handles: Vec<_> = lock(&world.clients)
         .iter_mut()
@@ -1271,15 +1479,19 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
             Ok(Ok(Ok(()))) => {}
             // Killed with its host.
             Ok(Err(e)) if e.is_cancelled() => {}
-            Ok(Ok(Err(e))) => world.violation(format!("client.{k}: {e}")),
-            Ok(Err(e)) => world.violation(format!("client.{k} task: {e}")),
-            Err(_) => world.violation(format!("client.{k}: an op never finished after the heal")),
+            Ok(Ok(Err(e))) => world.violation(kind::FAILED_OP, format!("client.{k}: {e}")),
+            Ok(Err(e)) => world.violation(kind::DAEMON, format!("client.{k} task: {e}")),
+            Err(_) => world.violation(
+                kind::WEDGE,
+                format!("client.{k}: an op never finished after the heal"),
+            ),
         }
     }
     if let Err(e) = wait_clean(&world, Duration::from_secs(120)).await {
-        world.violation(format!(
-            "not every PG active+clean 120 s after the faults healed: {e}"
-        ));
+        world.violation(
+            kind::NOT_CLEAN,
+            format!("not every PG active+clean 120 s after the faults healed: {e}"),
+        );
     }
     let clean_ms = healed.elapsed().as_millis() as u64;
     // A last read of every block through a new client, then the copies themselves.
@@ -1303,13 +1515,16 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
     });
     match tokio::time::timeout(Duration::from_secs(60), last).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => world.violation(e),
-        Ok(Err(e)) => world.violation(format!("final reader: {e}")),
-        Err(_) => world.violation("the final read pass did not finish in 60 s".into()),
+        Ok(Ok(Err(e))) => world.violation(kind::FAILED_OP, e),
+        Ok(Err(e)) => world.violation(kind::DAEMON, format!("final reader: {e}")),
+        Err(_) => world.violation(
+            kind::WEDGE,
+            "the final read pass did not finish in 60 s".into(),
+        ),
     }
     if let Some(map) = world.map() {
         for v in world.compare_copies(&map).await {
-            world.violation(v);
+            world.violation(kind::COPIES_DIFFER, v);
         }
         lock(&world.report).final_epoch = map.epoch;
     }

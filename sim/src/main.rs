@@ -57,14 +57,16 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
 fn print_outcome(seed: u64, result: &Result<sim::Report, String>, secs: f64) {
     match result {
         Ok(r) => println!(
-            "seed {seed}: ok{}: {} ops ({} reads, {} writes, slowest {} ms); faults: {} OSD crashes, {} monitor crashes, {} host power losses, {} partitions, {} one-way, {} cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts; clean {} ms after the heal; {} object copies compared; digest {:016x}",
+            "seed {seed}: ok{}: {} ops ({} reads, {} writes, {} flushes, slowest {} ms); faults: {} OSD crashes, {} monitor crashes, {} monitors cut from the others, {} host power losses, {} partitions, {} one-way, {} cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts; clean {} ms after the heal; {} object copies compared; digest {:016x}",
             if secs > 0.0 { format!(" in {secs:.1}s") } else { String::new() },
             r.ops,
             r.reads,
             r.writes,
+            r.flushes,
             r.max_op_ms,
             r.osd_crashes,
             r.mon_crashes,
+            r.mon_isolations,
             r.host_crashes,
             r.partitions,
             r.one_way,

@@ -89,7 +89,8 @@ impl Network {
         })
     }
 
-    fn is_cut(&self, from: &str, to: &str) -> bool {
+    /// Whether traffic from `from` to `to` is cut now.
+    pub fn is_cut(&self, from: &str, to: &str) -> bool {
         let s = lock(&self.state);
         s.cut.contains(&(from.to_string(), to.to_string()))
     }

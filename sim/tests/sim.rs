@@ -8,6 +8,7 @@
 //! Every seed runs in its own process, as `make sim SEED=n` replays it.
 
 use osd::planted::Bug;
+use sim::check::kind;
 use sim::Report;
 
 fn env(name: &str, default: u64) -> u64 {
@@ -72,6 +73,9 @@ fn whole_cluster_seeds() {
                 total.mon_cuts += r.mon_cuts;
                 total.resets += r.resets;
                 total.objects_compared += r.objects_compared;
+                total.flushes += r.flushes;
+                total.mon_isolations += r.mon_isolations;
+                total.bit_rot += r.bit_rot;
                 min_ops = min_ops.min(r.ops);
                 min_faults = min_faults.min(r.crashes_and_partitions());
                 max_op_ms = max_op_ms.max(r.max_op_ms);
@@ -93,13 +97,14 @@ fn whole_cluster_seeds() {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "  client ops {} ({} reads, {} writes; fewest in a seed {min_ops}; slowest op {max_op_ms} ms)",
-        total.ops, total.reads, total.writes
+        "  client ops {} ({} reads, {} writes, {} flushes; fewest in a seed {min_ops}; slowest op {max_op_ms} ms)",
+        total.ops, total.reads, total.writes, total.flushes
     );
     println!(
-        "  faults: {} OSD crashes, {} monitor crashes, {} host power losses, {} partitions, {} one-way partitions, {} OSDs cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts ({} connections reset); fewest crashes+partitions in a seed {min_faults}",
+        "  faults: {} OSD crashes, {} monitor crashes, {} monitors cut from the others, {} host power losses, {} partitions, {} one-way partitions, {} OSDs cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts ({} connections reset); fewest crashes+partitions in a seed {min_faults}",
         total.osd_crashes,
         total.mon_crashes,
+        total.mon_isolations,
         total.host_crashes,
         total.partitions,
         total.one_way,
@@ -110,7 +115,8 @@ fn whole_cluster_seeds() {
         total.resets
     );
     println!(
-        "  checked: every read against the acknowledged writes; after the heal every PG active+clean and {} object copies compared byte for byte",
+        "  {} bytes of primaries' copies rotted; checked: every op succeeds (no client error), none slower than 60 s or pending 30 s after the heal, no OSD that reaches the monitors on an old map for 10 s; every read against the acknowledged writes; after the heal every PG active+clean and {} object copies compared byte for byte",
+        total.bit_rot,
         total.objects_compared
     );
     assert!(
@@ -127,43 +133,81 @@ fn whole_cluster_seeds() {
     );
 }
 
-/// Each planted bug must be caught by the checkers within `SIM_BUG_SEEDS` seeds.
-fn planted(bug: Bug) {
+/// Each planted bug must be caught within `SIM_BUG_SEEDS` seeds by a violation of one of
+/// `kinds`: the violation the bug causes, not merely some failure (a run that cannot start
+/// does not count).
+fn planted(bug: Bug, kinds: &[&str]) {
     let limit = env("SIM_BUG_SEEDS", 40);
+    let named = |e: &str| {
+        e.lines()
+            .map(str::trim_start)
+            .find(|l| kinds.iter().any(|k| l.starts_with(k)))
+            .map(str::to_string)
+    };
     let results = run_seeds((1..=limit).collect(), Some(bug), true);
-    let caught = results.iter().find(|(_, r)| r.is_err());
-    match caught {
-        Some((seed, Err(e))) => {
-            let first = e.lines().take(3).collect::<Vec<_>>().join("\n    ");
-            println!(
-                "planted bug {}: caught at seed {seed} ({} seeds run):\n    {first}",
-                bug.name(),
-                results.len()
-            );
+    let mut other = Vec::new();
+    for (seed, r) in &results {
+        let Err(e) = r else { continue };
+        match named(e) {
+            Some(v) => {
+                println!(
+                    "planted bug {}: caught at seed {seed} ({} seeds run):\n    {v}",
+                    bug.name(),
+                    results.len()
+                );
+                return;
+            }
+            None => other.push(format!(
+                "seed {seed}: {}",
+                e.lines().take(3).collect::<Vec<_>>().join(" / ")
+            )),
         }
-        _ => panic!(
-            "planted bug {} was not caught in {limit} seeds: the checkers do not bite",
-            bug.name()
-        ),
     }
+    panic!(
+        "planted bug {} was not caught as {kinds:?} in {limit} seeds{}",
+        bug.name(),
+        if other.is_empty() {
+            String::new()
+        } else {
+            format!(" (other failures: {})", other.join("; "))
+        }
+    );
 }
 
 #[test]
 fn planted_ack_local_only_is_caught() {
-    planted(Bug::AckLocalOnly);
+    planted(
+        Bug::AckLocalOnly,
+        &[kind::STALE, kind::BACKWARDS, kind::COPIES_DIFFER],
+    );
 }
 
 #[test]
 fn planted_skip_past_intervals_is_caught() {
-    planted(Bug::SkipPastIntervals);
+    planted(Bug::SkipPastIntervals, &[kind::STALE, kind::BACKWARDS]);
 }
 
 #[test]
 fn planted_no_lease_wait_is_caught() {
-    planted(Bug::NoLeaseWait);
+    planted(Bug::NoLeaseWait, &[kind::STALE]);
 }
 
 #[test]
 fn planted_no_rollback_is_caught() {
-    planted(Bug::NoRollback);
+    planted(Bug::NoRollback, &[kind::COPIES_DIFFER, kind::BACKWARDS]);
+}
+
+#[test]
+fn planted_flush_up_osds_once_is_caught() {
+    planted(Bug::FlushUpOsdsOnce, &[kind::FAILED_OP]);
+}
+
+#[test]
+fn planted_no_read_repair_is_caught() {
+    planted(Bug::NoReadRepair, &[kind::FAILED_OP]);
+}
+
+#[test]
+fn planted_stay_on_isolated_monitor_is_caught() {
+    planted(Bug::StayOnIsolatedMonitor, &[kind::STALE_MAP]);
 }

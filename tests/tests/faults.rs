@@ -1,7 +1,8 @@
 //! Failures under a verifying workload, on real processes: 3 monitors, 4 OSDs, the NBD
 //! gateway, and `tests/nbd_verify.py` writing and reading 4 KiB blocks through the gateway
-//! (every read must return the last acknowledged write). Each phase ends with zero
-//! verification errors, zero acknowledged writes lost, every PG active+clean and every
+//! (every read must return the last acknowledged write), with a FLUSH after one write in
+//! five and FUA on one in ten. Each phase ends with zero verification errors, zero IO
+//! errors (reads, writes and FLUSHes ride out every fault), zero acknowledged writes lost, every PG active+clean and every
 //! object on its placement's OSDs at one version; the workload's longest op (the IO stall)
 //! and the time recovery took are printed.
 //!
@@ -40,6 +41,9 @@ fn start_workload(dir: &Path, uri: &str, name: &str, extra: &[&str]) -> Workload
         .arg(script())
         .arg(uri)
         .args(["--region-mib", "32", "--seconds", "600"])
+        // fsync-heavy, as a guest with a journalling filesystem is: FLUSH and FUA must
+        // ride out every fault like writes do.
+        .args(["--flush-ratio", "0.2", "--fua-ratio", "0.1"])
         .arg("--stop-file")
         .arg(&stop)
         .args(extra)
@@ -60,10 +64,11 @@ impl Workload {
         std::fs::write(&self.stop, b"").unwrap();
         let v = self.report();
         println!(
-            "{:<14} writes {:>6} reads {:>6} io_errors {} verify_errors {} lost {} max_latency {} ms p99 {} ms stalls {}",
+            "{:<14} writes {:>6} reads {:>6} flushes {:>5} io_errors {} verify_errors {} lost {} max_latency {} ms p99 {} ms stalls {}",
             self.name,
             v["writes"],
             v["reads"],
+            v["flushes"],
             v["io_errors"],
             v["verify_errors"],
             v["lost_writes"],
@@ -77,6 +82,13 @@ impl Workload {
             self.name, v["first_errors"]
         );
         assert_eq!(v["lost_writes"], 0, "{}: {}", self.name, v["first_errors"]);
+        // The gateway stayed up: no read, write or FLUSH may fail while copies remain.
+        assert_eq!(v["io_errors"], 0, "{}: {}", self.name, v["first_errors"]);
+        assert!(
+            v["flushes"].as_u64().unwrap_or(0) > 0,
+            "{}: no flushes",
+            self.name
+        );
         assert!(
             v["writes"].as_u64().unwrap_or(0) > 0,
             "{}: no writes",

@@ -466,6 +466,14 @@ impl Store {
         Ok(())
     }
 
+    /// Where block `block` of `object` lives on the device (a byte offset), if written.
+    /// For fault injection (the simulator's bit rot) and offline tools.
+    pub fn block_location(&self, object: &ObjectId, block: usize) -> Option<u64> {
+        let inner = self.inner();
+        let (phys, _) = inner.objects.get(object)?.blocks.get(block).copied()?;
+        (phys != ABSENT).then(|| self.superblock.data_block_offset(phys))
+    }
+
     /// The object's version, `Version::NONE` if it was never written.
     pub fn version(&self, object: &ObjectId) -> Version {
         self.inner()

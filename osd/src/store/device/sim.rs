@@ -88,6 +88,17 @@ impl SimDevice {
         self.state().bad_read = offset;
     }
 
+    /// Bit rot: flips the bits of the byte at `offset` on the medium, as the page cache
+    /// and the stable copy hold it (a flushed block decaying).
+    pub fn rot(&self, offset: u64) {
+        let mut s = self.state();
+        let at = offset as usize;
+        if at < s.current.len() {
+            s.current[at] ^= 0xFF;
+            s.stable[at] ^= 0xFF;
+        }
+    }
+
     /// The device as it would come back after losing power now.
     pub fn crash(&self, rng: &mut impl Rng) -> (Arc<SimDevice>, CrashStats) {
         let s = self.state();
