@@ -771,9 +771,9 @@ pub async fn recover_object(
     Ok(())
 }
 
-/// A recovery op on a whole object (pull, push, or whole-object trim).
+/// A replica op on a whole object (pull, push, whole-object trim, or FLUSH).
 #[allow(clippy::too_many_arguments)]
-fn whole_object_op(
+pub(crate) fn whole_object_op(
     kind: u8,
     flags: u8,
     object: ObjectId,

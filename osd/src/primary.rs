@@ -451,7 +451,16 @@ async fn flush_pg(osd: &Arc<Osd>, op: &ObjectOp) -> (ObjectReply, Bytes) {
             return refuse(Status::PgInactive, map.epoch);
         }
     }
-    let flush = whole_op(op::FLUSH, 0, op.object, pg, op.object_size, start);
+    let flush = crate::peering::whole_object_op(
+        op::FLUSH,
+        0,
+        op.object,
+        pg,
+        op.object_size,
+        start,
+        Version::NONE,
+        Vec::new(),
+    );
     let meta = flush.encode_meta();
     let remote = join_all(
         admitted
@@ -502,24 +511,6 @@ async fn fence(osd: &Arc<Osd>, op: &ObjectOp) -> (ObjectReply, Bytes) {
             }
         }
         let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
-    }
-}
-
-/// A whole-object replica op without data (FLUSH).
-fn whole_op(kind: u8, flags: u8, object: ObjectId, pg: PgId, size: u32, start: Epoch) -> ObjectOp {
-    ObjectOp {
-        op: kind,
-        flags,
-        object,
-        pg,
-        object_size: size,
-        epoch: start,
-        op_id: OpId { client: 0, tid: 0 },
-        offset: 0,
-        length: size,
-        version: Version::NONE,
-        prev: Version::NONE,
-        crcs: Vec::new(),
     }
 }
 
