@@ -527,9 +527,7 @@ impl MapService {
         let map = (*self.map()).clone();
         let metrics = self.raft.metrics().borrow().clone();
         let leader = metrics.current_leader;
-        let has_quorum = leader.is_some()
-            && (leader != Some(self.node)
-                || metrics.millis_since_quorum_ack.is_some_and(|ms| ms < 3000));
+        let has_quorum = self.in_quorum();
         let seen = lock(&self.mon_seen).clone();
         let now = Instant::now();
         let mons = map

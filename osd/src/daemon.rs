@@ -215,6 +215,28 @@ impl Osd {
         }
     }
 
+    /// Reads the primary's whole copy of `object` (at `version`) to push it to a member. A
+    /// copy that fails its checksum is marked bad (recovery pulls it from another member
+    /// before anything pushes it) rather than read again and again, each time counting
+    /// towards the device's error limit.
+    pub async fn read_copy_to_push(
+        self: &Arc<Self>,
+        pg: PgId,
+        start: Epoch,
+        object: ObjectId,
+        version: Version,
+        size: u32,
+    ) -> Result<Bytes, StoreError> {
+        match self.store.read(object, 0, size).await {
+            Ok((data, _, _)) => Ok(data),
+            Err(e @ StoreError::Checksum { .. }) => {
+                self.note_bad_copy(pg, start, object, version);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The state of every PG this OSD is the primary of, for the monitors.
     pub fn primary_stats(&self) -> Vec<proto::msg::PgStat> {
         let map = self.current_map();

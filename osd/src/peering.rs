@@ -909,17 +909,10 @@ async fn push_locked(
     let (data, crcs) = if version.is_none() {
         (Bytes::new(), Vec::new())
     } else {
-        let (data, _, _) = match osd.store.read(object, 0, size).await {
-            Ok(r) => r,
-            // The primary's own copy is damaged: pushing it again would fail the same way
-            // (and count towards the device's error limit). It is pulled from a member
-            // first, then pushed.
-            Err(e @ crate::store::StoreError::Checksum { .. }) => {
-                osd.note_bad_copy(pg, start, object, version);
-                return Err(format!("the primary's copy is damaged: {e}"));
-            }
-            Err(e) => return Err(e.to_string()),
-        };
+        let data = osd
+            .read_copy_to_push(pg, start, object, version, size)
+            .await
+            .map_err(|e| e.to_string())?;
         let crcs = block_crcs(&data);
         (data, crcs)
     };

@@ -151,7 +151,12 @@ pub async fn save(store: &Store, pg: PgId, meta: &PgMeta) -> Result<(), StoreErr
         let mut root = header.to_vec();
         root.extend_from_slice(&body);
         write_object(store, root_id, &root).await?;
-        return store.flush().await;
+        store.flush().await?;
+        // The chunks of a larger record before are no longer named.
+        for slot in [1, 2] {
+            trim_chunks(store, pg, slot, 0).await?;
+        }
+        return Ok(());
     }
     if crate::planted::active(crate::planted::Bug::MissingListOneObject) {
         return Err(StoreError::Range {
@@ -183,7 +188,13 @@ pub async fn save(store: &Store, pg: PgId, meta: &PgMeta) -> Result<(), StoreErr
     write_object(store, root_id, &header).await?;
     store.flush().await?;
     // Chunks of this slot left from a longer record earlier are no longer named.
-    let mut k = chunks.len() as u64;
+    trim_chunks(store, pg, slot, chunks.len() as u64).await
+}
+
+/// Deletes the chunks of `slot` from chunk `from` on (they are written in order, so the
+/// first absent one ends them).
+async fn trim_chunks(store: &Store, pg: PgId, slot: u8, from: u64) -> Result<(), StoreError> {
+    let mut k = from;
     while k < SLOT_CHUNKS && !store.version(&chunk_id(pg, slot, k)).is_none() {
         store
             .trim(
@@ -251,6 +262,13 @@ mod tests {
         };
         save(&s, pg, &small).await.unwrap();
         assert_eq!(load(&s, pg).await.unwrap(), small);
+        // ... and the chunks of both slots are gone.
+        for slot in [1, 2] {
+            assert!(
+                s.version(&chunk_id(pg, slot, 0)).is_none(),
+                "slot {slot} left"
+            );
+        }
         // Another PG is untouched.
         assert_eq!(
             load(&s, PgId { pool: 1, seed: 4 }).await.unwrap(),

@@ -638,14 +638,14 @@ async fn push_full(
     fence: (PgId, Epoch),
 ) -> Result<bool, Status> {
     let size = op.object_size;
-    let (data, _, _) = match osd.store.read(op.object, 0, size).await {
-        Ok(r) => r,
-        // The local copy is damaged: recovery pulls it from another member, and the
-        // client's retry finds it whole (an IO error would reach a guest).
-        Err(StoreError::Checksum { .. }) => {
-            osd.note_bad_copy(op.pg, fence.1, op.object, version);
-            return Err(Status::PgInactive);
-        }
+    let data = match osd
+        .read_copy_to_push(op.pg, fence.1, op.object, version, size)
+        .await
+    {
+        Ok(data) => data,
+        // Recovery pulls the damaged copy from another member, and the client's retry
+        // finds it whole (an IO error would reach a guest).
+        Err(StoreError::Checksum { .. }) => return Err(Status::PgInactive),
         Err(e) => return Err(store_status(&e)),
     };
     let push = ObjectOp {

@@ -1122,23 +1122,12 @@ mod tests {
     #[test]
     fn a_pool_with_objects_larger_than_a_store_holds_is_refused() {
         let m = ClusterMap::new(7, vec![]);
-        let big = |object_size| match pool_cmd("big") {
-            Command::CreatePool {
-                name,
-                size,
-                min_size,
-                pg_count,
-                failure_domain,
-                ..
-            } => Command::CreatePool {
-                name,
-                size,
-                min_size,
-                pg_count,
-                object_size,
-                failure_domain,
-            },
-            _ => unreachable!(),
+        let big = |size| {
+            let mut cmd = pool_cmd("big");
+            if let Command::CreatePool { object_size, .. } = &mut cmd {
+                *object_size = size;
+            }
+            cmd
         };
         let err = m.apply(&big(MAX_OBJECT_SIZE * 2)).unwrap_err().to_string();
         assert!(err.contains("largest object"), "{err}");

@@ -32,7 +32,13 @@ pub mod kind {
     pub const FUTURE: &str = "read from the future";
     /// Older than what an earlier read saw.
     pub const BACKWARDS: &str = "read went back";
-    /// A client op (read, write, flush) that returned an error.
+    /// A client read that returned an error.
+    pub const FAILED_READ: &str = "failed read";
+    /// A client write that returned an error.
+    pub const FAILED_WRITE: &str = "failed write";
+    /// A client FLUSH that returned an error.
+    pub const FAILED_FLUSH: &str = "failed flush";
+    /// Another client or operator request that failed (connecting, marking OSDs in).
     pub const FAILED_OP: &str = "failed op";
     /// A client op slower than the bound (detection + peering + recovery of one object).
     pub const SLOW_OP: &str = "slow op";
@@ -104,7 +110,6 @@ pub struct History {
     pub violations: Vec<String>,
     pub reads: u64,
     pub writes: u64,
-    pub failed: u64,
     digest: u64,
 }
 
@@ -141,10 +146,6 @@ impl History {
                 b.writes[k - 1].acked = Some(at);
             }
         }
-    }
-
-    pub fn write_failed(&mut self) {
-        self.failed += 1;
     }
 
     /// A read of `block` over [start, end] returned `data`; checks rules 1-3 at once.

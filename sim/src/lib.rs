@@ -514,25 +514,21 @@ impl World {
                 .filter(|m| m.node.is_some())
                 .map(|m| m.name.clone())
                 .collect();
+            let linked = |a: &str, b: &str| !self.net.is_cut(a, b) && !self.net.is_cut(b, a);
             for (name, epoch) in osds {
-                // Whether it reaches, both ways, a majority of monitors that reach each other.
-                let reached: Vec<&String> = running_mons
-                    .iter()
-                    .filter(|m| !self.net.is_cut(&name, m) && !self.net.is_cut(m, &name))
-                    .collect();
-                let connected = reached
-                    .iter()
-                    .filter(|m| {
-                        reached
-                            .iter()
-                            .filter(|o| o != m && !self.net.is_cut(m, o) && !self.net.is_cut(o, m))
-                            .count()
-                            * 2
-                            + 2
-                            > n_mons
-                    })
-                    .count();
-                if epoch >= newest || connected * 2 <= n_mons {
+                // The monitors it reaches (both ways) that are in a majority with the others
+                // it reaches: if they are a majority themselves, it reaches a quorum.
+                let reached: Vec<&String> =
+                    running_mons.iter().filter(|m| linked(&name, m)).collect();
+                let in_majority = |m: &str| {
+                    let peers = reached
+                        .iter()
+                        .filter(|o| o.as_str() != m && linked(m, o))
+                        .count();
+                    (peers + 1) * 2 > n_mons
+                };
+                let quorum = reached.iter().filter(|m| in_majority(m)).count() * 2 > n_mons;
+                if epoch >= newest || !quorum {
                     behind.remove(&name);
                     continue;
                 }
@@ -893,9 +889,16 @@ impl World {
         )
     }
 
+    /// A client op that returned an error: counted, and a violation of `kind`.
+    fn op_failed(&self, kind: &str, what: String) {
+        lock(&self.report).failed_ops += 1;
+        self.violation(kind, what);
+    }
+
     /// Counts a finished op; one slower than `SLOW_OP` is a violation (a wedge that healed
-    /// by luck, or a stall longer than detection, peering and recovery take).
-    fn op_done(&self, started: Instant, what: &str) {
+    /// by luck, or a stall longer than detection, peering and recovery take). `what`
+    /// describes the op, built only for a violation.
+    fn op_done(&self, started: Instant, what: impl FnOnce() -> String) {
         let took = started.elapsed();
         {
             let mut r = lock(&self.report);
@@ -908,7 +911,8 @@ impl World {
                 self.violation(
                     kind::WEDGE,
                     format!(
-                        "{what} was still pending {:.1} s after the faults healed",
+                        "{} was still pending {:.1} s after the faults healed",
+                        what(),
                         (Instant::now() - h).as_secs_f64()
                     ),
                 );
@@ -919,7 +923,8 @@ impl World {
             self.violation(
                 kind::SLOW_OP,
                 format!(
-                    "{what} took {:.1} s (bound {:?})",
+                    "{} took {:.1} s (bound {:?})",
+                    what(),
                     took.as_secs_f64(),
                     SLOW_OP
                 ),
@@ -975,24 +980,21 @@ impl World {
                 Err(e) => {
                     // Reported; the block is written again later, and the checker allows
                     // the failed write only in its place in the block's order.
-                    lock(&self.history).write_failed();
-                    lock(&self.report).failed_ops += 1;
-                    self.violation(
-                        kind::FAILED_OP,
+                    self.op_failed(
+                        kind::FAILED_WRITE,
                         format!("{me}: write of block {block} ({value:#x}) failed: {e}"),
                     );
                 }
             }
-            self.op_done(started, &format!("{me}: write of block {block}"));
+            self.op_done(started, || format!("{me}: write of block {block}"));
             // Now and then a FLUSH, as a guest's fsync: it must ride out every fault.
             if rng.random_bool(0.1) {
                 let started = Instant::now();
                 if let Err(e) = image.flush().await {
-                    lock(&self.report).failed_ops += 1;
-                    self.violation(kind::FAILED_OP, format!("{me}: FLUSH failed: {e}"));
+                    self.op_failed(kind::FAILED_FLUSH, format!("{me}: FLUSH failed: {e}"));
                 }
                 lock(&self.report).flushes += 1;
-                self.op_done(started, &format!("{me}: FLUSH"));
+                self.op_done(started, || format!("{me}: FLUSH"));
             }
             let pause = rng.random_range(1..40);
             tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -1017,12 +1019,11 @@ impl World {
                 .filter(|(t, _)| *t > Instant::now())
                 .map(|(_, r)| r);
             let next = lock(&self.read_next).take();
-            let block = match focus {
-                _ if next.is_some() => next.unwrap_or_default(),
+            let block = next.unwrap_or_else(|| match focus {
                 Some(r) => rng.random_range(r),
                 None if rng.random_bool(0.5) => rng.random_range(0..hot),
                 None => rng.random_range(0..self.opts.blocks),
-            };
+            });
             let start = self.now_us();
             match image.read(block * BLOCK as u64, BLOCK as u64).await {
                 Ok(data) => {
@@ -1030,15 +1031,12 @@ impl World {
                     tracing::debug!(target: "sim", "read block {block} saw {:#x}", check::decode(&data).unwrap_or(u64::MAX));
                     lock(&self.history).read_done(block, start, end, &data, &me);
                 }
-                Err(e) => {
-                    lock(&self.report).failed_ops += 1;
-                    self.violation(
-                        kind::FAILED_OP,
-                        format!("{me}: read of block {block} failed: {e}"),
-                    );
-                }
+                Err(e) => self.op_failed(
+                    kind::FAILED_READ,
+                    format!("{me}: read of block {block} failed: {e}"),
+                ),
             }
-            self.op_done(started, &format!("{me}: read of block {block}"));
+            self.op_done(started, || format!("{me}: read of block {block}"));
             let pause = rng.random_range(1..40);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
@@ -1515,7 +1513,7 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
     });
     match tokio::time::timeout(Duration::from_secs(60), last).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => world.violation(kind::FAILED_OP, e),
+        Ok(Ok(Err(e))) => world.violation(kind::FAILED_READ, e),
         Ok(Err(e)) => world.violation(kind::DAEMON, format!("final reader: {e}")),
         Err(_) => world.violation(
             kind::WEDGE,

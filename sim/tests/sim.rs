@@ -199,12 +199,12 @@ fn planted_no_rollback_is_caught() {
 
 #[test]
 fn planted_flush_up_osds_once_is_caught() {
-    planted(Bug::FlushUpOsdsOnce, &[kind::FAILED_OP]);
+    planted(Bug::FlushUpOsdsOnce, &[kind::FAILED_FLUSH]);
 }
 
 #[test]
 fn planted_no_read_repair_is_caught() {
-    planted(Bug::NoReadRepair, &[kind::FAILED_OP]);
+    planted(Bug::NoReadRepair, &[kind::FAILED_READ]);
 }
 
 #[test]

@@ -22,7 +22,9 @@ pub struct FileDevice {
 /// replay and overwrite the other's journal. Taken on a descriptor of its own, so it is
 /// released when the device is dropped even if the kernel still holds the data descriptor
 /// (an io_uring ring tears down asynchronously).
-pub struct DeviceLock(#[allow(dead_code)] File);
+pub struct DeviceLock {
+    _file: File,
+}
 
 impl DeviceLock {
     pub fn take(path: &Path) -> io::Result<DeviceLock> {
@@ -42,7 +44,7 @@ impl DeviceLock {
             }
             return Err(e);
         }
-        Ok(DeviceLock(file))
+        Ok(DeviceLock { _file: file })
     }
 }
 
