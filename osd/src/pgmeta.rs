@@ -30,6 +30,7 @@ use proto::checksum::{block_crcs, crc32c};
 use proto::{Epoch, ObjectId, PgId, Version};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 const BLOCK: usize = 4096;
 const MAGIC: u32 = u32::from_le_bytes(*b"ATPG");
@@ -123,7 +124,7 @@ pub async fn load(store: &Store, pg: PgId) -> Result<PgMeta, StoreError> {
 }
 
 /// Writes `data` (padded to whole blocks) as the whole object `id`.
-async fn write_object(store: &Store, id: ObjectId, data: &[u8]) -> Result<(), StoreError> {
+async fn write_object(store: &Arc<Store>, id: ObjectId, data: &[u8]) -> Result<(), StoreError> {
     let total = data.len().div_ceil(BLOCK).max(1) * BLOCK;
     let mut buf = vec![0u8; total];
     buf[..data.len()].copy_from_slice(data);
@@ -138,7 +139,7 @@ async fn write_object(store: &Store, id: ObjectId, data: &[u8]) -> Result<(), St
 }
 
 /// Writes the metadata of `pg` durably.
-pub async fn save(store: &Store, pg: PgId, meta: &PgMeta) -> Result<(), StoreError> {
+pub async fn save(store: &Arc<Store>, pg: PgId, meta: &PgMeta) -> Result<(), StoreError> {
     let body: Vec<u8> = postcard::to_allocvec(meta).map_err(|e| corrupt(pg, e))?;
     let max = store.max_object_size() as usize;
     let root_id = ObjectId::pg_meta(pg);
@@ -193,7 +194,7 @@ pub async fn save(store: &Store, pg: PgId, meta: &PgMeta) -> Result<(), StoreErr
 
 /// Deletes the chunks of `slot` from chunk `from` on (they are written in order, so the
 /// first absent one ends them).
-async fn trim_chunks(store: &Store, pg: PgId, slot: u8, from: u64) -> Result<(), StoreError> {
+async fn trim_chunks(store: &Arc<Store>, pg: PgId, slot: u8, from: u64) -> Result<(), StoreError> {
     let mut k = from;
     while k < SLOT_CHUNKS && !store.version(&chunk_id(pg, slot, k)).is_none() {
         store

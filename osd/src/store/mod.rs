@@ -282,6 +282,17 @@ pub struct Store {
     pub open_ms: u64,
 }
 
+/// Runs a store mutation as a task of its own, so that dropping the caller's future does
+/// not stop it half-way.
+async fn to_completion<F>(fut: F) -> Result<(), StoreError>
+where
+    F: std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+{
+    net::rt::spawn(fut)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::DeviceFailed(format!("store task ended: {e}"))))
+}
+
 fn io_err(what: &str, e: std::io::Error) -> String {
     format!("{what}: {e}")
 }
@@ -547,7 +558,27 @@ impl Store {
     }
 
     /// Writes a range at `version`; `crcs` (one per block) were checked by the caller.
+    ///
+    /// Runs to completion even when the caller stops waiting (an op cancelled by an
+    /// interval change, a closed connection): a mutation dropped half-way would leave its
+    /// record in flight forever, holding the journal's tail (the ring fills and the
+    /// journal writer checkpoints in a loop) and `durable_upto` (replaced blocks are never
+    /// freed), or a journaled record whose data was never written.
     pub async fn write(
+        self: &Arc<Self>,
+        object: ObjectId,
+        offset: u32,
+        data: Bytes,
+        crcs: &[u32],
+        version: Version,
+    ) -> Result<(), StoreError> {
+        let store = Arc::clone(self);
+        let crcs = crcs.to_vec();
+        to_completion(async move { store.write_now(object, offset, data, &crcs, version).await })
+            .await
+    }
+
+    async fn write_now(
         &self,
         object: ObjectId,
         offset: u32,
@@ -603,8 +634,19 @@ impl Store {
     }
 
     /// Frees a range at `version`: its blocks read as zeroes afterwards. The object keeps
-    /// its version (a tombstone when nothing is left).
+    /// its version (a tombstone when nothing is left). Runs to completion as `write` does.
     pub async fn trim(
+        self: &Arc<Self>,
+        object: ObjectId,
+        offset: u32,
+        length: u32,
+        version: Version,
+    ) -> Result<(), StoreError> {
+        let store = Arc::clone(self);
+        to_completion(async move { store.trim_now(object, offset, length, version).await }).await
+    }
+
+    async fn trim_now(
         &self,
         object: ObjectId,
         offset: u32,
@@ -633,7 +675,7 @@ impl Store {
 
     /// Replaces the whole object (recovery push): `data` covers blocks from 0.
     pub async fn write_full(
-        &self,
+        self: &Arc<Self>,
         object: ObjectId,
         data: Bytes,
         crcs: &[u32],
