@@ -7,7 +7,10 @@
 //! (`REPLY_DURABLE`: OSDs in immediate mode, or FUA). The PGs of the others are remembered,
 //! and `flush` sends a FLUSH to each one's primary, which recovers what a member lacks and
 //! flushes every member's device. In immediate mode nothing is remembered and a flush
-//! returns at once.
+//! returns at once — except the first flush after `open`, which flushes every PG holding
+//! the image's objects once: an earlier opener (a gateway killed under its VM, the source
+//! of a live migration) may have left acknowledged writes unflushed, and the guest's next
+//! FLUSH must cover them too.
 
 use crate::cluster::{ClientError, Cluster, ObjectRequest};
 use bytes::{Bytes, BytesMut};
@@ -34,6 +37,8 @@ pub struct Image {
     /// PGs written since the last flush whose writes are not yet on stable media
     /// everywhere, each with one of its objects (a FLUSH op names its PG by an object).
     dirty: Mutex<BTreeMap<PgId, ObjectId>>,
+    /// Until the first flush succeeds: what earlier openers wrote may be unflushed.
+    inherited: std::sync::atomic::AtomicBool,
 }
 
 /// One object's part of an image range.
@@ -61,6 +66,7 @@ impl Image {
             size_bytes: i.size_bytes,
             object_size: i.object_size,
             dirty: Mutex::new(BTreeMap::new()),
+            inherited: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -234,6 +240,32 @@ impl Image {
         Ok(())
     }
 
+    /// Every PG that holds objects of the image is to be flushed, each named by its first
+    /// object.
+    fn note_all_dirty(&self) {
+        let map = self.cluster.map();
+        let Some(pool) = map.pools.get(&self.pool) else {
+            return;
+        };
+        let objects = self.size_bytes.div_ceil(u64::from(self.object_size.max(1)));
+        let mut dirty = net::sync::lock(&self.dirty);
+        let mut seen = std::collections::BTreeSet::new();
+        for index in 0..objects {
+            let object = ObjectId {
+                pool: self.pool,
+                image: self.id,
+                index,
+            };
+            let pg = object_pg(&object, pool);
+            if seen.insert(pg) {
+                dirty.entry(pg).or_insert(object);
+                if seen.len() >= pool.pg_count as usize {
+                    break;
+                }
+            }
+        }
+    }
+
     fn note_dirty(&self, object: ObjectId) {
         let map = self.cluster.map();
         if let Some(pool) = map.pools.get(&object.pool) {
@@ -269,6 +301,12 @@ impl Image {
     pub async fn flush_cancellable(&self, cancel: &Cancel) -> Result<(), ClientError> {
         if proto::planted::active(proto::planted::Bug::FlushUpOsdsOnce) {
             return self.cluster.flush_all().await;
+        }
+        let inherited = self
+            .inherited
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        if inherited {
+            self.note_all_dirty();
         }
         let dirty = std::mem::take(&mut *net::sync::lock(&self.dirty));
         let results: Vec<(PgId, ObjectId, Result<(), ClientError>)> =
