@@ -91,7 +91,7 @@ pub async fn serve_tcp<P: ExportProvider>(listener: TcpListener, exports: Arc<Ex
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(peer = %addr, error = %e, "cannot set TCP_NODELAY");
                 }
-                tokio::spawn(serve_connection(stream, addr.to_string(), exports.clone()));
+                net::rt::spawn(serve_connection(stream, addr.to_string(), exports.clone()));
             }
             Err(e) => accept_failed(e).await,
         }
@@ -107,7 +107,7 @@ pub async fn serve_unix<P: ExportProvider>(listener: UnixListener, exports: Arc<
                     Some(p) => format!("unix:{}", p.display()),
                     None => "unix".to_string(),
                 };
-                tokio::spawn(serve_connection(stream, peer, exports.clone()));
+                net::rt::spawn(serve_connection(stream, peer, exports.clone()));
             }
             Err(e) => accept_failed(e).await,
         }

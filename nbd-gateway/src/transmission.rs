@@ -337,7 +337,7 @@ fn settle_lost<B: Backend>(
         requests = n,
         "connection lost: cancelling its requests; new requests wait until they settle"
     );
-    tokio::spawn(
+    net::rt::spawn(
         async move {
             let began = tokio::time::Instant::now();
             let mut rx = running.subscribe();
@@ -456,7 +456,7 @@ where
                 let tx = tx.clone();
                 let cancel = cancel.clone();
                 let running = Running::new(&running);
-                tokio::spawn(
+                net::rt::spawn(
                     async move {
                         let _running = running;
                         let (head, data) =
