@@ -14,19 +14,30 @@
 //! - randomness: faults, the workload, network delays, node identifiers (store uuids,
 //!   process nonces, client ids) and the monitors' election timeouts come from the seed.
 //!
+//! - clients: each client host runs a VM (`nbd::Disk`, qemu's NBD driver with
+//!   reconnect) and the real NBD gateway code beside it (`nbd_gateway::serve_connection`
+//!   over an in-process pipe, `ClusterProvider` over the client library). VMs pipeline
+//!   whole-block and sub-block writes (the gateway's read-modify-write), WRITE_ZEROES,
+//!   TRIM, FUA and FLUSH; a dropped connection or a killed gateway makes them reconnect and
+//!   send their requests again.
+//!
 //! Checked, during and after each run (see `check`): every read against the history of
-//! acknowledged writes (linearizable per 4 KiB block); after the faults heal, every PG
+//! acknowledged writes (linearizable per 512-byte unit); after the faults heal, every PG
 //! active+clean, and every acting member's copy of every object identical (version and
 //! bytes).
 
 pub mod check;
+pub mod nbd;
 pub mod network;
 
-use crate::check::{fmt_us, kind, pattern, History, BLOCK};
+use crate::check::{fmt_us, kind, pattern, History, WriteRef, BLOCK, UNIT, UNITS_PER_BLOCK};
+use crate::nbd::{Disk, Request};
 use ::net::rt::Node;
 use ::net::sync::lock;
 use ::net::transport::SimNet;
 use client::{Cluster, Image, MonClient};
+use nbd_gateway::cluster::ClusterProvider;
+use nbd_gateway::{Exports, ServerConfig};
 use osd::daemon::Osd;
 use osd::planted::Bug;
 use osd::store::device::sim::SimDevice;
@@ -69,6 +80,12 @@ pub struct SimOptions {
     pub clients: usize,
     /// 4 KiB blocks of the image the clients use.
     pub blocks: u64,
+    /// OSDs in lazy mode (a write is durable after a FLUSH or with FUA): the run has a
+    /// whole-cluster power cycle and no single-OSD crashes, and the checker holds every
+    /// durable write to survive it.
+    pub lazy: bool,
+    /// A whole-cluster power cycle during the load (always in lazy mode).
+    pub power_cycle: bool,
     pub bug: Option<Bug>,
 }
 
@@ -81,6 +98,8 @@ impl SimOptions {
             osds: 4,
             clients: 3,
             blocks: 96,
+            lazy: seed % 4 == 3,
+            power_cycle: !seed.is_multiple_of(4),
             bug: None,
         }
     }
@@ -117,6 +136,10 @@ pub struct Report {
     pub mon_cuts: u64,
     /// Monitors cut off from the other monitors only.
     pub mon_isolations: u64,
+    /// Every node lost power at once (and came back).
+    pub power_cycles: u64,
+    /// Acknowledged writes that were not durable yet when the power went (allowed lost).
+    pub exposed_writes: u64,
     pub torn_writes: u64,
     pub lost_writes: u64,
     pub segments: u64,
@@ -131,6 +154,15 @@ pub struct Report {
     pub bit_rot: u64,
     /// FLUSH requests the writers sent.
     pub flushes: u64,
+    /// Gateways killed under their running VM (and restarted).
+    pub gateway_restarts: u64,
+    /// VM-to-gateway connections dropped with requests in flight.
+    pub connection_drops: u64,
+    /// Requests the VMs sent again on a new connection.
+    pub resends: u64,
+    /// NBD sub-block writes (the gateway's read-modify-write), zeroings and trims.
+    pub partial_writes: u64,
+    pub zeroings: u64,
     /// A digest of the run's history (ops, values, times): equal digests, same run.
     pub digest: u64,
 }
@@ -161,10 +193,18 @@ struct OsdSlot {
 /// Until when a client only reads, and which blocks.
 type Quiet = (Instant, std::ops::Range<u64>);
 
+/// One client host: a VM (the simulator's qemu, `nbd::Disk`) and the NBD gateway beside it
+/// (node `client.K`: the real gateway code over the client library). The VM survives a
+/// gateway restart (it reconnects and sends its requests again); both die with the host.
 struct ClientSlot {
+    /// The gateway's process.
     node: Option<Arc<Node>>,
+    /// The running gateway's exports (None while it starts or after it died).
+    exports: Option<Arc<Exports<ClusterProvider>>>,
+    /// The VM.
     handle: Option<tokio::task::JoinHandle<Result<(), String>>>,
-    /// Restarts so far (part of every value it writes, so values stay unique).
+    disk: Option<Arc<Disk>>,
+    /// VM restarts so far (part of every value it writes, so values stay unique).
     incarnation: u64,
 }
 
@@ -289,7 +329,12 @@ impl World {
         let me = Arc::clone(self);
         let mon = self.mon_addrs.clone();
         node.spawn(async move {
-            let store = match Store::open(dev, osd::Durability::Immediate).await {
+            let durability = if me.opts.lazy {
+                osd::Durability::Lazy
+            } else {
+                osd::Durability::Immediate
+            };
+            let store = match Store::open(dev, durability).await {
                 Ok(s) => s,
                 Err(e) => {
                     me.violation(
@@ -301,7 +346,7 @@ impl World {
             };
             let cfg = osd::Config {
                 device: format!("sim-osd.{i}").into(),
-                durability: osd::Durability::Immediate,
+                durability,
                 mon,
                 addr: format!("10.0.1.{}:0", i + 1),
                 report_interval: Duration::from_secs(1),
@@ -342,7 +387,7 @@ impl World {
         });
     }
 
-    /// Starts client `k` (again): a new incarnation with a new client id.
+    /// Starts client host `k` (again): its gateway, and a VM of a new incarnation.
     fn start_client(self: &Arc<Self>, k: usize) {
         let Some(until) = *lock(&self.until) else {
             return;
@@ -350,34 +395,119 @@ impl World {
         if Instant::now() >= until {
             return;
         }
-        let node = self.node(&format!("client.{k}"));
         let incarnation = {
+            let mut c = lock(&self.clients);
+            if c[k].handle.as_ref().is_some_and(|h| !h.is_finished()) {
+                return;
+            }
+            c[k].incarnation += 1;
+            c[k].incarnation
+        };
+        self.start_gateway(k);
+        let weak = Arc::downgrade(self);
+        let connect: nbd::Connector = Box::new(move || weak.upgrade()?.gateway_pipe(k));
+        let disk = Arc::new(Disk::new(
+            connect,
+            &format!("{POOL}/{IMAGE}"),
+            Duration::from_secs(1),
+        ));
+        let w = Arc::clone(self);
+        let d = Arc::clone(&disk);
+        let handle = tokio::spawn(async move {
+            w.client(k, incarnation, d, until).await;
+            Ok::<(), String>(())
+        });
+        let mut c = lock(&self.clients);
+        c[k].disk = Some(disk);
+        c[k].handle = Some(handle);
+    }
+
+    /// Starts host `k`'s gateway unless it runs: the real gateway code (`Exports` over the
+    /// client library) in node `client.K`, retried until it reaches the monitors, as a
+    /// service manager would.
+    fn start_gateway(self: &Arc<Self>, k: usize) {
+        let node = {
             let mut c = lock(&self.clients);
             if c[k].node.is_some() {
                 return;
             }
-            c[k].incarnation += 1;
+            let node = self.node(&format!("client.{k}"));
             c[k].node = Some(Arc::clone(&node));
-            c[k].incarnation
+            node
         };
         let w = Arc::clone(self);
         let mon = self.mon_addrs.clone();
-        let handle = node.spawn(async move {
-            let cluster = Cluster::connect(mon).await.map_err(|e| e.to_string())?;
-            let image = Image::open(&cluster, POOL, IMAGE).map_err(|e| e.to_string())?;
-            w.client(k, incarnation, image, until).await;
-            Ok::<(), String>(())
+        let me = Arc::clone(&node);
+        node.spawn(async move {
+            let cluster = loop {
+                match Cluster::connect(mon.clone()).await {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        tracing::info!(target: "sim", "client.{k}: gateway cannot connect yet: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            let exports = Arc::new(Exports::new(
+                ClusterProvider {
+                    cluster,
+                },
+                ServerConfig::default(),
+            ));
+            let mut c = lock(&w.clients);
+            if c[k].node.as_ref().is_some_and(|n| Arc::ptr_eq(n, &me)) {
+                c[k].exports = Some(exports);
+            }
         });
-        lock(&self.clients)[k].handle = Some(handle);
+    }
+
+    /// A new connection from host `k`'s VM to its gateway, or None while none runs.
+    fn gateway_pipe(&self, k: usize) -> Option<tokio::io::DuplexStream> {
+        let c = lock(&self.clients);
+        let (node, exports) = (c[k].node.as_ref()?, c[k].exports.as_ref()?);
+        let (vm, gateway) = tokio::io::duplex(1 << 20);
+        node.spawn(nbd_gateway::serve_connection(
+            gateway,
+            format!("vm.{k}"),
+            Arc::clone(exports),
+        ));
+        Some(vm)
+    }
+
+    /// Host `k`'s gateway process dies (its tasks, connections and requests with it).
+    fn kill_gateway(&self, k: usize) -> bool {
+        let node = {
+            let mut c = lock(&self.clients);
+            c[k].exports = None;
+            c[k].node.take()
+        };
+        let Some(node) = node else { return false };
+        node.kill();
+        true
+    }
+
+    /// Host `k`'s VM and gateway die at once, with whatever they had on the wire.
+    fn kill_client(&self, k: usize) -> bool {
+        let vm = {
+            let mut c = lock(&self.clients);
+            c[k].disk = None;
+            c[k].handle.take()
+        };
+        let Some(vm) = vm.filter(|h| !h.is_finished()) else {
+            return false;
+        };
+        vm.abort();
+        self.kill_gateway(k);
+        self.net.power_off(&format!("client.{k}"));
+        true
     }
 
     /// A host loses power: OSD slot `k` and client `k` die at once, and whatever they had
     /// on the wire is lost. The client's write in flight is never retried.
     fn crash_host(self: &Arc<Self>, k: usize, hold: Duration) -> bool {
-        let client = lock(&self.clients)[k].node.take();
-        let Some(client) = client else { return false };
-        client.kill();
-        self.net.power_off(&client.name);
+        if !self.kill_client(k) {
+            return false;
+        }
         let osd_name = lock(&self.osds)[k].name.clone();
         if self.crash_osd(k) {
             self.net.power_off(&osd_name);
@@ -387,6 +517,32 @@ impl World {
         lock(&self.report).host_crashes += 1;
         self.restart_later(Restart::Client(k), hold);
         true
+    }
+
+    /// Every node loses power at once: VMs and gateways die, every OSD's device keeps a
+    /// random part of its unsynced writes, the monitors keep what they committed. All come
+    /// back after `hold`.
+    fn power_cycle(self: &Arc<Self>, hold: Duration) {
+        tracing::info!(target: "sim", "fault: every node loses power for {hold:?}");
+        for k in 0..self.opts.clients {
+            if self.kill_client(k) {
+                self.restart_later(Restart::Client(k), hold);
+            }
+        }
+        for i in 0..self.opts.osds {
+            let name = lock(&self.osds)[i].name.clone();
+            if self.crash_osd(i) {
+                self.net.power_off(&name);
+                self.restart_later(Restart::Osd(i), hold);
+            }
+        }
+        for i in 0..self.opts.mons {
+            if self.crash_mon(i) {
+                self.restart_later(Restart::Mon(i), hold);
+            }
+        }
+        lock(&self.history).power_lost(self.now_us());
+        lock(&self.report).power_cycles += 1;
     }
 
     /// The operator marks OSDs out (draining their hosts), and in again after `hold`.
@@ -444,12 +600,14 @@ impl World {
                 Restart::Osd(i) => format!("osd slot {i}"),
                 Restart::Mon(i) => format!("mon.{i}"),
                 Restart::Client(k) => format!("client.{k}"),
+                Restart::Gateway(k) => format!("client.{k}'s gateway"),
             };
             tracing::info!(target: "sim", "restart {name}");
             match what {
                 Restart::Osd(i) => me.start_osd(i),
                 Restart::Mon(i) => me.start_mon(i),
                 Restart::Client(k) => me.start_client(k),
+                Restart::Gateway(k) => me.start_gateway(k),
             }
         });
     }
@@ -579,7 +737,7 @@ impl World {
             .into_iter()
             .filter(|b| *b >= HOT_BLOCKS)
             .collect::<Vec<_>>();
-        if cold.is_empty() || lock(&self.clients)[k].node.is_none() {
+        if cold.is_empty() || lock(&self.clients)[k].handle.is_none() {
             return;
         }
         let b = cold[self.rand(|r| r.random_range(0..cold.len()))];
@@ -605,13 +763,50 @@ impl World {
             let pairs = w.net.cut(&me, &rest, true, false);
             w.heal_later(pairs, hold);
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let client = lock(&w.clients)[k].node.take();
-            if let Some(c) = client {
+            if w.kill_client(k) {
                 tracing::info!(target: "sim", "fault: client.{k} dies writing block {b}");
-                c.kill();
-                w.net.power_off(&c.name);
                 lock(&w.report).abandoned_writes += 1;
                 w.restart_later(Restart::Client(k), hold + Duration::from_secs(3));
+            }
+        });
+    }
+
+    /// The primary of one of VM `k`'s hot blocks is cut off from every node (connection
+    /// attempts to it hang until their 3 s timeout), long enough to be replaced. Once the
+    /// map names a new primary, the VM's connection to its gateway drops: qemu reconnects
+    /// and sends its requests again, and they go straight to the new primary while the old
+    /// requests may still wait for their connection attempt to time out. The old ones must
+    /// be settled before the new ones run (planted `orphaned-requests`: an old write lands
+    /// after a newer one).
+    fn drop_connection(self: &Arc<Self>, k: usize) {
+        let hot: Vec<u64> = self
+            .owned(k)
+            .into_iter()
+            .filter(|b| *b < HOT_BLOCKS)
+            .collect();
+        if hot.is_empty() {
+            return;
+        }
+        let b = hot[self.rand(|r| r.random_range(0..hot.len()))];
+        let Some(i) = self.primary_of(b) else { return };
+        let hold = Duration::from_millis(self.rand(|r| r.random_range(8_000..12_000)));
+        let me = vec![self.osd_names()[i].clone()];
+        let mut rest = self.osd_names();
+        rest.extend(self.mon_names());
+        rest.extend(self.client_names());
+        let pairs = self.net.cut(&me, &rest, true, true);
+        lock(&self.report).partitions += 1;
+        self.heal_later(pairs, hold);
+        let w = Arc::clone(self);
+        tokio::spawn(async move {
+            let deadline = Instant::now() + hold;
+            while Instant::now() < deadline && w.primary_of(b) == Some(i) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let disk = lock(&w.clients)[k].disk.clone();
+            if disk.is_some_and(|d| d.drop_connection()) {
+                tracing::info!(target: "sim", "fault: client.{k}'s NBD connection drops");
+                lock(&w.report).connection_drops += 1;
             }
         });
     }
@@ -630,6 +825,17 @@ impl World {
 
     /// Injects a random fault every 1-4 s until `until`, each healed or restarted later.
     async fn faults(self: Arc<Self>, until: Instant) {
+        if self.opts.power_cycle {
+            let w = Arc::clone(&self);
+            let secs = self.opts.secs.max(40);
+            let at =
+                Duration::from_millis(self.rand(|r| r.random_range(15_000..(secs - 20) * 1000)));
+            let hold = Duration::from_millis(self.rand(|r| r.random_range(1_000..5_000)));
+            tokio::spawn(async move {
+                tokio::time::sleep(at).await;
+                w.power_cycle(hold);
+            });
+        }
         // One write abandoned shortly before the load stops: nothing rewrites its object
         // before the primary returns, so its copy must be rolled back for the copies to
         // agree at the end.
@@ -649,16 +855,18 @@ impl World {
             }
             let hold = Duration::from_millis(self.rand(|r| r.random_range(300..6000)));
             // Kind 10 (an OSD cut from the monitors only) twice as often as the others.
-            let kind = match self.rand(|r| r.random_range(0..17)) {
+            let kind = match self.rand(|r| r.random_range(0..19)) {
                 13 => 10,
                 k => k,
             };
             let n_osds = self.opts.osds;
             let down_osds = lock(&self.osds).iter().filter(|o| o.node.is_none()).count();
             match kind {
-                // Crash an OSD: a random one, or the primary of a block in use.
+                // Crash an OSD: a random one, or the primary of a block in use. (Not in lazy
+                // mode: there only a whole-cluster power loss may lose writes not yet
+                // flushed, and the checker knows which.)
                 0..=2 => {
-                    if down_osds >= 2 {
+                    if down_osds >= 2 || self.opts.lazy {
                         continue;
                     }
                     let victim = if kind == 0 {
@@ -774,7 +982,7 @@ impl World {
                 }
                 // A host (an OSD and the client beside it) loses power.
                 11 => {
-                    if down_osds >= 2 {
+                    if down_osds >= 2 || self.opts.lazy {
                         continue;
                     }
                     let k = self.rand(|r| r.random_range(0..self.opts.clients.min(n_osds)));
@@ -810,13 +1018,19 @@ impl World {
                     lock(&self.report).mon_isolations += 1;
                     self.heal_later(pairs, hold);
                     let victim = self.rand(|r| r.random_range(0..n_osds));
-                    if down_osds < 2 && self.crash_osd(victim) {
+                    if down_osds < 2 && !self.opts.lazy && self.crash_osd(victim) {
                         self.restart_later(Restart::Osd(victim), Duration::from_secs(3));
                     }
                 }
                 // Bit rot: a byte of a hot block's copy on its primary decays (the other
                 // copies are intact). Reads must still return the right bytes.
                 16 => {
+                    // Not with OSDs in lazy mode: a power cycle may leave the decayed copy
+                    // the only one (its peers' copies were never flushed), a loss no
+                    // store survives.
+                    if self.opts.lazy {
+                        continue;
+                    }
                     let b = self.rand(|r| r.random_range(0..HOT_BLOCKS.min(self.opts.blocks)));
                     let (Some(i), Some(map)) = (self.primary_of(b), self.map()) else {
                         continue;
@@ -853,6 +1067,20 @@ impl World {
                         *lock(&self.read_next) = Some(b);
                     }
                 }
+                // A VM's NBD connection drops with requests in flight.
+                17 => {
+                    let k = self.rand(|r| r.random_range(0..self.opts.clients));
+                    self.drop_connection(k);
+                }
+                // A gateway killed under its running VM, restarted shortly after.
+                18 => {
+                    let k = self.rand(|r| r.random_range(0..self.opts.clients));
+                    if self.kill_gateway(k) {
+                        tracing::info!(target: "sim", "fault: client.{k}'s gateway is killed");
+                        lock(&self.report).gateway_restarts += 1;
+                        self.restart_later(Restart::Gateway(k), hold.min(Duration::from_secs(3)));
+                    }
+                }
                 // A slow network.
                 _ => {
                     let d = Duration::from_millis(self.rand(|r| r.random_range(5..40)));
@@ -868,15 +1096,18 @@ impl World {
         }
     }
 
-    /// One client: QD1, writes to the blocks it owns (one write at a time per block),
-    /// reads of any block, until `until`.
-    async fn client(self: Arc<Self>, k: usize, incarnation: u64, image: Image, until: Instant) {
-        // Two ops in flight: a writer and a reader.
-        let image = Arc::new(image);
+    /// One VM: two writer lanes (pipelined requests on one connection, never two on one
+    /// unit) and a reader, until `until`; then it disconnects.
+    async fn client(self: Arc<Self>, k: usize, incarnation: u64, disk: Arc<Disk>, until: Instant) {
+        let vm = Arc::new(Vm::default());
         tokio::join!(
-            Arc::clone(&self).writer(k, incarnation, Arc::clone(&image), until),
-            Arc::clone(&self).reader(k, incarnation, image, until)
+            Arc::clone(&self).writer(k, incarnation, 0, Arc::clone(&disk), Arc::clone(&vm), until),
+            Arc::clone(&self).writer(k, incarnation, 1, Arc::clone(&disk), Arc::clone(&vm), until),
+            Arc::clone(&self).reader(k, incarnation, Arc::clone(&disk), until)
         );
+        disk.close().await;
+        let mut r = lock(&self.report);
+        r.resends += disk.resent.load(std::sync::atomic::Ordering::Relaxed);
     }
 
     fn client_rng(&self, k: usize, incarnation: u64, role: u64) -> rand::rngs::StdRng {
@@ -932,21 +1163,26 @@ impl World {
         }
     }
 
-    /// Writes the blocks client `k` owns, one write at a time (so a block's writes are
-    /// ordered), half of them to the hot blocks.
+    /// One writer lane of VM `k`: writes, zeroes and trims ranges of the blocks it owns
+    /// (whole blocks, sub-block ranges the gateway read-modify-writes, ranges across two
+    /// blocks), half of them in the hot blocks, now and then with FUA or followed by a
+    /// FLUSH. A unit is in at most one lane's request at a time, so its writes are ordered.
     async fn writer(
         self: Arc<Self>,
         k: usize,
         incarnation: u64,
-        image: Arc<Image>,
+        lane: u64,
+        disk: Arc<Disk>,
+        vm: Arc<Vm>,
         until: Instant,
     ) {
+        const UPB: u64 = UNITS_PER_BLOCK;
         let me = format!("client.{k}");
-        let mut rng = self.client_rng(k, incarnation, 1);
+        let mut rng = self.client_rng(k, incarnation, 1 + 2 * lane);
         let owned = self.owned(k);
+        let owned_set: std::collections::BTreeSet<u64> = owned.iter().copied().collect();
         let hot = HOT_BLOCKS.min(self.opts.blocks);
         let owned_hot: Vec<u64> = owned.iter().copied().filter(|b| *b < hot).collect();
-        let mut seq = 0u64;
         while Instant::now() < until {
             let quiet = lock(&self.quiet)[k].as_ref().map(|(t, _)| *t);
             if let Some(t) = quiet.filter(|t| *t > Instant::now()) {
@@ -965,33 +1201,118 @@ impl World {
                 }
                 None => owned[rng.random_range(0..owned.len())],
             };
-            seq += 1;
-            let value = ((k as u64 + 1) << 48) | (incarnation << 32) | seq;
-            // Now and then with FUA, as a guest's journal commit is.
-            let fua = rng.random_bool(0.05);
-            lock(&self.history).write_started(block, value, self.now_us());
-            tracing::debug!(target: "sim", "write block {block} value {value:#x}");
-            let r = image
-                .write(block * BLOCK as u64, pattern(value).into(), fua)
-                .await;
-            tracing::debug!(target: "sim", "write block {block} value {value:#x} done: {:?}", r.as_ref().err());
-            match r {
-                Ok(()) => lock(&self.history).write_acked(value, self.now_us()),
-                Err(e) => {
-                    // Reported; the block is written again later, and the checker allows
-                    // the failed write only in its place in the block's order.
-                    self.op_failed(
-                        kind::FAILED_WRITE,
-                        format!("{me}: write of block {block} ({value:#x}) failed: {e}"),
-                    );
+            let u0 = block * UPB;
+            let next_owned = owned_set.contains(&(block + 1));
+            let (op, first, n) = match steered.map_or(rng.random_range(0..100), |_| 0) {
+                0..45 => (Op::Write, u0, UPB),
+                45..75 => {
+                    let s = rng.random_range(0..UPB);
+                    (Op::Write, u0 + s, rng.random_range(1..=UPB - s))
+                }
+                75..85 if next_owned => {
+                    let s = rng.random_range(1..UPB);
+                    (Op::Write, u0 + s, UPB - s + rng.random_range(1..UPB))
+                }
+                85..93 => {
+                    let s = rng.random_range(0..UPB);
+                    (Op::Zero, u0 + s, rng.random_range(1..=UPB - s))
+                }
+                93.. if next_owned && rng.random_bool(0.5) => {
+                    let s = rng.random_range(1..UPB);
+                    (Op::Trim, u0 + s, UPB - s + UPB)
+                }
+                93.. => (Op::Trim, u0, UPB),
+                _ => (Op::Write, u0, UPB),
+            };
+            let units = first..first + n;
+            if !vm.claim(units.clone()) {
+                // The other lane has a request on one of these units: choose again.
+                if let Some(b) = steered {
+                    lock(&self.steer)[k] = Some(b);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+            let fua = op != Op::Trim && rng.random_bool(0.05);
+            let issued = self.now_us();
+            let mut writes: Vec<WriteRef> = Vec::with_capacity(n as usize);
+            let mut data = Vec::new();
+            {
+                let mut h = lock(&self.history);
+                for u in units.clone() {
+                    match op {
+                        Op::Write => {
+                            let value =
+                                ((k as u64 + 1) << 48) | (incarnation << 32) | vm.next_value();
+                            data.extend_from_slice(&pattern(value));
+                            writes.push(h.write_started(u, value, issued));
+                        }
+                        Op::Zero => writes.push(h.write_started(u, 0, issued)),
+                        // A trim zeroes the blocks it covers whole; partial blocks keep
+                        // their data.
+                        Op::Trim => {
+                            let b = u / UPB;
+                            if b * UPB >= first && (b + 1) * UPB <= first + n {
+                                writes.push(h.write_started(u, 0, issued));
+                            }
+                        }
+                    }
                 }
             }
-            self.op_done(started, || format!("{me}: write of block {block}"));
+            let offset = first * UNIT as u64;
+            let len = (n * UNIT as u64) as u32;
+            let req = match op {
+                Op::Write => Request::Write {
+                    offset,
+                    data: data.into(),
+                    fua,
+                },
+                Op::Zero => Request::WriteZeroes { offset, len, fua },
+                Op::Trim => Request::Trim { offset, len },
+            };
+            {
+                let mut r = lock(&self.report);
+                match op {
+                    Op::Write if n != UPB || first % UPB != 0 => r.partial_writes += 1,
+                    Op::Write => {}
+                    Op::Zero | Op::Trim => r.zeroings += 1,
+                }
+            }
+            let what = || {
+                format!(
+                    "{me}: {op:?} of units {first}..{} (block {block})",
+                    first + n
+                )
+            };
+            tracing::debug!(target: "sim", "{}", what());
+            match disk.call(&req).await {
+                Ok(_) => {
+                    let at = self.now_us();
+                    let durable = fua || !self.opts.lazy;
+                    let mut h = lock(&self.history);
+                    for w in writes {
+                        h.write_acked(w, at, durable, &me);
+                    }
+                }
+                // Reported; the units are written again later, and the checker allows the
+                // failed write only in its place in each unit's order.
+                Err(errno) => self.op_failed(
+                    kind::FAILED_WRITE,
+                    format!("{} failed: errno {errno}", what()),
+                ),
+            }
+            vm.release(units);
+            self.op_done(started, what);
             // Now and then a FLUSH, as a guest's fsync: it must ride out every fault.
             if rng.random_bool(0.1) {
                 let started = Instant::now();
-                if let Err(e) = image.flush().await {
-                    self.op_failed(kind::FAILED_FLUSH, format!("{me}: FLUSH failed: {e}"));
+                let sent = self.now_us();
+                match disk.call(&Request::Flush).await {
+                    Ok(_) => lock(&self.history).flushed(&me, sent),
+                    Err(errno) => self.op_failed(
+                        kind::FAILED_FLUSH,
+                        format!("{me}: FLUSH failed: errno {errno}"),
+                    ),
                 }
                 lock(&self.report).flushes += 1;
                 self.op_done(started, || format!("{me}: FLUSH"));
@@ -1001,14 +1322,10 @@ impl World {
         }
     }
 
-    /// Reads any block, half of the time a hot one.
-    async fn reader(
-        self: Arc<Self>,
-        k: usize,
-        incarnation: u64,
-        image: Arc<Image>,
-        until: Instant,
-    ) {
+    /// VM `k`'s reader: whole blocks, or unaligned ranges of units across blocks, half of
+    /// the time in the hot blocks.
+    async fn reader(self: Arc<Self>, k: usize, incarnation: u64, disk: Arc<Disk>, until: Instant) {
+        const UPB: u64 = UNITS_PER_BLOCK;
         let me = format!("client.{k}");
         let mut rng = self.client_rng(k, incarnation, 2);
         let hot = HOT_BLOCKS.min(self.opts.blocks);
@@ -1019,24 +1336,40 @@ impl World {
                 .filter(|(t, _)| *t > Instant::now())
                 .map(|(_, r)| r);
             let next = lock(&self.read_next).take();
+            let limit = focus.as_ref().map_or(self.opts.blocks, |r| r.end) * UPB;
+            let whole = next.is_some() || rng.random_bool(0.5);
             let block = next.unwrap_or_else(|| match focus {
                 Some(r) => rng.random_range(r),
                 None if rng.random_bool(0.5) => rng.random_range(0..hot),
                 None => rng.random_range(0..self.opts.blocks),
             });
+            let (first, n) = if whole {
+                (block * UPB, UPB)
+            } else {
+                let first = block * UPB + rng.random_range(0..UPB);
+                (first, rng.random_range(1..=2 * UPB).min(limit - first))
+            };
             let start = self.now_us();
-            match image.read(block * BLOCK as u64, BLOCK as u64).await {
+            let req = Request::Read {
+                offset: first * UNIT as u64,
+                len: (n * UNIT as u64) as u32,
+            };
+            match disk.call(&req).await {
                 Ok(data) => {
                     let end = self.now_us();
-                    tracing::debug!(target: "sim", "read block {block} saw {:#x}", check::decode(&data).unwrap_or(u64::MAX));
-                    lock(&self.history).read_done(block, start, end, &data, &me);
+                    lock(&self.history).read_range(first, start, end, &data, &me);
                 }
-                Err(e) => self.op_failed(
+                Err(errno) => self.op_failed(
                     kind::FAILED_READ,
-                    format!("{me}: read of block {block} failed: {e}"),
+                    format!(
+                        "{me}: read of units {first}..{} failed: errno {errno}",
+                        first + n
+                    ),
                 ),
             }
-            self.op_done(started, || format!("{me}: read of block {block}"));
+            self.op_done(started, || {
+                format!("{me}: read of units {first}..{}", first + n)
+            });
             let pause = rng.random_range(1..40);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
@@ -1161,6 +1494,47 @@ enum Restart {
     Osd(usize),
     Mon(usize),
     Client(usize),
+    Gateway(usize),
+}
+
+/// What a writer does to its range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Write,
+    Zero,
+    Trim,
+}
+
+/// A VM's state shared by its lanes.
+#[derive(Default)]
+struct Vm {
+    /// Units in a request of some lane.
+    busy: Mutex<std::collections::BTreeSet<u64>>,
+    /// Values written so far.
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl Vm {
+    /// Takes `units` for one request unless another one has any of them.
+    fn claim(&self, units: std::ops::Range<u64>) -> bool {
+        let mut busy = lock(&self.busy);
+        if busy.range(units.clone()).next().is_some() {
+            return false;
+        }
+        busy.extend(units);
+        true
+    }
+
+    fn release(&self, units: std::ops::Range<u64>) {
+        let mut busy = lock(&self.busy);
+        for u in units {
+            busy.remove(&u);
+        }
+    }
+
+    fn next_value(&self) -> u64 {
+        self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
 }
 
 /// The outcome of one seed run in its own process (see [`run_in_process`]).
@@ -1383,7 +1757,9 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
             (0..opts.clients)
                 .map(|_| ClientSlot {
                     node: None,
+                    exports: None,
                     handle: None,
+                    disk: None,
                     incarnation: 0,
                 })
                 .collect(),
@@ -1436,24 +1812,42 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
     for i in 0..opts.osds {
         world.start_osd(i);
     }
-    // Every OSD in again (drained ones, and those the monitors marked out).
+    for k in 0..opts.clients {
+        let vm_runs = lock(&world.clients)[k]
+            .handle
+            .as_ref()
+            .is_some_and(|h| !h.is_finished());
+        if vm_runs {
+            world.start_gateway(k);
+        }
+    }
+    // Every OSD in again (drained ones, and those the monitors marked out), until all are
+    // up and in: an OSD held down after the heal for flapping may be marked out after it.
+    // (The monitors leave an OSD they marked out for being down out when it returns, so
+    // this is the operator's job.)
     let again = admin.spawn({
         let mon = world.mon_addrs.clone();
         async move {
             let mon = MonClient::new(mon).map_err(|e| e.to_string())?;
-            let map = mon
-                .wait_for_map(Duration::from_secs(60))
-                .await
-                .map_err(|e| e.to_string())?;
-            for o in map.osds.values().filter(|o| !o.is_in) {
-                // A drain ending at this moment may have marked it in already.
-                match mon.command(Command::MarkOsdIn { id: o.id }).await {
-                    Ok(_) => {}
-                    Err(e) if e.to_string().contains("already in") => {}
-                    Err(e) => return Err(format!("osd in {}: {e}", o.id)),
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let map = mon
+                    .wait_for_map(Duration::from_secs(60))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if map.osds.values().all(|o| o.is_in && o.up) || Instant::now() > deadline {
+                    return Ok::<(), String>(());
                 }
+                for o in map.osds.values().filter(|o| !o.is_in) {
+                    // A drain ending at this moment may have marked it in already.
+                    match mon.command(Command::MarkOsdIn { id: o.id }).await {
+                        Ok(_) => {}
+                        Err(e) if e.to_string().contains("already in") => {}
+                        Err(e) => return Err(format!("osd in {}: {e}", o.id)),
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Ok::<(), String>(())
         }
     });
     match tokio::time::timeout(Duration::from_secs(120), again).await {
@@ -1507,7 +1901,7 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
                 .await
                 .map_err(|e| format!("final read of block {block}: {e}"))?;
             let end = w.now_us();
-            lock(&w.history).read_done(block, start, end, &data, "client.final");
+            lock(&w.history).read_range(block * UNITS_PER_BLOCK, start, end, &data, "client.final");
         }
         Ok::<(), String>(())
     });
@@ -1555,6 +1949,7 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
     report.clean_ms = clean_ms;
     (report.segments, report.resets) = world.net.counters();
     report.digest = history.digest();
+    report.exposed_writes = history.exposed;
     if violations.is_empty() {
         Ok(report)
     } else {

@@ -57,13 +57,20 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
 fn print_outcome(seed: u64, result: &Result<sim::Report, String>, secs: f64) {
     match result {
         Ok(r) => println!(
-            "seed {seed}: ok{}: {} ops ({} reads, {} writes, {} flushes, slowest {} ms); faults: {} OSD crashes, {} monitor crashes, {} monitors cut from the others, {} host power losses, {} partitions, {} one-way, {} cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts; clean {} ms after the heal; {} object copies compared; digest {:016x}",
+            "seed {seed}: ok{}: {} ops ({} unit reads, {} unit writes, {} partial writes, {} zeroings, {} flushes, {} resent, slowest {} ms); faults: {} power cycles ({} unflushed writes exposed), {} gateway restarts, {} connection drops, {} OSD crashes, {} monitor crashes, {} monitors cut from the others, {} host power losses, {} partitions, {} one-way, {} cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts; clean {} ms after the heal; {} object copies compared; digest {:016x}",
             if secs > 0.0 { format!(" in {secs:.1}s") } else { String::new() },
             r.ops,
             r.reads,
             r.writes,
+            r.partial_writes,
+            r.zeroings,
             r.flushes,
+            r.resends,
             r.max_op_ms,
+            r.power_cycles,
+            r.exposed_writes,
+            r.gateway_restarts,
+            r.connection_drops,
             r.osd_crashes,
             r.mon_crashes,
             r.mon_isolations,
