@@ -147,9 +147,9 @@ impl Connection {
     pub fn close(&self) {
         self.replies.abort();
         lock(&self.pending).take();
+        // The gateway reads end of stream once our half is shut down (or, while a request
+        // is being written, once the connection is dropped).
         if let Ok(mut w) = self.send.try_lock() {
-            // A pipe whose writer shuts down reads as closed at the other end once the
-            // reader half is gone too; dropping the pending map wakes every waiter.
             let _ = futures::FutureExt::now_or_never(w.shutdown());
         }
     }
@@ -249,8 +249,6 @@ pub struct Disk {
     current: tokio::sync::Mutex<Option<Arc<Connection>>>,
     /// Between attempts to reach a gateway that does not answer.
     retry: Duration,
-    /// Connections opened after the first.
-    pub reconnects: AtomicU64,
     /// Requests sent again after their connection was lost.
     pub resent: AtomicU64,
 }
@@ -262,7 +260,6 @@ impl Disk {
             export: export.to_string(),
             current: tokio::sync::Mutex::new(None),
             retry,
-            reconnects: AtomicU64::new(0),
             resent: AtomicU64::new(0),
         }
     }
@@ -270,20 +267,14 @@ impl Disk {
     /// The open connection, or a new one once a gateway answers.
     async fn connection(&self) -> Arc<Connection> {
         let mut current = self.current.lock().await;
-        let mut first = current.is_none();
+        if let Some(c) = current.as_ref().filter(|c| c.is_open()) {
+            return Arc::clone(c);
+        }
+        *current = None;
         loop {
-            if let Some(c) = current.as_ref().filter(|c| c.is_open()) {
-                return Arc::clone(c);
-            }
-            if current.take().is_some() {
-                first = false;
-            }
             if let Some(stream) = (self.connect)() {
                 match Connection::open(stream, &self.export).await {
                     Ok(c) => {
-                        if !first {
-                            self.reconnects.fetch_add(1, Ordering::Relaxed);
-                        }
                         let c = Arc::new(c);
                         *current = Some(Arc::clone(&c));
                         return c;
@@ -291,7 +282,6 @@ impl Disk {
                     Err(e) => tracing::info!(target: "sim", "nbd: connecting failed: {e}"),
                 }
             }
-            first = false;
             tokio::time::sleep(self.retry).await;
         }
     }
