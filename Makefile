@@ -5,12 +5,16 @@ BIN := target/release
 DEMO_DIR ?= demo
 SUITE := scripts/suite.sh
 
-.PHONY: all build deps demo demo-down test test-long test-unit check fmt clippy bench bench-store bench-cluster clean sim-mon sim sim-long
+.PHONY: all build build-all deps demo demo-down test test-long test-unit check fmt clippy bench bench-store bench-cluster clean sim-mon sim sim-long
 
 all: build
 
 build:
 	$(CARGO) build $(PROFILE) --workspace --bins
+
+# Bins, tests, examples and benches in one build, as the test suites run them.
+build-all:
+	$(CARGO) build $(PROFILE) --workspace --all-targets
 
 deps:
 	@scripts/install-deps.sh
@@ -24,21 +28,28 @@ demo: build
 demo-down:
 	$(BIN)/atlant dev down --dir $(DEMO_DIR)
 
-# Everything CI runs. Installs the Debian packages it needs when they are missing.
-test: deps build
+# Everything CI runs. Installs the Debian packages it needs when they are missing. One
+# build serves every suite: `build-all` compiles bins and tests together (so dev-dependency
+# features are unified once), and every suite runs on the whole workspace and picks its tests
+# with a filter; `-p PACKAGE` would resolve features anew and rebuild half the tree.
+NEXTEST := $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast
+test: deps
 	@rm -f target/suites.log
-	@$(SUITE) unit $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast -E 'not (binary(store_model) | binary(sim) | package(atlant-tests))'
-	@MON_SIM_SEEDS=200 $(SUITE) mon-sim $(CARGO) nextest run $(PROFILE) -p atlant-mon --no-fail-fast --no-capture -E 'binary(sim)'
-	@SIM_SEEDS=200 $(SUITE) cluster-sim $(CARGO) nextest run $(PROFILE) -p atlant-sim --no-fail-fast --no-capture --test-threads 1 -E 'binary(sim)'
-	@$(SUITE) store-crash-points $(CARGO) nextest run $(PROFILE) -p atlant-osd --no-fail-fast --no-capture -E 'binary(store_model)'
-	@$(SUITE) daemons $(CARGO) nextest run $(PROFILE) -p atlant-tests --no-fail-fast
+	@$(SUITE) fmt $(CARGO) fmt --all -- --check
+	@$(SUITE) build $(CARGO) build $(PROFILE) --workspace --all-targets
+	@$(SUITE) clippy $(CARGO) clippy $(PROFILE) --workspace --all-targets -- -D warnings
+	@$(SUITE) unit $(NEXTEST) -E 'not (binary(store_model) | binary(sim) | package(atlant-tests))'
+	@MON_SIM_SEEDS=200 $(SUITE) mon-sim $(NEXTEST) --no-capture -E 'package(atlant-mon) & binary(sim)'
+	@SIM_SEEDS=200 $(SUITE) cluster-sim $(NEXTEST) --no-capture --test-threads 1 -E 'package(atlant-sim) & binary(sim)'
+	@$(SUITE) store-crash-points $(NEXTEST) --no-capture -E 'package(atlant-osd) & binary(store_model)'
+	@$(SUITE) daemons $(NEXTEST) -E 'package(atlant-tests)'
 	@$(SUITE) skeleton tests/skeleton.sh
 	@echo "==> suites:"; cat target/suites.log
-	@awk '$$2 == "PASS" { p++ } $$2 != "PASS" { f++ } END { printf "suites: %d passed, %d failed\n", p, f }' target/suites.log
+	@awk '$$2 == "PASS" { p++ } $$2 != "PASS" { f++ } END { printf "suites: %d passed, %d failed\n", p, f } $$2 != "PASS" { bad = 1 } END { exit bad }' target/suites.log
 
 # The randomised suites for much longer: 20000 crash points per durability mode, 200000
 # fuzz cases per decoder, 1000 cases per property, 5000 seeds of the monitor simulation.
-test-long: build
+test-long: build-all
 	STORE_CRASHES=20000 FUZZ_CASES=200000 PROPTEST_CASES=1000 MON_SIM_SEEDS=5000 PEERING_MODEL_SEEDS=200000 SIM_SEEDS=2000 $(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast
 
 # The whole-cluster simulation: one seed (make sim SEED=n [BUG=no-rollback]; writes the
@@ -54,9 +65,9 @@ sim-long:
 
 # Replays one seed of the monitor-group simulation: make sim-mon SEED=n
 sim-mon:
-	MON_SIM_SEED=$(SEED) $(CARGO) nextest run $(PROFILE) -p atlant-mon --no-capture -E 'binary(sim) & test(monitor_group)'
+	MON_SIM_SEED=$(SEED) $(CARGO) nextest run $(PROFILE) --workspace --no-capture -E 'package(atlant-mon) & binary(sim) & test(monitor_group)'
 
-test-unit: build
+test-unit: build-all
 	$(CARGO) nextest run $(PROFILE) --workspace
 
 check: fmt clippy test-unit
