@@ -12,12 +12,58 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 const SECTOR: usize = 512;
+const PAGE: usize = 4096;
+
+/// A medium held sparsely: only pages ever written take memory, the rest read as zeros.
+/// A simulated cluster has several devices and copies each at every crash; dense images
+/// made the simulator spend half its time faulting in and copying zero pages.
+#[derive(Clone, Default)]
+struct Medium {
+    pages: BTreeMap<u64, Box<[u8; PAGE]>>,
+}
+
+impl Medium {
+    fn read(&self, offset: usize, out: &mut [u8]) {
+        let mut done = 0;
+        while done < out.len() {
+            let at = offset + done;
+            let (page, within) = ((at / PAGE) as u64, at % PAGE);
+            let n = (PAGE - within).min(out.len() - done);
+            match self.pages.get(&page) {
+                Some(p) => out[done..done + n].copy_from_slice(&p[within..within + n]),
+                None => out[done..done + n].fill(0),
+            }
+            done += n;
+        }
+    }
+
+    fn write(&mut self, offset: usize, data: &[u8]) {
+        let mut done = 0;
+        while done < data.len() {
+            let at = offset + done;
+            let (page, within) = ((at / PAGE) as u64, at % PAGE);
+            let n = (PAGE - within).min(data.len() - done);
+            let p = self
+                .pages
+                .entry(page)
+                .or_insert_with(|| Box::new([0; PAGE]));
+            p[within..within + n].copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+    }
+
+    fn flip(&mut self, offset: usize) {
+        let mut b = [0u8];
+        self.read(offset, &mut b);
+        self.write(offset, &[b[0] ^ 0xFF]);
+    }
+}
 
 struct State {
     /// What survives a crash for certain.
-    stable: Vec<u8>,
+    stable: Medium,
     /// What reads see.
-    current: Vec<u8>,
+    current: Medium,
     /// Sectors written since the last flush and not yet durable: sector → (write id, bytes).
     /// A later write of a sector replaces its pending value, as a device cache would.
     pending: BTreeMap<u64, (u64, Vec<u8>)>,
@@ -44,13 +90,13 @@ pub struct CrashStats {
 
 impl SimDevice {
     pub fn new(size: u64) -> Arc<SimDevice> {
-        Self::with_image(vec![0u8; size as usize])
+        Self::with_image(size, Medium::default())
     }
 
     /// A powered-on device whose medium holds `image`, with nothing pending.
-    fn with_image(image: Vec<u8>) -> Arc<SimDevice> {
+    fn with_image(size: u64, image: Medium) -> Arc<SimDevice> {
         Arc::new(SimDevice {
-            size: image.len() as u64,
+            size,
             state: Mutex::new(State {
                 stable: image.clone(),
                 current: image,
@@ -93,9 +139,9 @@ impl SimDevice {
     pub fn rot(&self, offset: u64) {
         let mut s = self.state();
         let at = offset as usize;
-        if at < s.current.len() {
-            s.current[at] ^= 0xFF;
-            s.stable[at] ^= 0xFF;
+        if offset < self.size {
+            s.current.flip(at);
+            s.stable.flip(at);
         }
     }
 
@@ -127,11 +173,10 @@ impl SimDevice {
                 _ => true,
             };
             if keep {
-                let at = (*sector as usize) * SECTOR;
-                image[at..at + SECTOR].copy_from_slice(data);
+                image.write(*sector as usize * SECTOR, data);
             }
         }
-        let dev = Self::with_image(image);
+        let dev = Self::with_image(self.size, image);
         (dev, stats)
     }
 
@@ -164,7 +209,7 @@ impl SimDevice {
             }
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        s.current[at..at + data.len()].copy_from_slice(data);
+        s.current.write(at, data);
         for (k, sector) in data.chunks(SECTOR).enumerate() {
             if durable {
                 s.pending.remove(&(first_sector + k as u64));
@@ -174,7 +219,7 @@ impl SimDevice {
             }
         }
         if durable {
-            s.stable[at..at + data.len()].copy_from_slice(data);
+            s.stable.write(at, data);
         }
         Ok(())
     }
@@ -198,8 +243,7 @@ impl BlockDevice for SimDevice {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             let at = offset as usize;
-            let n = buf.len();
-            buf.copy_from_slice(&s.current[at..at + n]);
+            s.current.read(at, &mut buf);
             Ok(())
         })();
         Box::pin(async move { (buf, r) })
@@ -227,8 +271,7 @@ impl BlockDevice for SimDevice {
             }
             let pending = std::mem::take(&mut s.pending);
             for (sector, (_, data)) in pending {
-                let at = sector as usize * SECTOR;
-                s.stable[at..at + SECTOR].copy_from_slice(&data);
+                s.stable.write(sector as usize * SECTOR, &data);
             }
             Ok(())
         })();
