@@ -20,7 +20,7 @@ use crate::backend::{Backend, Cancel, ExportProvider, IoError, OpenError, BLOCK_
 use crate::locks::{BlockLocks, Mode};
 use crate::server::ServerConfig;
 use bytes::{Bytes, BytesMut};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 
 /// Largest single backend write used when writing literal zeroes (NO_HOLE).
@@ -34,7 +34,7 @@ pub struct Exports<P: ExportProvider> {
     config: ServerConfig,
     /// One slot per export name that is open or being opened. The async mutex in the slot
     /// serialises opens of one name, so two connections never open one image twice.
-    slots: Mutex<HashMap<String, Slot<P::Backend>>>,
+    slots: Mutex<BTreeMap<String, Slot<P::Backend>>>,
 }
 
 impl<P: ExportProvider> Exports<P> {
@@ -42,7 +42,7 @@ impl<P: ExportProvider> Exports<P> {
         Exports {
             provider,
             config,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(BTreeMap::new()),
         }
     }
 

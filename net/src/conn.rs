@@ -8,7 +8,7 @@
 
 use bytes::{Bytes, BytesMut};
 use proto::frame::{self, Frame, FrameError, FLAG_RESPONSE};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -125,7 +125,7 @@ pub fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(w: W, peer: String) 
     Sender { tx }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
+type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Frame>>>>;
 
 /// The client end of a connection.
 pub struct Conn {
@@ -144,7 +144,7 @@ impl Conn {
     {
         let (r, w) = tokio::io::split(stream);
         let sender = spawn_writer(w, peer.clone());
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let pending: Pending = Arc::new(Mutex::new(BTreeMap::new()));
         let closed = Arc::new(AtomicBool::new(false));
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn {

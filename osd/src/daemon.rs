@@ -19,7 +19,7 @@ use proto::msg::{
     ObjectReply, Status,
 };
 use proto::{ClusterMap, Epoch, ObjectId, OsdId, PgId, Version};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,7 +47,7 @@ pub struct Osd {
     /// Records activations and clean PGs at the monitors.
     pub batcher: Batcher,
     /// Per-PG metadata (LES, missing), loaded from the store on first use.
-    metas: AsyncMutex<HashMap<PgId, PgMeta>>,
+    metas: AsyncMutex<BTreeMap<PgId, PgMeta>>,
     pub recovery: Semaphore,
     /// Woken whenever a PG changes phase (ops waiting for a peering PG).
     pub pg_event: Notify,
@@ -70,7 +70,7 @@ pub struct Osd {
 /// So an answer is final: nothing of an ended interval lands after it.
 #[derive(Default)]
 pub struct OpFence {
-    inflight: Mutex<HashMap<(PgId, Epoch), usize>>,
+    inflight: Mutex<BTreeMap<(PgId, Epoch), usize>>,
     left: Notify,
 }
 
@@ -130,7 +130,7 @@ impl Osd {
             locks: (0..LOCK_STRIPES).map(|_| AsyncMutex::new(())).collect(),
             peers: ConnCache::default(),
             batcher,
-            metas: AsyncMutex::new(HashMap::new()),
+            metas: AsyncMutex::new(BTreeMap::new()),
             recovery: Semaphore::new(RECOVERY_SLOTS),
             pg_event: Notify::new(),
             stray_gate: tokio::sync::RwLock::new(()),

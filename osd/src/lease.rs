@@ -16,7 +16,7 @@
 
 use net::sync::lock;
 use proto::{ClusterMap, Epoch, OsdId};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -28,17 +28,17 @@ pub const DRIFT: Duration = Duration::from_millis(200);
 pub struct Leases {
     started: Instant,
     /// Grantor side: until when each OSD may serve reads on our word.
-    granted: Mutex<HashMap<OsdId, Instant>>,
+    granted: Mutex<BTreeMap<OsdId, Instant>>,
     /// Grantee side: until when each OSD's lease lets us serve reads.
-    held: Mutex<HashMap<OsdId, Instant>>,
+    held: Mutex<BTreeMap<OsdId, Instant>>,
 }
 
 impl Default for Leases {
     fn default() -> Self {
         Leases {
             started: Instant::now(),
-            granted: Mutex::new(HashMap::new()),
-            held: Mutex::new(HashMap::new()),
+            granted: Mutex::new(BTreeMap::new()),
+            held: Mutex::new(BTreeMap::new()),
         }
     }
 }

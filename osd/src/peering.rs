@@ -31,7 +31,7 @@ use proto::msg::{
 };
 use proto::placement::object_pg;
 use proto::{ClusterMap, Command, Epoch, ObjectId, OpId, OsdId, PgId, Version};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -317,7 +317,7 @@ fn effective(info: &PgPeerInfo) -> BTreeMap<ObjectId, Version> {
 pub fn authority(
     me: OsdId,
     infos: &BTreeMap<OsdId, PgPeerInfo>,
-) -> (BTreeMap<ObjectId, Version>, HashMap<ObjectId, Vec<OsdId>>) {
+) -> (BTreeMap<ObjectId, Version>, BTreeMap<ObjectId, Vec<OsdId>>) {
     let les = infos
         .values()
         .map(|i| i.last_epoch_started)
@@ -331,7 +331,7 @@ pub fn authority(
         }
     }
     auth.retain(|_, v| !v.is_none());
-    let mut sources: HashMap<ObjectId, Vec<OsdId>> = HashMap::new();
+    let mut sources: BTreeMap<ObjectId, Vec<OsdId>> = BTreeMap::new();
     for (osd_id, info) in infos {
         for (o, v) in &info.objects {
             if auth.get(o) == Some(v) {
@@ -356,7 +356,7 @@ pub fn missing_per_member(
 ) -> BTreeMap<OsdId, BTreeMap<ObjectId, Version>> {
     let mut missing = BTreeMap::new();
     for m in acting {
-        let present: HashMap<ObjectId, Version> = infos
+        let present: BTreeMap<ObjectId, Version> = infos
             .get(m)
             .map(|i| i.objects.iter().copied().collect())
             .unwrap_or_default();
@@ -1080,7 +1080,7 @@ async fn remove_strays(osd: &Osd) -> (usize, bool) {
         return (0, true);
     };
     let uuid = me.store_uuid;
-    let mut placed: HashMap<u32, Vec<bool>> = HashMap::new();
+    let mut placed: BTreeMap<u32, Vec<bool>> = BTreeMap::new();
     for pool in map.pools.values() {
         let mine = proto::pg::pool_mappings(&map, pool)
             .into_iter()

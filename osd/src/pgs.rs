@@ -11,7 +11,7 @@
 use proto::msg::{PgPhase, PgStat};
 use proto::pg::{pool_mappings, PgMapping};
 use proto::{ClusterMap, Epoch, ObjectId, OpId, OsdId, PgId, Version};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tokio::time::Instant;
 
 /// How many completed op ids a PG remembers for answering re-sent ops.
@@ -28,7 +28,7 @@ pub struct PgInfo {
     /// authoritative version, with that version (`Version::NONE`: it must not exist).
     pub missing: BTreeMap<OsdId, BTreeMap<ObjectId, Version>>,
     /// Primary only: OSDs holding the authoritative copy of objects the primary lacks.
-    pub sources: HashMap<ObjectId, Vec<OsdId>>,
+    pub sources: BTreeMap<ObjectId, Vec<OsdId>>,
     /// Primary only: objects whose last write reached the primary's copy but failed on a
     /// member. Not read until recovery has put that copy on every member: a read must
     /// never return what a new interval could roll back.
@@ -43,13 +43,13 @@ pub struct PgInfo {
     pub recovering: u64,
     pub blocked_ops: u64,
     next_seq: u64,
-    recent: HashMap<OpId, Version>,
+    recent: BTreeMap<OpId, Version>,
     recent_order: VecDeque<OpId>,
     /// Primary only: client writes admitted and not finished (a FENCE waits for them).
-    in_flight: HashSet<OpId>,
+    in_flight: BTreeSet<OpId>,
     /// Primary only: ops their client cancelled (`op::FENCE`) before they arrived; refused
     /// if they ever do.
-    fenced: HashSet<OpId>,
+    fenced: BTreeSet<OpId>,
     fenced_order: VecDeque<OpId>,
 }
 
@@ -227,7 +227,7 @@ impl PgTable {
                             phase_since: Instant::now(),
                             waiting_for: Vec::new(),
                             missing: BTreeMap::new(),
-                            sources: HashMap::new(),
+                            sources: BTreeMap::new(),
                             unresolved: BTreeSet::new(),
                             recovery_running: false,
                             activated: None,
@@ -237,7 +237,7 @@ impl PgTable {
                             next_seq: 0,
                             recent,
                             recent_order,
-                            in_flight: HashSet::new(),
+                            in_flight: BTreeSet::new(),
                             fenced,
                             fenced_order,
                         }

@@ -102,7 +102,7 @@ impl fmt::Display for Version {
 
 /// Identity of one client operation: (client instance, transaction id). A re-sent op
 /// carries the same identity so the primary answers it instead of applying it twice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OpId {
     pub client: u64,
     pub tid: u64,

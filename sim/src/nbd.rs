@@ -4,7 +4,7 @@
 //! flight are kept and sent again on the next connection, and the guest sees no error.
 
 use nbd_gateway::protocol::*;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,7 +88,7 @@ pub enum Answer {
     Lost,
 }
 
-type Pending = Arc<Mutex<Option<HashMap<u64, (u32, oneshot::Sender<Result<Vec<u8>, u32>>)>>>>;
+type Pending = Arc<Mutex<Option<BTreeMap<u64, (u32, oneshot::Sender<Result<Vec<u8>, u32>>)>>>>;
 
 /// One negotiated connection: requests are written under a lock, replies are read by a
 /// task of their own and handed to their requests by cookie.
@@ -106,7 +106,7 @@ impl Connection {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, negotiate(&mut rd, &mut wr, export))
             .await
             .map_err(|_| "handshake timed out".to_string())??;
-        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let pending: Pending = Arc::new(Mutex::new(Some(BTreeMap::new())));
         let replies = tokio::spawn(read_replies(rd, Arc::clone(&pending)));
         Ok(Connection {
             send: tokio::sync::Mutex::new(wr),
