@@ -409,6 +409,73 @@ async fn a_flipped_bit_on_disk_is_a_checksum_error_not_bad_bytes() {
     assert_eq!(store.checksum_errors(), 1);
 }
 
+/// The device is declared failing after `CHECKSUM_ERROR_LIMIT` distinct bad blocks, not
+/// after that many reads of one: a rotted block that is the last copy of its object is read
+/// again by every recovery attempt and client retry, and must not fail a healthy device.
+#[tokio::test]
+async fn the_checksum_limit_counts_distinct_blocks_not_repeated_reads() {
+    let dev = SimDevice::new(8 << 20);
+    format(&*dev).await;
+    let store = Store::open(dev.clone(), Durability::Immediate)
+        .await
+        .unwrap();
+    let limit = osd::store::CHECKSUM_ERROR_LIMIT;
+    let data = vec![0x5au8; BLOCK];
+    for i in 0..limit {
+        store
+            .write(
+                oid(i),
+                0,
+                Bytes::from(data.clone()),
+                &block_crcs(&data),
+                Version { epoch: 1, seq: 1 },
+            )
+            .await
+            .unwrap();
+    }
+    // Every data block holding 0x5a belongs to one of the objects: rot each of them.
+    let sb = store.superblock.clone();
+    let mut rotted = Vec::new();
+    for b in 0..sb.data_blocks as u32 {
+        let at = sb.data_block_offset(b);
+        let (buf, r) = dev
+            .read(at, osd::store::device::AlignedBuf::zeroed(BLOCK))
+            .await;
+        r.unwrap();
+        if buf.iter().all(|&x| x == 0x5a) {
+            rotted.push(at);
+        }
+    }
+    assert_eq!(rotted.len() as u64, limit);
+    let read = |i: u64| {
+        let store = &store;
+        async move { store.read(oid(i), 0, BLOCK as u32).await }
+    };
+    dev.rot(rotted[0] + 7);
+    for _ in 0..limit * 3 {
+        assert!(matches!(read(0).await, Err(StoreError::Checksum { .. })));
+    }
+    assert_eq!(store.checksum_errors(), limit * 3);
+    assert_eq!(store.bad_blocks(), 1);
+    assert_eq!(
+        store.failure(),
+        None,
+        "one bad block read again is not a failing device"
+    );
+    assert!(read(1).await.is_ok());
+    for &at in &rotted[1..] {
+        dev.rot(at + 7);
+    }
+    for i in 1..limit {
+        let _ = read(i).await;
+    }
+    assert_eq!(store.bad_blocks(), limit);
+    let why = store
+        .failure()
+        .expect("the device fails at the limit of distinct bad blocks");
+    assert!(why.contains("distinct blocks"), "{why}");
+}
+
 #[tokio::test]
 async fn a_full_store_refuses_writes_and_keeps_serving_reads() {
     let dev = SimDevice::new(6 << 20);

@@ -42,7 +42,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-/// Checksum errors after which the device is considered failing.
+/// Distinct data blocks found corrupt after which the device is considered failing. One
+/// rotted block read again and again (its only surviving copy, say) counts once: it is a
+/// bad block, not a failing device.
 pub const CHECKSUM_ERROR_LIMIT: u64 = 16;
 const ABSENT: u32 = u32::MAX;
 
@@ -276,6 +278,8 @@ pub struct Store {
     inner: Mutex<Inner>,
     journal: mpsc::UnboundedSender<JournalRequest>,
     checksum_errors: AtomicU64,
+    /// The distinct data blocks that failed their checksum (at most the limit are kept).
+    bad_blocks: Mutex<BTreeSet<u32>>,
     checkpoint_lock: tokio::sync::Mutex<()>,
     journal_space: Notify,
     /// Time the last open took to rebuild the index, in milliseconds.
@@ -415,6 +419,7 @@ impl Store {
             inner: Mutex::new(inner),
             journal: tx,
             checksum_errors: AtomicU64::new(0),
+            bad_blocks: Mutex::new(BTreeSet::new()),
             checkpoint_lock: tokio::sync::Mutex::new(()),
             journal_space: Notify::new(),
             open_ms: 0,
@@ -436,8 +441,14 @@ impl Store {
         self.superblock.max_object_size
     }
 
+    /// Checksum mismatches seen on reads, repeats of one block included.
     pub fn checksum_errors(&self) -> u64 {
         self.checksum_errors.load(Ordering::Relaxed)
+    }
+
+    /// Distinct data blocks that failed their checksum.
+    pub fn bad_blocks(&self) -> u64 {
+        net::sync::lock(&self.bad_blocks).len() as u64
     }
 
     /// Why the device is considered failed, if it is.
@@ -540,9 +551,14 @@ impl Store {
                 if crc32c(block) != blocks[k].1 {
                     let off = ((first + k) * BLOCK) as u64;
                     let count = self.checksum_errors.fetch_add(1, Ordering::Relaxed) + 1;
-                    tracing::error!(%object, offset = off, errors = count, "checksum mismatch on read");
-                    if count >= CHECKSUM_ERROR_LIMIT {
-                        self.fail(format!("{count} checksum errors"));
+                    let distinct = {
+                        let mut bad = net::sync::lock(&self.bad_blocks);
+                        bad.insert(blocks[k].0);
+                        bad.len() as u64
+                    };
+                    tracing::error!(%object, offset = off, errors = count, bad_blocks = distinct, "checksum mismatch on read");
+                    if distinct >= CHECKSUM_ERROR_LIMIT {
+                        self.fail(format!("{distinct} distinct blocks failed their checksum"));
                     }
                     return Err(StoreError::Checksum {
                         object,
