@@ -22,7 +22,7 @@ use proto::placement::object_pg;
 use proto::{ClusterMap, Epoch, ObjectId, OpId, OsdId, PgId, Version};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -66,6 +66,17 @@ pub struct Cluster {
     client_id: u64,
     next_tid: AtomicU64,
     pub op_deadline: Duration,
+    observer: OnceLock<Arc<dyn OpObserver>>,
+}
+
+/// Sees every object op that a primary answered, with the moment it started: the
+/// simulator's check that the versions replies report never go backwards per object.
+pub trait OpObserver: Send + Sync {
+    /// An op on `object` starts (before its first attempt); the value returned is passed
+    /// to `answered` with its reply.
+    fn started(&self, object: &ObjectId) -> u64;
+    /// The op started as `started` was answered `Status::Ok` with `reply`.
+    fn answered(&self, started: u64, req: &ObjectRequest, reply: &ObjectReply);
 }
 
 /// What to do with an object.
@@ -93,7 +104,13 @@ impl Cluster {
             client_id: net::rt::random_u64() | 1,
             next_tid: AtomicU64::new(1),
             op_deadline: Duration::from_secs(300),
+            observer: OnceLock::new(),
         }))
+    }
+
+    /// Installs the observer of this client's ops (once; later calls are ignored).
+    pub fn observe(&self, observer: Arc<dyn OpObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     pub fn mon(&self) -> &Arc<MonClient> {
@@ -165,6 +182,7 @@ impl Cluster {
         cancel: &Cancel,
     ) -> Result<(ObjectReply, Bytes), ClientError> {
         let start = Instant::now();
+        let observed = self.observer.get().map(|o| (o, o.started(&req.object)));
         let mut backoff = Duration::from_millis(5);
         let mut last = String::new();
         let mut attempts = 0u32;
@@ -311,7 +329,12 @@ impl Cluster {
                 }
             };
             match Status::from_u32(reply.status) {
-                Some(Status::Ok) => return Ok((reply, frame.data)),
+                Some(Status::Ok) => {
+                    if let Some((o, started)) = observed {
+                        o.answered(started, req, &reply);
+                    }
+                    return Ok((reply, frame.data));
+                }
                 Some(s @ (Status::StaleEpoch | Status::NotPrimary)) => {
                     last = format!("{primary}: {s:?} at epoch {}", reply.epoch);
                     let want = reply.epoch.max(map.epoch + 1);

@@ -8,6 +8,6 @@ pub mod cluster;
 pub mod image;
 pub mod monc;
 
-pub use cluster::{ClientError, Cluster};
+pub use cluster::{ClientError, Cluster, OpObserver};
 pub use image::Image;
 pub use monc::{parse_addrs, MonClient, MonError};

@@ -46,6 +46,9 @@ pub mod kind {
     pub const FUTURE: &str = "read from the future";
     /// Older than what an earlier read saw.
     pub const BACKWARDS: &str = "read went back";
+    /// A reply reporting an object version older than one an op answered before it
+    /// started had (or, for a write, not newer).
+    pub const VERSION_BACKWARDS: &str = "reply version went back";
     /// A client read that returned an error.
     pub const FAILED_READ: &str = "failed read";
     /// A client write that returned an error.
@@ -370,6 +373,59 @@ pub fn fmt_us(us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use client::OpObserver;
+
+    fn req(op: u8) -> client::cluster::ObjectRequest {
+        client::cluster::ObjectRequest {
+            object: proto::ObjectId {
+                pool: 1,
+                image: 1,
+                index: 0,
+            },
+            op,
+            flags: 0,
+            offset: 0,
+            length: 4096,
+            data: bytes::Bytes::new(),
+            crcs: Vec::new(),
+        }
+    }
+
+    fn reply(seq: u64) -> proto::msg::ObjectReply {
+        let mut r = proto::msg::ObjectReply::status(proto::msg::Status::Ok, 1);
+        r.version = proto::Version { epoch: 1, seq };
+        r
+    }
+
+    #[test]
+    fn reply_versions_that_go_back_are_caught_and_concurrent_ones_pass() {
+        use proto::msg::op::{READ, WRITE};
+        let c = VersionCheck::new(tokio::time::Instant::now());
+        let object = req(READ).object;
+        let w = c.started(&object);
+        let concurrent = c.started(&object); // started before the write's answer
+        c.answered(w, &req(WRITE), &reply(5));
+        c.answered(concurrent, &req(READ), &reply(4));
+        let r = c.started(&object);
+        c.answered(r, &req(READ), &reply(5));
+        assert_eq!(c.results(), (3, vec![]));
+        let stale = c.started(&object);
+        c.answered(stale, &req(READ), &reply(4));
+        let same = c.started(&object);
+        c.answered(same, &req(WRITE), &reply(5));
+        let (checked, v) = c.results();
+        assert_eq!(checked, 5);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(
+            v.iter().all(|m| m.starts_with(kind::VERSION_BACKWARDS)),
+            "{v:?}"
+        );
+        // A power loss starts a new era: older versions may come back.
+        c.power_lost();
+        let after = c.started(&object);
+        c.answered(after, &req(READ), &reply(3));
+        assert_eq!(c.results().1.len(), 2);
+    }
 
     fn h() -> History {
         let mut h = History::default();
@@ -510,5 +566,116 @@ mod tests {
             "{:?}",
             h.violations
         );
+    }
+}
+
+/// The per-object check of the versions that primaries' replies report: an op that starts
+/// after another op on the same object was answered must report a version at least as new
+/// as that one (a read), or newer (a write or trim: each gets a version of its own). A
+/// power loss starts a new era, as in `History`: writes not yet durable may be gone.
+pub struct VersionCheck {
+    base: tokio::time::Instant,
+    state: std::sync::Mutex<VersionState>,
+}
+
+/// The newest version an answered op reported, when it was answered, and which kind of op.
+type Floor = (proto::Version, u64, &'static str);
+
+#[derive(Default)]
+struct VersionState {
+    /// Per object: the newest version an answered op reported.
+    floors: BTreeMap<proto::ObjectId, Floor>,
+    /// Ops started and not answered: object, the floor at their start, era, start time.
+    started: BTreeMap<u64, (proto::ObjectId, Option<Floor>, u32, u64)>,
+    next: u64,
+    era: u32,
+    checked: u64,
+    violations: Vec<String>,
+}
+
+fn op_name(op: u8) -> &'static str {
+    match op {
+        proto::msg::op::READ => "read",
+        proto::msg::op::WRITE => "write",
+        proto::msg::op::TRIM => "trim",
+        _ => "other",
+    }
+}
+
+impl VersionCheck {
+    /// A check whose times count from `base` (the run's start).
+    pub fn new(base: tokio::time::Instant) -> Self {
+        VersionCheck {
+            base,
+            state: Default::default(),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+
+    /// Every node lost power: versions of writes that were not durable may be gone.
+    pub fn power_lost(&self) {
+        let mut s = net::sync::lock(&self.state);
+        s.era += 1;
+        s.floors.clear();
+    }
+
+    /// Replies checked so far, and the violations found.
+    pub fn results(&self) -> (u64, Vec<String>) {
+        let s = net::sync::lock(&self.state);
+        (s.checked, s.violations.clone())
+    }
+}
+
+impl client::OpObserver for VersionCheck {
+    fn started(&self, object: &proto::ObjectId) -> u64 {
+        let now = self.now_us();
+        let mut s = net::sync::lock(&self.state);
+        let token = s.next;
+        s.next += 1;
+        let floor = s.floors.get(object).copied();
+        let era = s.era;
+        s.started.insert(token, (*object, floor, era, now));
+        token
+    }
+
+    fn answered(
+        &self,
+        started: u64,
+        req: &client::cluster::ObjectRequest,
+        reply: &proto::msg::ObjectReply,
+    ) {
+        let now = self.now_us();
+        let mut s = net::sync::lock(&self.state);
+        let Some((object, floor, era, start)) = s.started.remove(&started) else {
+            return;
+        };
+        let name = op_name(req.op);
+        if name == "other" {
+            return;
+        }
+        let v = reply.version;
+        if era == s.era {
+            s.checked += 1;
+            if let Some((fv, at, by)) = floor {
+                let writes = req.op != proto::msg::op::READ;
+                if v < fv || (writes && v == fv) {
+                    let msg = format!(
+                        "{}: {name} of {object} started at {} and answered at {} reports version {v}, but a {by} answered at {} before it started reported {fv}",
+                        kind::VERSION_BACKWARDS,
+                        fmt_us(start),
+                        fmt_us(now),
+                        fmt_us(at)
+                    );
+                    s.violations.push(msg);
+                }
+            }
+        }
+        let newer = s.floors.get(&object).is_none_or(|(fv, _, _)| v > *fv);
+        if era == s.era && newer {
+            s.floors.insert(object, (v, now, name));
+        }
     }
 }

@@ -30,7 +30,9 @@ pub mod check;
 pub mod nbd;
 pub mod network;
 
-use crate::check::{fmt_us, kind, pattern, History, WriteRef, BLOCK, UNIT, UNITS_PER_BLOCK};
+use crate::check::{
+    fmt_us, kind, pattern, History, VersionCheck, WriteRef, BLOCK, UNIT, UNITS_PER_BLOCK,
+};
 use crate::nbd::{Disk, Request};
 use ::net::rt::Node;
 use ::net::sync::lock;
@@ -148,6 +150,8 @@ pub struct Report {
     /// Simulated ms from the heal to all PGs active+clean.
     pub clean_ms: u64,
     pub objects_compared: u64,
+    /// Replies whose object version was checked against earlier answered ops.
+    pub versions_checked: u64,
     /// The longest any client op took (simulated ms).
     pub max_op_ms: u64,
     /// Bytes of a primary's copy that decayed.
@@ -227,6 +231,8 @@ struct World {
     mons: Mutex<Vec<MonSlot>>,
     osds: Mutex<Vec<OsdSlot>>,
     history: Mutex<History>,
+    /// The per-object check of the versions replies report, shared by every client.
+    versions: Arc<VersionCheck>,
     report: Mutex<Report>,
     /// Problems that are not history violations (a store that does not open, ...).
     violations: Mutex<Vec<String>>,
@@ -441,7 +447,10 @@ impl World {
         node.spawn(async move {
             let cluster = loop {
                 match Cluster::connect(mon.clone()).await {
-                    Ok(c) => break c,
+                    Ok(c) => {
+                        c.observe(w.versions.clone());
+                        break c;
+                    }
                     Err(e) => {
                         tracing::info!(target: "sim", "client.{k}: gateway cannot connect yet: {e}");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -542,6 +551,7 @@ impl World {
             }
         }
         lock(&self.history).power_lost(self.now_us());
+        self.versions.power_lost();
         lock(&self.report).power_cycles += 1;
     }
 
@@ -1738,14 +1748,16 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
             id: None,
         })
         .collect();
+    let t0 = Instant::now();
     let world = Arc::new(World {
         net: network::Network::new(rng.random()),
         rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(rng.random())),
-        t0: Instant::now(),
+        t0,
         mon_addrs: initial.iter().map(|m| m.addr.clone()).collect(),
         mons: Mutex::new(mons),
         osds: Mutex::new(osds),
         history: Mutex::new(History::default()),
+        versions: Arc::new(VersionCheck::new(t0)),
         report: Mutex::new(Report::default()),
         violations: Mutex::new(Vec::new()),
         incarnations: Mutex::new(0),
@@ -1893,6 +1905,7 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
         let cluster = Cluster::connect(w.mon_addrs.clone())
             .await
             .map_err(|e| e.to_string())?;
+        cluster.observe(w.versions.clone());
         let image = Image::open(&cluster, POOL, IMAGE).map_err(|e| e.to_string())?;
         for block in 0..w.opts.blocks {
             let start = w.now_us();
@@ -1942,11 +1955,14 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
     let mut history = std::mem::take(&mut *lock(&world.history));
     history.check_order();
     let mut violations = std::mem::take(&mut *lock(&world.violations));
+    let (versions_checked, version_violations) = world.versions.results();
     violations.extend(history.violations.iter().cloned());
+    violations.extend(version_violations);
     let mut report = lock(&world.report).clone();
     report.reads = history.reads;
     report.writes = history.writes;
     report.clean_ms = clean_ms;
+    report.versions_checked = versions_checked;
     (report.segments, report.resets) = world.net.counters();
     report.digest = history.digest();
     report.exposed_writes = history.exposed;

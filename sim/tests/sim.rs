@@ -73,6 +73,7 @@ fn whole_cluster_seeds() {
                 total.mon_cuts += r.mon_cuts;
                 total.resets += r.resets;
                 total.objects_compared += r.objects_compared;
+                total.versions_checked += r.versions_checked;
                 total.flushes += r.flushes;
                 total.mon_isolations += r.mon_isolations;
                 total.bit_rot += r.bit_rot;
@@ -128,8 +129,9 @@ fn whole_cluster_seeds() {
         total.resets
     );
     println!(
-        "  {} bytes of primaries' copies rotted; checked: every op succeeds (no client error), none slower than 60 s or pending 30 s after the heal, no OSD that reaches the monitors on an old map for 10 s; every read against the acknowledged writes; after the heal every PG active+clean and {} object copies compared byte for byte",
+        "  {} bytes of primaries' copies rotted; checked: every op succeeds (no client error), none slower than 60 s or pending 30 s after the heal, no OSD that reaches the monitors on an old map for 10 s; every read against the acknowledged writes; {} reply versions against earlier answers per object; after the heal every PG active+clean and {} object copies compared byte for byte",
         total.bit_rot,
+        total.versions_checked,
         total.objects_compared
     );
     assert!(
@@ -195,23 +197,38 @@ fn planted_within(bug: Bug, kinds: &[&str], limit: u64) {
 fn planted_ack_local_only_is_caught() {
     planted(
         Bug::AckLocalOnly,
-        &[kind::STALE, kind::BACKWARDS, kind::COPIES_DIFFER],
+        &[
+            kind::STALE,
+            kind::BACKWARDS,
+            kind::COPIES_DIFFER,
+            kind::VERSION_BACKWARDS,
+        ],
     );
 }
 
 #[test]
 fn planted_skip_past_intervals_is_caught() {
-    planted(Bug::SkipPastIntervals, &[kind::STALE, kind::BACKWARDS]);
+    planted(
+        Bug::SkipPastIntervals,
+        &[kind::STALE, kind::BACKWARDS, kind::VERSION_BACKWARDS],
+    );
 }
 
 #[test]
 fn planted_no_lease_wait_is_caught() {
-    planted(Bug::NoLeaseWait, &[kind::STALE]);
+    planted(Bug::NoLeaseWait, &[kind::STALE, kind::VERSION_BACKWARDS]);
 }
 
 #[test]
 fn planted_no_rollback_is_caught() {
-    planted(Bug::NoRollback, &[kind::COPIES_DIFFER, kind::BACKWARDS]);
+    planted(
+        Bug::NoRollback,
+        &[
+            kind::COPIES_DIFFER,
+            kind::BACKWARDS,
+            kind::VERSION_BACKWARDS,
+        ],
+    );
 }
 
 #[test]
@@ -231,7 +248,7 @@ fn planted_orphaned_requests_is_caught() {
     // out: caught in 4 of the first 80 seeds, first at seed 32.
     planted_within(
         Bug::OrphanedRequests,
-        &[kind::STALE, kind::BACKWARDS],
+        &[kind::STALE, kind::BACKWARDS, kind::VERSION_BACKWARDS],
         env("SIM_BUG_SEEDS", 40).max(80),
     );
 }
