@@ -352,24 +352,35 @@ async fn model_on_a_loop_device() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
-async fn a_flipped_bit_on_disk_is_a_checksum_error_not_bad_bytes() {
-    let dev = SimDevice::new(8 << 20);
+/// A formatted, open store in immediate mode on a new simulated device of `bytes`.
+async fn fresh_store(bytes: u64) -> (Arc<SimDevice>, Arc<Store>) {
+    let dev = SimDevice::new(bytes);
     format(&*dev).await;
     let store = Store::open(dev.clone(), Durability::Immediate)
         .await
         .unwrap();
-    let data = vec![0x5au8; OBJECT_SIZE];
+    (dev, store)
+}
+
+/// Writes `data` at offset 0 of object `i`, version 1'1.
+async fn put(store: &Arc<Store>, i: u64, data: &[u8]) {
     store
         .write(
-            oid(0),
+            oid(i),
             0,
-            Bytes::from(data.clone()),
-            &block_crcs(&data),
+            Bytes::copy_from_slice(data),
+            &block_crcs(data),
             Version { epoch: 1, seq: 1 },
         )
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_flipped_bit_on_disk_is_a_checksum_error_not_bad_bytes() {
+    let (dev, store) = fresh_store(8 << 20).await;
+    let data = vec![0x5au8; OBJECT_SIZE];
+    put(&store, 0, &data).await;
     // Finds the block holding object offset 4096 by its content and flips a bit in it.
     let sb = store.superblock.clone();
     let mut flipped = false;
@@ -414,24 +425,11 @@ async fn a_flipped_bit_on_disk_is_a_checksum_error_not_bad_bytes() {
 /// again by every recovery attempt and client retry, and must not fail a healthy device.
 #[tokio::test]
 async fn the_checksum_limit_counts_distinct_blocks_not_repeated_reads() {
-    let dev = SimDevice::new(8 << 20);
-    format(&*dev).await;
-    let store = Store::open(dev.clone(), Durability::Immediate)
-        .await
-        .unwrap();
+    let (dev, store) = fresh_store(8 << 20).await;
     let limit = osd::store::CHECKSUM_ERROR_LIMIT;
     let data = vec![0x5au8; BLOCK];
     for i in 0..limit {
-        store
-            .write(
-                oid(i),
-                0,
-                Bytes::from(data.clone()),
-                &block_crcs(&data),
-                Version { epoch: 1, seq: 1 },
-            )
-            .await
-            .unwrap();
+        put(&store, i, &data).await;
     }
     // Every data block holding 0x5a belongs to one of the objects: rot each of them.
     let sb = store.superblock.clone();
