@@ -80,6 +80,8 @@ pub struct SimOptions {
     pub mons: usize,
     pub osds: usize,
     pub clients: usize,
+    /// PGs of the pool.
+    pub pgs: u32,
     /// 4 KiB blocks of the image the clients use.
     pub blocks: u64,
     /// OSDs in lazy mode (a write is durable after a FLUSH or with FUA): the run has a
@@ -92,13 +94,21 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
+    /// The options of `seed`: the cluster's shape (OSDs, one per host; VMs; PGs) varies
+    /// with the seed, independently of the durability mode (`seed % 4`).
     pub fn new(seed: u64) -> Self {
+        // SplitMix64 of the seed: shape bits unrelated to seed % 4.
+        let mut h = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
         SimOptions {
             seed,
             secs: 60,
             mons: 3,
-            osds: 4,
-            clients: 3,
+            osds: 4 + (h % 3) as usize,
+            clients: 2 + (h / 3 % 3) as usize,
+            pgs: [8, 16, 32][(h / 9 % 3) as usize],
             blocks: 96,
             lazy: seed % 4 == 3,
             power_cycle: !seed.is_multiple_of(4),
@@ -2007,7 +2017,7 @@ async fn setup(w: &Arc<World>) -> anyhow::Result<()> {
         name: POOL.into(),
         size: 3,
         min_size: 2,
-        pg_count: 16,
+        pg_count: w.opts.pgs,
         object_size: OBJECT_SIZE,
         failure_domain: FailureDomain::Host,
     })
