@@ -278,7 +278,8 @@ pub struct Store {
     inner: Mutex<Inner>,
     journal: mpsc::UnboundedSender<JournalRequest>,
     checksum_errors: AtomicU64,
-    /// The distinct data blocks that failed their checksum (at most the limit are kept).
+    /// The distinct data blocks that failed their checksum (the device fails at the limit,
+    /// so the set stays small).
     bad_blocks: Mutex<BTreeSet<u32>>,
     checkpoint_lock: tokio::sync::Mutex<()>,
     journal_space: Notify,
