@@ -3,13 +3,17 @@
 //! 512-byte sectors) and applies them in random order. A power cut can be scheduled at the
 //! N-th device operation: that write is left pending (it may or may not survive) and every
 //! later operation fails with EIO, as on a device that lost power mid-stream.
-//! Read errors can be injected to test the store's handling of a failing device.
+//! Read errors can be injected to test the store's handling of a failing device, and so
+//! can slowness (every operation waits a while before it runs: a slow disk, a latency
+//! spike) and a medium that runs out of room (a thin-provisioned volume or a sparse file on
+//! a full filesystem: writes that need new space fail with ENOSPC).
 
 use super::{check_aligned, AlignedBuf, BlockDevice, IoFuture};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const SECTOR: usize = 512;
 const PAGE: usize = 4096;
@@ -52,6 +56,14 @@ impl Medium {
         }
     }
 
+    /// Pages of `offset..offset + len` that hold nothing yet.
+    fn new_pages(&self, offset: usize, len: usize) -> usize {
+        let (first, last) = (offset / PAGE, (offset + len).div_ceil(PAGE));
+        (first..last)
+            .filter(|p| !self.pages.contains_key(&(*p as u64)))
+            .count()
+    }
+
     fn flip(&mut self, offset: usize) {
         let mut b = [0u8];
         self.read(offset, &mut b);
@@ -73,6 +85,12 @@ struct State {
     cut: bool,
     /// Fail reads of this byte offset (and count them).
     bad_read: Option<u64>,
+    /// Every operation waits `.0` plus up to `.1` before it runs.
+    latency: Option<(Duration, Duration)>,
+    /// Draws the jitter of each delayed operation (SplitMix64 state).
+    jitter_state: u64,
+    /// The medium holds at most this many pages: a write needing more fails with ENOSPC.
+    capacity_pages: Option<usize>,
 }
 
 pub struct SimDevice {
@@ -106,6 +124,9 @@ impl SimDevice {
                 cut_at: None,
                 cut: false,
                 bad_read: None,
+                latency: None,
+                jitter_state: 0,
+                capacity_pages: None,
             }),
         })
     }
@@ -132,6 +153,48 @@ impl SimDevice {
     /// Makes reads of the block at `offset` fail with EIO.
     pub fn fail_reads_at(&self, offset: Option<u64>) {
         self.state().bad_read = offset;
+    }
+
+    /// Makes every later operation wait `base` plus up to `jitter` (drawn from `seed`)
+    /// before it runs, as on a slow or stalling disk; `None` makes it fast again.
+    pub fn set_latency(&self, latency: Option<(Duration, Duration)>, seed: u64) {
+        let mut s = self.state();
+        s.latency = latency;
+        s.jitter_state = seed;
+    }
+
+    /// Limits the medium to `extra` pages more than it holds now (`None`: unlimited), as a
+    /// thin pool or a filesystem running out of room: a write that needs a page beyond the
+    /// limit fails with ENOSPC and changes nothing.
+    pub fn limit_space(&self, extra: Option<usize>) {
+        let mut s = self.state();
+        s.capacity_pages = extra.map(|e| s.current.pages.len() + e);
+    }
+
+    /// Whether the medium is short of room (`limit_space`).
+    pub fn space_limited(&self) -> bool {
+        self.state().capacity_pages.is_some()
+    }
+
+    /// How long the next operation waits before it runs.
+    fn delay(&self) -> Option<Duration> {
+        let mut s = self.state();
+        let (base, jitter) = s.latency?;
+        s.jitter_state = s.jitter_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = s.jitter_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let spread = jitter.as_micros() as u64;
+        let extra = if spread == 0 { 0 } else { z % (spread + 1) };
+        Some(base + Duration::from_micros(extra))
+    }
+
+    /// Waits the injected latency, if any (a simulated clock makes this free in real time).
+    async fn wait(&self) {
+        if let Some(d) = self.delay() {
+            tokio::time::sleep(d).await;
+        }
     }
 
     /// Bit rot: flips the bits of the byte at `offset` on the medium, as the page cache
@@ -177,6 +240,13 @@ impl SimDevice {
             }
         }
         let dev = Self::with_image(self.size, image);
+        {
+            // The disk itself is the same: as slow, and as short of room, as it was.
+            let mut n = dev.state();
+            n.latency = s.latency;
+            n.jitter_state = s.jitter_state;
+            n.capacity_pages = s.capacity_pages;
+        }
         (dev, stats)
     }
 
@@ -198,6 +268,11 @@ impl SimDevice {
         let mut s = self.state();
         let cutting = Self::step(&mut s)?;
         let at = offset as usize;
+        if let Some(cap) = s.capacity_pages {
+            if s.current.pages.len() + s.current.new_pages(at, data.len()) > cap {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+        }
         let id = s.next_write;
         s.next_write += 1;
         let first_sector = offset / SECTOR as u64;
@@ -231,22 +306,24 @@ impl BlockDevice for SimDevice {
     }
 
     fn read(&self, offset: u64, mut buf: AlignedBuf) -> IoFuture<'_, (AlignedBuf, io::Result<()>)> {
-        let r = (|| {
-            check_aligned(offset, buf.len(), self.size)?;
-            let mut s = self.state();
-            if Self::step(&mut s)? {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-            if s.bad_read
-                .is_some_and(|b| b >= offset && b < offset + buf.len() as u64)
-            {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-            let at = offset as usize;
-            s.current.read(at, &mut buf);
-            Ok(())
-        })();
-        Box::pin(async move { (buf, r) })
+        Box::pin(async move {
+            self.wait().await;
+            let r = (|| {
+                check_aligned(offset, buf.len(), self.size)?;
+                let mut s = self.state();
+                if Self::step(&mut s)? {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                if s.bad_read
+                    .is_some_and(|b| b >= offset && b < offset + buf.len() as u64)
+                {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                s.current.read(offset as usize, &mut buf);
+                Ok(())
+            })();
+            (buf, r)
+        })
     }
 
     fn write(
@@ -255,8 +332,9 @@ impl BlockDevice for SimDevice {
         buf: AlignedBuf,
         durable: bool,
     ) -> IoFuture<'_, (AlignedBuf, io::Result<()>)> {
-        let r = self.do_write(offset, &buf, durable);
         Box::pin(async move {
+            self.wait().await;
+            let r = self.do_write(offset, &buf, durable);
             // Lets other tasks run between device operations, as real IO would.
             tokio::task::yield_now().await;
             (buf, r)
@@ -264,18 +342,24 @@ impl BlockDevice for SimDevice {
     }
 
     fn flush(&self) -> IoFuture<'_, io::Result<()>> {
-        let r = (|| {
-            let mut s = self.state();
-            if Self::step(&mut s)? {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-            let pending = std::mem::take(&mut s.pending);
-            for (sector, (_, data)) in pending {
-                s.stable.write(sector as usize * SECTOR, &data);
-            }
-            Ok(())
-        })();
-        Box::pin(async move { r })
+        Box::pin(async move {
+            self.wait().await;
+            self.do_flush()
+        })
+    }
+}
+
+impl SimDevice {
+    fn do_flush(&self) -> io::Result<()> {
+        let mut s = self.state();
+        if Self::step(&mut s)? {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let pending = std::mem::take(&mut s.pending);
+        for (sector, (_, data)) in pending {
+            s.stable.write(sector as usize * SECTOR, &data);
+        }
+        Ok(())
     }
 }
 
@@ -311,6 +395,48 @@ mod tests {
             seen_lost,
             "an unflushed write must sometimes be lost or torn"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_device_delays_each_operation_within_its_bounds() {
+        let d = SimDevice::new(1 << 20);
+        let (base, jitter) = (Duration::from_millis(20), Duration::from_millis(30));
+        d.set_latency(Some((base, jitter)), 7);
+        let mut took = Vec::new();
+        for i in 0..16u64 {
+            let t = tokio::time::Instant::now();
+            d.write(i * 4096, block(1), false).await.1.unwrap();
+            took.push(t.elapsed());
+        }
+        assert!(took
+            .iter()
+            .all(|t| *t >= base && *t <= base + jitter + Duration::from_millis(1)));
+        assert!(
+            took.iter().any(|t| *t != took[0]),
+            "the delay must vary: {took:?}"
+        );
+        d.set_latency(None, 0);
+        let t = tokio::time::Instant::now();
+        d.flush().await.unwrap();
+        assert_eq!(t.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_full_medium_refuses_new_pages_and_keeps_rewriting_old_ones() {
+        let d = SimDevice::new(1 << 20);
+        d.write(0, block(1), true).await.1.unwrap();
+        d.limit_space(Some(1));
+        d.write(4096, block(2), true).await.1.unwrap();
+        let e = d.write(8192, block(3), true).await.1.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        // Space already held can be rewritten, and the refused write changed nothing.
+        d.write(0, block(4), true).await.1.unwrap();
+        let (b, r) = d.read(0, AlignedBuf::zeroed(12288)).await;
+        r.unwrap();
+        assert!(b[..4096].iter().all(|&x| x == 4));
+        assert!(b[8192..].iter().all(|&x| x == 0));
+        d.limit_space(None);
+        d.write(8192, block(3), true).await.1.unwrap();
     }
 
     #[tokio::test]
