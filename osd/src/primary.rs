@@ -405,6 +405,10 @@ fn reply_read(
 pub fn store_status(e: &StoreError) -> Status {
     match e {
         StoreError::NoSpace(_) => Status::NoSpace,
+        // The device failed (a write or read error, ENOSPC from a thin volume, too many
+        // bad blocks): this OSD stops and the monitors mark it down and out at once, so
+        // the client resends to the PG's next primary instead of failing the tenant's IO.
+        StoreError::DeviceFailed(_) => Status::ShuttingDown,
         StoreError::Range { .. } => Status::Invalid,
         StoreError::Checksum { .. } => Status::Io,
         _ => Status::Io,

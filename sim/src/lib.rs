@@ -174,6 +174,10 @@ pub struct Report {
     pub connection_drops: u64,
     /// Requests the VMs sent again on a new connection.
     pub resends: u64,
+    /// Spells of an OSD's device being slow (every operation delayed).
+    pub slow_disks: u64,
+    /// OSD devices that ran out of room (writes needing new space failed with ENOSPC).
+    pub full_devices: u64,
     /// NBD sub-block writes (the gateway's read-modify-write), zeroings and trims.
     pub partial_writes: u64,
     pub zeroings: u64,
@@ -350,16 +354,30 @@ impl World {
             } else {
                 osd::Durability::Immediate
             };
-            let store = match Store::open(dev, durability).await {
-                Ok(s) => s,
-                Err(e) => {
-                    me.violation(
-                        kind::DAEMON,
-                        format!("osd.{i}'s store does not open after a crash: {e}"),
-                    );
-                    return;
-                }
-            };
+            let store =
+                match Store::open(Arc::clone(&dev) as Arc<dyn BlockDevice>, durability).await {
+                    Ok(s) => s,
+                    // A device out of room may refuse the writes of opening (replay,
+                    // checkpoint): the service manager tries again, and it opens once the
+                    // operator has added room.
+                    Err(e) if dev.space_limited() => {
+                        tracing::info!("osd.{i}'s store does not open on a full device: {e}");
+                        let mut osds = lock(&me.osds);
+                        if osds[i].generation == generation {
+                            osds[i].node = None;
+                            drop(osds);
+                            me.start_later(i, Duration::from_secs(2));
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        me.violation(
+                            kind::DAEMON,
+                            format!("osd.{i}'s store does not open after a crash: {e}"),
+                        );
+                        return;
+                    }
+                };
             let cfg = osd::Config {
                 device: format!("sim-osd.{i}").into(),
                 durability,
@@ -394,12 +412,17 @@ impl World {
                 }
             };
             if restart {
-                let again = Arc::clone(&me);
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    again.start_osd(i);
-                });
+                me.start_later(i, Duration::from_secs(1));
             }
+        });
+    }
+
+    /// Starts OSD slot `i` again after `after`, as a service manager would.
+    fn start_later(self: &Arc<Self>, i: usize, after: Duration) {
+        let again = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            again.start_osd(i);
         });
     }
 
@@ -875,7 +898,7 @@ impl World {
             }
             let hold = Duration::from_millis(self.rand(|r| r.random_range(300..6000)));
             // Kind 10 (an OSD cut from the monitors only) twice as often as the others.
-            let kind = match self.rand(|r| r.random_range(0..19)) {
+            let kind = match self.rand(|r| r.random_range(0..21)) {
                 13 => 10,
                 k => k,
             };
@@ -1100,6 +1123,52 @@ impl World {
                         lock(&self.report).gateway_restarts += 1;
                         self.restart_later(Restart::Gateway(k), hold.min(Duration::from_secs(3)));
                     }
+                }
+                // A slow disk (a few ms to tens of ms per operation) or a stalling one
+                // (seconds per operation), on a hot block's primary or any OSD.
+                19 => {
+                    let victim = if self.rand(|r| r.random_bool(0.5)) {
+                        let b = self.rand(|r| r.random_range(0..HOT_BLOCKS.min(self.opts.blocks)));
+                        self.primary_of(b)
+                    } else {
+                        Some(self.rand(|r| r.random_range(0..n_osds)))
+                    };
+                    let Some(i) = victim else { continue };
+                    let (base, jitter) = if self.rand(|r| r.random_bool(0.7)) {
+                        (
+                            self.rand(|r| r.random_range(1..20)),
+                            self.rand(|r| r.random_range(0..50)),
+                        )
+                    } else {
+                        (
+                            self.rand(|r| r.random_range(200..1500)),
+                            self.rand(|r| r.random_range(0..500)),
+                        )
+                    };
+                    let latency = (Duration::from_millis(base), Duration::from_millis(jitter));
+                    let seed = self.rand(|r| r.random());
+                    lock(&self.osds)[i].dev.set_latency(Some(latency), seed);
+                    tracing::info!(target: "sim", "fault: osd slot {i}'s device takes {base}+{jitter} ms per operation for {hold:?}");
+                    lock(&self.report).slow_disks += 1;
+                    let w = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(hold).await;
+                        lock(&w.osds)[i].dev.set_latency(None, 0);
+                    });
+                }
+                // An OSD's device runs out of room (a thin pool or a full filesystem):
+                // writes needing new space fail with ENOSPC until the operator adds room.
+                20 => {
+                    let i = self.rand(|r| r.random_range(0..n_osds));
+                    let extra = self.rand(|r| r.random_range(0..256));
+                    lock(&self.osds)[i].dev.limit_space(Some(extra));
+                    tracing::info!(target: "sim", "fault: osd slot {i}'s device has room for {extra} more pages for {hold:?}");
+                    lock(&self.report).full_devices += 1;
+                    let w = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(hold).await;
+                        lock(&w.osds)[i].dev.limit_space(None);
+                    });
                 }
                 // A slow network.
                 _ => {
@@ -1828,6 +1897,10 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
     let healed = Instant::now();
     *lock(&world.healed_at) = Some(healed);
     world.net.heal();
+    for o in lock(&world.osds).iter() {
+        o.dev.set_latency(None, 0);
+        o.dev.limit_space(None);
+    }
     for i in 0..opts.mons {
         world.start_mon(i);
     }
