@@ -70,6 +70,10 @@ const AFTER_HEAL: Duration = Duration::from_secs(30);
 const MAP_LAG: Duration = Duration::from_secs(10);
 /// Each OSD's simulated device.
 const DEVICE_BYTES: u64 = 32 << 20;
+/// The load's last seconds run without new faults: the cluster heals as they begin and
+/// must serve every op from then on. A wedge that the next fault's map change would have
+/// cleared (peering again lists the member's real versions) shows here.
+const CALM: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -233,6 +237,8 @@ struct World {
     clients: Mutex<Vec<ClientSlot>>,
     /// Per client: a block its writer writes next (a fault steering the workload).
     steer: Mutex<Vec<Option<u64>>>,
+    /// Per client: the blocks its writers have a request in flight on.
+    writing: Mutex<Vec<BTreeMap<u64, usize>>>,
     /// Per client: its writer pauses until then, and its reader reads only this block
     /// range (a read-only spell on one object).
     quiet: Mutex<Vec<Option<Quiet>>>,
@@ -647,11 +653,63 @@ impl World {
             };
             tracing::info!(target: "sim", "restart {name}");
             match what {
-                Restart::Osd(i) => me.start_osd(i),
+                Restart::Osd(i) => {
+                    me.start_osd(i);
+                    me.stall_a_peer(i);
+                }
                 Restart::Mon(i) => me.start_mon(i),
                 Restart::Client(k) => me.start_client(k),
                 Restart::Gateway(k) => me.start_gateway(k),
             }
+        });
+    }
+
+    /// The faults stop under load: partitions heal, devices are fast and roomy again,
+    /// crashed monitors and OSDs return (the OSDs while a peer's disk stalls, see
+    /// `stall_a_peer`). Scheduled restarts and heals still run, to no effect.
+    fn calm_down(self: &Arc<Self>) {
+        tracing::info!(target: "sim", "calm: the faults stop, the load goes on");
+        self.net.heal();
+        for o in lock(&self.osds).iter() {
+            o.dev.set_latency(None, 0);
+            o.dev.limit_space(None);
+        }
+        for i in 0..self.opts.mons {
+            self.start_mon(i);
+        }
+        for i in 0..self.opts.osds {
+            if lock(&self.osds)[i].node.is_none() {
+                self.start_osd(i);
+                self.stall_a_peer(i);
+            }
+        }
+    }
+
+    /// Half of the time, while OSD slot `i` returns and peers, another OSD's disk stalls
+    /// (hundreds of ms per operation): peering then meets writes of the interval that
+    /// just ended still in that member's store (planted `query-before-drain`: it answers
+    /// with a version its store is about to replace, and recovery waits for it forever).
+    fn stall_a_peer(self: &Arc<Self>, i: usize) {
+        let n = self.opts.osds;
+        if n < 2 || self.rand(|r| r.random_bool(0.5)) {
+            return;
+        }
+        let j = (i + self.rand(|r| r.random_range(1..n))) % n;
+        let after = Duration::from_millis(self.rand(|r| r.random_range(500..2500)));
+        let hold = Duration::from_millis(self.rand(|r| r.random_range(1500..4000)));
+        let latency = (
+            Duration::from_millis(self.rand(|r| r.random_range(300..900))),
+            Duration::from_millis(self.rand(|r| r.random_range(0..300))),
+        );
+        let seed = self.rand(|r| r.random());
+        let w = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            tracing::info!(target: "sim", "fault: osd slot {j}'s device stalls ({latency:?} per operation) for {hold:?} while osd slot {i} returns");
+            lock(&w.report).slow_disks += 1;
+            lock(&w.osds)[j].dev.set_latency(Some(latency), seed);
+            tokio::time::sleep(hold).await;
+            lock(&w.osds)[j].dev.set_latency(None, 0);
         });
     }
 
@@ -847,9 +905,20 @@ impl World {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let disk = lock(&w.clients)[k].disk.clone();
+            let in_flight: Vec<u64> = lock(&w.writing)[k].keys().copied().collect();
             if disk.is_some_and(|d| d.drop_connection()) {
-                tracing::info!(target: "sim", "fault: client.{k}'s NBD connection drops");
+                tracing::info!(target: "sim", "fault: client.{k}'s NBD connection drops with writes in flight on blocks {in_flight:?}");
                 lock(&w.report).connection_drops += 1;
+                // A newer write of a block whose old request may still be pending, and
+                // reads of it while that request could still land.
+                let Some(&first) = in_flight.first() else {
+                    return;
+                };
+                lock(&w.steer)[k] = Some(first);
+                for n in 0..16 {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    *lock(&w.read_next) = Some(in_flight[n % in_flight.len()]);
+                }
             }
         });
     }
@@ -866,8 +935,9 @@ impl World {
             .collect()
     }
 
-    /// Injects a random fault every 1-4 s until `until`, each healed or restarted later.
-    async fn faults(self: Arc<Self>, until: Instant) {
+    /// Injects a random fault every 1-4 s until `until`, each healed or restarted later,
+    /// and abandons a write shortly before the load ends at `end`.
+    async fn faults(self: Arc<Self>, until: Instant, end: Instant) {
         if self.opts.power_cycle {
             let w = Arc::clone(&self);
             let secs = self.opts.secs.max(40);
@@ -886,7 +956,7 @@ impl World {
             let w = Arc::clone(&self);
             let k = self.rand(|r| r.random_range(0..self.opts.clients));
             tokio::spawn(async move {
-                tokio::time::sleep_until(until - Duration::from_secs(4)).await;
+                tokio::time::sleep_until(end - Duration::from_secs(4)).await;
                 w.abandon_write(k, Duration::from_secs(6));
             });
         }
@@ -1374,7 +1444,18 @@ impl World {
                 )
             };
             tracing::debug!(target: "sim", "{}", what());
-            match disk.call(&req).await {
+            *lock(&self.writing)[k].entry(block).or_default() += 1;
+            let answer = disk.call(&req).await;
+            {
+                let mut writing = lock(&self.writing);
+                if let Some(c) = writing[k].get_mut(&block) {
+                    *c -= 1;
+                    if *c == 0 {
+                        writing[k].remove(&block);
+                    }
+                }
+            }
+            match answer {
                 Ok(_) => {
                     let at = self.now_us();
                     let durable = fua || !self.opts.lazy;
@@ -1857,6 +1938,7 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
         ),
         admin: Mutex::new(None),
         steer: Mutex::new(vec![None; opts.clients]),
+        writing: Mutex::new(vec![BTreeMap::new(); opts.clients]),
         quiet: Mutex::new(vec![None; opts.clients]),
         opts: opts.clone(),
     });
@@ -1887,9 +1969,12 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
     for k in 0..opts.clients {
         world.start_client(k);
     }
-    let faults = tokio::spawn(Arc::clone(&world).faults(until));
+    let calm = until - CALM.min(Duration::from_secs(opts.secs / 4));
+    let faults = tokio::spawn(Arc::clone(&world).faults(calm, until));
     let maps = tokio::spawn(Arc::clone(&world).watch_maps(until));
     let _ = faults.await;
+    tokio::time::sleep_until(calm).await;
+    world.calm_down();
     let _ = maps.await;
     tokio::time::sleep_until(until).await;
 

@@ -67,6 +67,8 @@ fn whole_cluster_seeds() {
                 total.partitions += r.partitions;
                 total.one_way += r.one_way;
                 total.loss_bursts += r.loss_bursts;
+                total.slow_disks += r.slow_disks;
+                total.full_devices += r.full_devices;
                 total.host_crashes += r.host_crashes;
                 total.abandoned_writes += r.abandoned_writes;
                 total.drains += r.drains;
@@ -113,7 +115,7 @@ fn whole_cluster_seeds() {
         total.resends
     );
     println!(
-        "  faults: {} gateway restarts, {} connection drops, {} OSD crashes, {} monitor crashes, {} monitors cut from the others, {} host power losses, {} partitions, {} one-way partitions, {} OSDs cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts ({} connections reset); fewest crashes+partitions in a seed {min_faults}",
+        "  faults: {} gateway restarts, {} connection drops, {} OSD crashes, {} monitor crashes, {} monitors cut from the others, {} host power losses, {} partitions, {} one-way partitions, {} OSDs cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts ({} connections reset), {} slow or stalling disks, {} devices out of room; fewest crashes+partitions in a seed {min_faults}",
         total.gateway_restarts,
         total.connection_drops,
         total.osd_crashes,
@@ -126,7 +128,9 @@ fn whole_cluster_seeds() {
         total.abandoned_writes,
         total.drains,
         total.loss_bursts,
-        total.resets
+        total.resets,
+        total.slow_disks,
+        total.full_devices
     );
     println!(
         "  {} bytes of primaries' copies rotted; checked: every op succeeds (no client error), none slower than 60 s or pending 30 s after the heal, no OSD that reaches the monitors on an old map for 10 s; every read against the acknowledged writes; {} reply versions against earlier answers per object; after the heal every PG active+clean and {} object copies compared byte for byte",
@@ -244,8 +248,9 @@ fn planted_no_read_repair_is_caught() {
 #[test]
 fn planted_orphaned_requests_is_caught() {
     // It needs a connection drop while a request waits for a connection attempt to a
-    // replaced primary, and a newer write to the same sector before that attempt times
-    // out: caught in 4 of the first 80 seeds, first at seed 32.
+    // replaced primary; the writer then rewrites a block that had a request in flight and
+    // the readers read it while the old attempt may still land: caught in 4 of the first
+    // 80 seeds, first at seed 7.
     planted_within(
         Bug::OrphanedRequests,
         &[kind::STALE, kind::BACKWARDS, kind::VERSION_BACKWARDS],
