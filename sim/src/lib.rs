@@ -73,7 +73,12 @@ const DEVICE_BYTES: u64 = 32 << 20;
 /// The load's last seconds run without new faults: the cluster heals as they begin and
 /// must serve every op from then on. A wedge that the next fault's map change would have
 /// cleared (peering again lists the member's real versions) shows here.
-const CALM: Duration = Duration::from_secs(15);
+const CALM: Duration = Duration::from_secs(20);
+/// In the calm, once this long has passed (returning OSDs have booted and peered, their
+/// peers' disks are fast again), a client op must finish within `CALM_OP`: one that does
+/// not is waiting for something no fault explains (a wedge).
+const CALM_SETTLE: Duration = Duration::from_secs(8);
+const CALM_OP: Duration = Duration::from_secs(8);
 
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -261,6 +266,8 @@ struct World {
     mon_isolated_until: Mutex<Option<Instant>>,
     /// When the faults healed.
     healed_at: Mutex<Option<Instant>>,
+    /// When the calm began (see `CALM`).
+    calm_at: Mutex<Option<Instant>>,
     /// A block the next reader reads (one with a decayed copy).
     read_next: Mutex<Option<u64>>,
 }
@@ -669,6 +676,7 @@ impl World {
     /// `stall_a_peer`). Scheduled restarts and heals still run, to no effect.
     fn calm_down(self: &Arc<Self>) {
         tracing::info!(target: "sim", "calm: the faults stop, the load goes on");
+        *lock(&self.calm_at) = Some(Instant::now());
         self.net.heal();
         for o in lock(&self.osds).iter() {
             o.dev.set_latency(None, 0);
@@ -831,8 +839,8 @@ impl World {
     /// A write abandoned half-way: client `k` writes one of its cold blocks while that
     /// block's primary is cut off from its peers and the monitors (so only the primary's
     /// copy takes the write), and dies before it can retry. The primary comes back after
-    /// `hold`; its copy must then be rolled back.
-    fn abandon_write(self: &Arc<Self>, k: usize, hold: Duration) {
+    /// `hold`; its copy must then be rolled back. The VM starts again after `restart`.
+    fn abandon_write(self: &Arc<Self>, k: usize, hold: Duration, restart: Duration) {
         let cold = self
             .owned(k)
             .into_iter()
@@ -867,7 +875,7 @@ impl World {
             if w.kill_client(k) {
                 tracing::info!(target: "sim", "fault: client.{k} dies writing block {b}");
                 lock(&w.report).abandoned_writes += 1;
-                w.restart_later(Restart::Client(k), hold + Duration::from_secs(3));
+                w.restart_later(Restart::Client(k), restart);
             }
         });
     }
@@ -940,24 +948,30 @@ impl World {
     async fn faults(self: Arc<Self>, until: Instant, end: Instant) {
         if self.opts.power_cycle {
             let w = Arc::clone(&self);
-            let secs = self.opts.secs.max(40);
-            let at =
-                Duration::from_millis(self.rand(|r| r.random_range(15_000..(secs - 20) * 1000)));
+            // Done and recovered from well before the calm.
+            let last = (until - Instant::now())
+                .as_secs()
+                .saturating_sub(10)
+                .max(16);
+            let at = Duration::from_millis(self.rand(|r| r.random_range(15_000..last * 1000)));
             let hold = Duration::from_millis(self.rand(|r| r.random_range(1_000..5_000)));
             tokio::spawn(async move {
                 tokio::time::sleep(at).await;
                 w.power_cycle(hold);
             });
         }
-        // One write abandoned shortly before the load stops: nothing rewrites its object
-        // before the primary returns, so its copy must be rolled back for the copies to
-        // agree at the end.
+        // One write abandoned shortly before the calm, by a VM that stays dead until the
+        // load ends: nothing rewrites its object after the primary returns, so its copy
+        // must be rolled back for the copies to agree at the end.
         {
             let w = Arc::clone(&self);
             let k = self.rand(|r| r.random_range(0..self.opts.clients));
             tokio::spawn(async move {
-                tokio::time::sleep_until(end - Duration::from_secs(4)).await;
-                w.abandon_write(k, Duration::from_secs(6));
+                // It may wait up to 5 s for the writer to take the block: cut off and
+                // dead before the calm begins.
+                tokio::time::sleep_until(until - Duration::from_secs(10)).await;
+                let back = end - Instant::now();
+                w.abandon_write(k, Duration::from_secs(4), back);
             });
         }
         while Instant::now() < until {
@@ -1112,7 +1126,8 @@ impl World {
                 // A write abandoned half-way (see `abandon_write`).
                 14 => {
                     let k = self.rand(|r| r.random_range(0..self.opts.clients));
-                    self.abandon_write(k, hold.max(Duration::from_secs(6)));
+                    let hold = hold.max(Duration::from_secs(6));
+                    self.abandon_write(k, hold, hold + Duration::from_secs(3));
                 }
                 // A monitor cut from the other monitors only, for long: OSDs and clients
                 // still reach it, and those subscribed to it must notice that its map is
@@ -1304,6 +1319,22 @@ impl World {
                         "{} was still pending {:.1} s after the faults healed",
                         what(),
                         (Instant::now() - h).as_secs_f64()
+                    ),
+                );
+                return;
+            }
+        }
+        let calm = *lock(&self.calm_at);
+        let until = *lock(&self.until);
+        if let (Some(c), Some(u)) = (calm, until) {
+            if started >= c + CALM_SETTLE && started + CALM_OP <= u && took > CALM_OP {
+                self.violation(
+                    kind::WEDGE,
+                    format!(
+                        "{} took {:.1} s, started {:.1} s into the calm (every fault healed)",
+                        what(),
+                        took.as_secs_f64(),
+                        (started - c).as_secs_f64()
                     ),
                 );
                 return;
@@ -1923,6 +1954,7 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
         incarnations: Mutex::new(0),
         mon_isolated_until: Mutex::new(None),
         healed_at: Mutex::new(None),
+        calm_at: Mutex::new(None),
         read_next: Mutex::new(None),
         until: Mutex::new(None),
         clients: Mutex::new(
