@@ -688,9 +688,34 @@ impl World {
         for i in 0..self.opts.osds {
             if lock(&self.osds)[i].node.is_none() {
                 self.start_osd(i);
-                self.stall_a_peer(i);
+                self.stall_peers(i);
             }
         }
+    }
+
+    /// While OSD slot `i` returns into the calm, every other OSD's disk stalls for a few
+    /// seconds (hundreds of ms per operation): the writes of the interval that is ending
+    /// are still in their stores when `i` peers. A wedge this causes (a member answered
+    /// with a version its store then replaced) is not cleared by a later fault.
+    fn stall_peers(self: &Arc<Self>, i: usize) {
+        let hold = Duration::from_millis(self.rand(|r| r.random_range(2000..4000)));
+        for j in (0..self.opts.osds).filter(|j| *j != i) {
+            let latency = (
+                Duration::from_millis(self.rand(|r| r.random_range(300..900))),
+                Duration::from_millis(self.rand(|r| r.random_range(0..300))),
+            );
+            let seed = self.rand(|r| r.random());
+            lock(&self.osds)[j].dev.set_latency(Some(latency), seed);
+        }
+        tracing::info!(target: "sim", "calm: every disk but osd slot {i}'s stalls for {hold:?} while it returns");
+        lock(&self.report).slow_disks += 1;
+        let w = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            for o in lock(&w.osds).iter() {
+                o.dev.set_latency(None, 0);
+            }
+        });
     }
 
     /// Half of the time, while OSD slot `i` returns and peers, another OSD's disk stalls
@@ -972,6 +997,23 @@ impl World {
                 tokio::time::sleep_until(until - Duration::from_secs(10)).await;
                 let back = end - Instant::now();
                 w.abandon_write(k, Duration::from_secs(4), back);
+            });
+        }
+        // The last fault: a hot block's primary crashes shortly before the calm and
+        // returns as it begins (`calm_down`). (Not in lazy mode, as for every crash of
+        // one OSD.)
+        {
+            let w = Arc::clone(&self);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(until - Duration::from_secs(4)).await;
+                let down = lock(&w.osds).iter().filter(|o| o.node.is_none()).count();
+                if w.opts.lazy || down >= 2 {
+                    return;
+                }
+                let b = w.rand(|r| r.random_range(0..HOT_BLOCKS.min(w.opts.blocks)));
+                if let Some(i) = w.primary_of(b) {
+                    w.crash_osd(i);
+                }
             });
         }
         while Instant::now() < until {
