@@ -42,7 +42,7 @@ use nbd_gateway::cluster::ClusterProvider;
 use nbd_gateway::{Exports, ServerConfig};
 use osd::daemon::Osd;
 use osd::planted::Bug;
-use osd::store::device::sim::SimDevice;
+use osd::store::device::sim::{splitmix64, SimDevice};
 use osd::store::device::BlockDevice;
 use osd::store::Store;
 use proto::map::{FailureDomain, WEIGHT_ONE};
@@ -106,11 +106,8 @@ impl SimOptions {
     /// The options of `seed`: the cluster's shape (OSDs, one per host; VMs; PGs) varies
     /// with the seed, independently of the durability mode (`seed % 4`).
     pub fn new(seed: u64) -> Self {
-        // SplitMix64 of the seed: shape bits unrelated to seed % 4.
-        let mut h = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        h ^= h >> 31;
+        // Shape bits unrelated to seed % 4.
+        let h = splitmix64(seed);
         SimOptions {
             seed,
             secs: 60,
@@ -678,10 +675,7 @@ impl World {
         tracing::info!(target: "sim", "calm: the faults stop, the load goes on");
         *lock(&self.calm_at) = Some(Instant::now());
         self.net.heal();
-        for o in lock(&self.osds).iter() {
-            o.dev.set_latency(None, 0);
-            o.dev.limit_space(None);
-        }
+        self.heal_devices();
         for i in 0..self.opts.mons {
             self.start_mon(i);
         }
@@ -690,6 +684,14 @@ impl World {
                 self.start_osd(i);
                 self.stall_peers(i);
             }
+        }
+    }
+
+    /// Every OSD's device fast and roomy again.
+    fn heal_devices(&self) {
+        for o in lock(&self.osds).iter() {
+            o.dev.set_latency(None, 0);
+            o.dev.limit_space(None);
         }
     }
 
@@ -2056,10 +2058,7 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
     let healed = Instant::now();
     *lock(&world.healed_at) = Some(healed);
     world.net.heal();
-    for o in lock(&world.osds).iter() {
-        o.dev.set_latency(None, 0);
-        o.dev.limit_space(None);
-    }
+    world.heal_devices();
     for i in 0..opts.mons {
         world.start_mon(i);
     }

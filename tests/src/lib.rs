@@ -200,6 +200,21 @@ pub fn dev_up(dir: &Path, args: &[&str]) -> DevCluster {
     cluster
 }
 
+/// `dev_up` of the small cluster most fault tests use (64 MiB OSDs and image, 8 PGs),
+/// with `extra` arguments.
+pub fn dev_up_small(dir: &Path, extra: &[&str]) -> DevCluster {
+    let mut args = vec![
+        "--osd-size",
+        "64M",
+        "--image-size",
+        "64M",
+        "--pg-count",
+        "8",
+    ];
+    args.extend_from_slice(extra);
+    dev_up(dir, &args)
+}
+
 /// A two-worker tokio runtime for tests that drive the client library.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

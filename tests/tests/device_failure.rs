@@ -30,17 +30,7 @@ fn osd_state(mon: &str, id: u64) -> (bool, bool) {
 fn checksum_errors_past_the_limit_take_the_osd_down_and_out() {
     let dir = TempDir::new("devfail");
     let d = dir.path().to_str().unwrap();
-    let env = dev_up(
-        dir.path(),
-        &[
-            "--osd-size",
-            "64M",
-            "--image-size",
-            "64M",
-            "--pg-count",
-            "8",
-        ],
-    );
+    let env = dev_up_small(dir.path(), &[]);
     let var = |k: &str| env[k].clone();
     let mon = var("ATLANT_MON");
     let osd0_pid: u32 = var("OSD_PIDS")

@@ -22,19 +22,7 @@ fn pid_of(dir: &std::path::Path, id: u64) -> u32 {
 #[test]
 fn killed_and_hung_osds_are_marked_down_and_come_back() {
     let dir = TempDir::new("liveness");
-    let env = dev_up(
-        dir.path(),
-        &[
-            "--osd-size",
-            "64M",
-            "--image-size",
-            "64M",
-            "--pg-count",
-            "8",
-            "--osd-grace-secs",
-            "2",
-        ],
-    );
+    let env = dev_up_small(dir.path(), &["--osd-grace-secs", "2"]);
     let mon = env["ATLANT_MON"].clone();
     let d = dir.path().to_str().unwrap();
 

@@ -21,19 +21,7 @@ use std::time::Duration;
 #[test]
 fn writes_of_a_dropped_connection_never_land_after_their_resends() {
     let dir = TempDir::new("resend");
-    let env = dev_up(
-        dir.path(),
-        &[
-            "--osd-size",
-            "64M",
-            "--image-size",
-            "64M",
-            "--pg-count",
-            "8",
-            "--osd-grace-secs",
-            "2",
-        ],
-    );
+    let env = dev_up_small(dir.path(), &["--osd-grace-secs", "2"]);
     let mon = env["ATLANT_MON"].clone();
     // The 16 blocks written are in the image's first object (128 KiB objects).
     let primary = primary_of_first_object(&mon);

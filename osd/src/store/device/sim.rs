@@ -15,6 +15,17 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// SplitMix64's increment.
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64 of `x`: well-mixed bits from a counter or a seed, with no generator state.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(GOLDEN_GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 const SECTOR: usize = 512;
 const PAGE: usize = 4096;
 
@@ -180,11 +191,8 @@ impl SimDevice {
     fn delay(&self) -> Option<Duration> {
         let mut s = self.state();
         let (base, jitter) = s.latency?;
-        s.jitter_state = s.jitter_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = s.jitter_state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        let z = splitmix64(s.jitter_state);
+        s.jitter_state = s.jitter_state.wrapping_add(GOLDEN_GAMMA);
         let spread = jitter.as_micros() as u64;
         let extra = if spread == 0 { 0 } else { z % (spread + 1) };
         Some(base + Duration::from_micros(extra))
