@@ -598,6 +598,69 @@ impl World {
         lock(&self.report).power_cycles += 1;
     }
 
+    /// The VMs only read (their writers idle, none flushes) while the operator drains every
+    /// member of a hot block's PG; as soon as the PG's history no longer names them (it
+    /// was recovered onto its new members and recorded clean) and they have removed their
+    /// copies, every node loses power. The moved copies are then the only ones: had they
+    /// not been flushed before the PG was called clean (planted `unflushed-recovery`), the
+    /// power cut loses writes that completed FLUSHes covered, which the VMs read after it.
+    /// The drained OSDs stay out a while longer, so nothing restores the old copies.
+    async fn move_then_power_cycle(self: &Arc<Self>) {
+        let Some(map) = self.map() else { return };
+        let b = self.rand(|r| r.random_range(0..HOT_BLOCKS.min(self.opts.blocks)));
+        let Some(obj) = self.image_object(&map, b) else {
+            return;
+        };
+        let Some(pool) = map.pools.get(&obj.pool) else {
+            return;
+        };
+        let pg = proto::placement::object_pg(&obj, pool);
+        let members = proto::pg::pool_mappings(&map, pool)
+            .get(pg.seed as usize)
+            .map(|m| m.osds.clone())
+            .unwrap_or_default();
+        let slots: Vec<usize> = {
+            let osds = lock(&self.osds);
+            (0..osds.len())
+                .filter(|i| osds[*i].id.is_some_and(|id| members.contains(&id)))
+                .collect()
+        };
+        let quiet_for = Duration::from_secs(30);
+        for q in lock(&self.quiet).iter_mut() {
+            *q = Some((Instant::now() + quiet_for, 0..self.opts.blocks));
+        }
+        tracing::info!(target: "sim", "fault: the VMs idle while the operator moves {pg} off {members:?}");
+        // Out until well after the power returns; `drain` marks them in then.
+        let hold = Duration::from_secs(20);
+        self.drain(slots, hold);
+        let deadline = Instant::now() + Duration::from_secs(12);
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let Some(map) = self.map() else { continue };
+            let Some(pool) = map.pools.get(&pg.pool) else {
+                return;
+            };
+            let placed = proto::pg::pool_mappings(&map, pool)
+                .get(pg.seed as usize)
+                .is_some_and(|m| !m.osds.iter().any(|o| members.contains(o)));
+            let named = map.pg_history.get(&pg).is_some_and(|h| {
+                h.iter()
+                    .any(|i| i.members.iter().any(|m| members.contains(&m.osd)))
+            });
+            if placed && !named {
+                tracing::info!(target: "sim", "{pg} moved and recorded clean at epoch {}", map.epoch);
+                // Their stray copies go within a pass of the cleanup (every 2 s).
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                break;
+            }
+        }
+        let hold = Duration::from_millis(self.rand(|r| r.random_range(1_000..3_000)));
+        for q in lock(&self.quiet).iter_mut() {
+            *q = None;
+        }
+        self.power_cycle(hold);
+    }
+
     /// The operator marks OSDs out (draining their hosts), and in again after `hold`.
     fn drain(self: &Arc<Self>, slots: Vec<usize>, hold: Duration) {
         let ids: Vec<OsdId> = {
@@ -973,7 +1036,15 @@ impl World {
     /// Injects a random fault every 1-4 s until `until`, each healed or restarted later,
     /// and abandons a write shortly before the load ends at `end`.
     async fn faults(self: Arc<Self>, until: Instant, end: Instant) {
-        if self.opts.power_cycle {
+        if self.opts.lazy && self.opts.osds >= 5 {
+            // The power cycle comes right after data moved (see `move_then_power_cycle`).
+            let w = Arc::clone(&self);
+            let at = Duration::from_millis(self.rand(|r| r.random_range(12_000..18_000)));
+            tokio::spawn(async move {
+                tokio::time::sleep(at).await;
+                w.move_then_power_cycle().await;
+            });
+        } else if self.opts.power_cycle {
             let w = Arc::clone(&self);
             // Done and recovered from well before the calm.
             let last = (until - Instant::now())

@@ -273,6 +273,23 @@ fn planted_query_before_drain_is_caught() {
 }
 
 #[test]
+fn planted_unflushed_recovery_is_caught() {
+    // It needs data moved and recorded clean (the old members drained and their copies
+    // removed) right before a power cut: the recovered copies are then the only ones, and
+    // unflushed they are gone, so the PG has no authoritative copy and its ops fail or wait
+    // (`move_then_power_cycle`, lazy seeds with 5 or more OSDs). First caught at seed 15.
+    planted(
+        Bug::UnflushedRecovery,
+        &[
+            kind::FAILED_READ,
+            kind::FAILED_WRITE,
+            kind::WEDGE,
+            kind::STALE,
+        ],
+    );
+}
+
+#[test]
 fn planted_stay_on_isolated_monitor_is_caught() {
     planted(Bug::StayOnIsolatedMonitor, &[kind::STALE_MAP]);
 }
