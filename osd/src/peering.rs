@@ -86,7 +86,10 @@ async fn run(osd: Arc<Osd>, pg: PgId, start: Epoch) {
         if current(&osd, pg, start).is_none() {
             return;
         }
-        let epoch = osd.epoch();
+        let (epoch, osds) = {
+            let map = osd.current_map();
+            (map.epoch, map.osds.clone())
+        };
         match peer_once(&osd, pg, start).await {
             Ok(()) => break,
             Err(w) => {
@@ -98,11 +101,16 @@ async fn run(osd: Arc<Osd>, pg: PgId, start: Epoch) {
                     i.set_phase(w.phase);
                     i.waiting_for = w.waiting_for.clone();
                 });
-                // A newer map is the usual way forward; retry anyway after a while.
+                // A newer map that changes an OSD (up, down, address, incarnation) is the
+                // usual way forward, and a new interval of this PG starts its own peering;
+                // retry anyway after a while. Not at every new epoch: every try records its
+                // interval with the monitors (a new epoch), so a PG whose activation kept
+                // failing, or two of them, woke themselves at once and had the monitors make
+                // 50 maps a second (the simulator saw 14000 epochs in a run).
                 let mut rx = osd.map.clone();
                 let _ = tokio::time::timeout(
                     Duration::from_millis(500),
-                    rx.wait_for(|m| m.epoch > epoch),
+                    rx.wait_for(|m| m.epoch > epoch && m.osds != osds),
                 )
                 .await;
             }
