@@ -101,7 +101,24 @@ pub async fn register_and_format(
     host: &str,
     weight: u32,
 ) -> anyhow::Result<OsdId> {
-    let probe = Superblock::plan(0, 0, 0, dev.size())?;
+    register_and_format_sized(dev, mon, host, weight, store::layout::MAX_OBJECT_SIZE).await
+}
+
+/// `register_and_format` with a smaller largest object (a power of two from one block up):
+/// the simulator's way to reach, with a few thousand objects, the limits a store meets
+/// with millions (a PG's metadata larger than one object).
+pub async fn register_and_format_sized(
+    dev: &dyn BlockDevice,
+    mon: Vec<String>,
+    host: &str,
+    weight: u32,
+    max_object_size: u32,
+) -> anyhow::Result<OsdId> {
+    let probe = Superblock {
+        max_object_size,
+        ..Superblock::plan(0, 0, 0, dev.size())?
+    };
+    probe.check()?;
     let capacity = probe.data_blocks * BLOCK as u64;
     let mon = MonClient::new(mon)?;
     let map = mon.get_map().await?;
@@ -117,7 +134,10 @@ pub async fn register_and_format(
     let CommandResult::Osd(id) = result else {
         bail!("monitor answered {result:?} to CreateOsd")
     };
-    let sb = Superblock::plan(map.fsid, store_uuid, id.0, dev.size())?;
+    let sb = Superblock {
+        max_object_size,
+        ..Superblock::plan(map.fsid, store_uuid, id.0, dev.size())?
+    };
     Store::format(dev, &sb)
         .await
         .with_context(|| format!("{id} is registered but formatting its device failed"))?;
@@ -280,7 +300,10 @@ pub async fn run_on(
         });
     }
     // Wrongly marked down (the monitors missed our reports while we were stalled or cut
-    // off): register a new incarnation and serve again.
+    // off), or our id booted after us by another process (a boot request of a process that
+    // died before it committed: it names that process's address, where nothing listens):
+    // register a new incarnation and serve again. The device lock guarantees no other
+    // process runs on this store, so a later boot by another process is always stale.
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let (osd, mon, store, stopping) = (
@@ -295,14 +318,26 @@ pub async fn run_on(
         net::rt::spawn(async move {
             while rx.changed().await.is_ok() {
                 let current = osd.up_from.load(Ordering::SeqCst);
-                let marked_down = rx
-                    .borrow_and_update()
-                    .osd(id)
-                    .is_some_and(|o| !o.up && o.up_from == current);
-                if !marked_down || stopping.load(Ordering::SeqCst) || store.failure().is_some() {
+                let (marked_down, taken) = match rx.borrow_and_update().osd(id) {
+                    Some(o) => (
+                        !o.up && o.up_from == current,
+                        o.up_from > current
+                            && o.process != process
+                            && !crate::planted::active(crate::planted::Bug::IgnoreLaterBoot),
+                    ),
+                    None => (false, false),
+                };
+                if !(marked_down || taken)
+                    || stopping.load(Ordering::SeqCst)
+                    || store.failure().is_some()
+                {
                     continue;
                 }
-                tracing::warn!(%id, up_from = current, "the map marks this running OSD down: registering again");
+                if taken {
+                    tracing::warn!(%id, up_from = current, "the map shows a later boot of this OSD by another (dead) process: registering again");
+                } else {
+                    tracing::warn!(%id, up_from = current, "the map marks this running OSD down: registering again");
+                }
                 // Retry until the monitors take it: they hold a flapping OSD down for a while.
                 loop {
                     if stopping.load(Ordering::SeqCst) || store.failure().is_some() {

@@ -40,10 +40,13 @@ pub enum Bug {
     /// A copy that fails its checksum on the primary is an IO error instead of being read
     /// from another member.
     NoReadRepair,
+    /// A running OSD registers again only when the map marks it down, not when the map
+    /// shows a later boot of its id by another (dead) process.
+    IgnoreLaterBoot,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::AckLocalOnly,
         Bug::SkipPastIntervals,
         Bug::NoLeaseWait,
@@ -57,6 +60,7 @@ impl Bug {
         Bug::UnflushedRecovery,
         Bug::LeaseIgnored,
         Bug::NoReadRepair,
+        Bug::IgnoreLaterBoot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +78,7 @@ impl Bug {
             Bug::UnflushedRecovery => "unflushed-recovery",
             Bug::LeaseIgnored => "lease-ignored",
             Bug::NoReadRepair => "no-read-repair",
+            Bug::IgnoreLaterBoot => "ignore-later-boot",
         }
     }
 

@@ -68,6 +68,9 @@ pub mod kind {
     /// A running OSD that reaches a quorum of monitors but stays on an old map for long
     /// (it listens to a monitor whose map is frozen).
     pub const STALE_MAP: &str = "stale map";
+    /// A running OSD that reaches the monitors but is still down in the map long after the
+    /// heal (it never registered again, so it serves nothing and its data moves away).
+    pub const STRANDED: &str = "stranded osd";
     /// A daemon that failed on its own (a store that does not open, a monitor that stops).
     pub const DAEMON: &str = "daemon failed";
 }

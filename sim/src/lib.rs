@@ -57,6 +57,14 @@ const POOL: &str = "rbd";
 const IMAGE: &str = "vm";
 /// Object size of the simulated pool: small, so that few blocks share an object.
 const OBJECT_SIZE: u32 = 16 << 10;
+/// The stores' largest object in a large seed, and its pool's object size: one block, so
+/// that a few thousand objects make a PG's metadata larger than one object (as millions
+/// do with the real 4 MiB limit).
+const LARGE_OBJECT_SIZE: u32 = BLOCK as u32;
+/// Blocks a large seed writes once before the load, beyond the blocks the VMs use: about
+/// 770 objects in each of its 8 PGs, whose missing list (7-8 bytes an entry) a member that
+/// joins empty cannot keep in one 4 KiB object.
+const LARGE_FILLER: u64 = 6144;
 /// Half of the ops go to the first blocks (three objects): reads there often follow a
 /// write, so a stale copy is read soon after it goes stale.
 const HOT_BLOCKS: u64 = 12;
@@ -70,6 +78,8 @@ const AFTER_HEAL: Duration = Duration::from_secs(30);
 const MAP_LAG: Duration = Duration::from_secs(10);
 /// Each OSD's simulated device.
 const DEVICE_BYTES: u64 = 32 << 20;
+/// ... and in a large seed.
+const LARGE_DEVICE_BYTES: u64 = 64 << 20;
 /// The load's last seconds run without new faults: the cluster heals as they begin and
 /// must serve every op from then on. A wedge that the next fault's map change would have
 /// cleared (peering again lists the member's real versions) shows here.
@@ -93,12 +103,21 @@ pub struct SimOptions {
     pub pgs: u32,
     /// 4 KiB blocks of the image the clients use.
     pub blocks: u64,
+    /// Blocks of the image after those, written once before the load and never again.
+    pub filler: u64,
+    /// The pool's object size.
+    pub object_size: u32,
+    /// The stores' largest object.
+    pub store_object_size: u32,
     /// OSDs in lazy mode (a write is durable after a FLUSH or with FUA): the run has a
     /// whole-cluster power cycle and no single-OSD crashes, and the checker holds every
     /// durable write to survive it.
     pub lazy: bool,
     /// A whole-cluster power cycle during the load (always in lazy mode).
     pub power_cycle: bool,
+    /// After the first OSD restart of the fault phase, a boot request of the process
+    /// before it (killed before its request committed) commits late.
+    pub stale_boot: bool,
     pub bug: Option<Bug>,
 }
 
@@ -108,16 +127,36 @@ impl SimOptions {
     pub fn new(seed: u64) -> Self {
         // Shape bits unrelated to seed % 4.
         let h = splitmix64(seed);
+        // One seed in five of those not lazy is large: more objects per PG than one
+        // object of its stores can list, and an OSD retired early (`World::retire`).
+        // (Not lazy: there the power cycle follows a move, `move_then_power_cycle`.)
+        let large = seed % 4 != 3 && (h / 27).is_multiple_of(5);
         SimOptions {
             seed,
             secs: 60,
             mons: 3,
-            osds: 4 + (h % 3) as usize,
+            osds: if large { 6 } else { 4 + (h % 3) as usize },
             clients: 2 + (h / 3 % 3) as usize,
-            pgs: [8, 16, 32][(h / 9 % 3) as usize],
+            pgs: if large {
+                8
+            } else {
+                [8, 16, 32][(h / 9 % 3) as usize]
+            },
             blocks: 96,
+            filler: if large { LARGE_FILLER } else { 0 },
+            object_size: if large {
+                LARGE_OBJECT_SIZE
+            } else {
+                OBJECT_SIZE
+            },
+            store_object_size: if large {
+                LARGE_OBJECT_SIZE
+            } else {
+                proto::map::MAX_OBJECT_SIZE
+            },
             lazy: seed % 4 == 3,
             power_cycle: !seed.is_multiple_of(4),
+            stale_boot: (h / 405).is_multiple_of(3),
             bug: None,
         }
     }
@@ -156,6 +195,8 @@ pub struct Report {
     pub mon_isolations: u64,
     /// Every node lost power at once (and came back).
     pub power_cycles: u64,
+    /// Boot requests of dead OSD processes that committed late.
+    pub stale_boots: u64,
     /// Acknowledged writes that were not durable yet when the power went (allowed lost).
     pub exposed_writes: u64,
     pub torn_writes: u64,
@@ -234,6 +275,10 @@ struct ClientSlot {
 
 struct World {
     opts: SimOptions,
+    /// The OSD the operator took out for good (`retire`), until the heal.
+    retired: Mutex<Option<OsdId>>,
+    /// Whether the stale boot request (`SimOptions::stale_boot`) is still to come.
+    stale_boot: Mutex<bool>,
     /// When the load and the faults stop.
     until: Mutex<Option<Instant>>,
     clients: Mutex<Vec<ClientSlot>>,
@@ -663,9 +708,14 @@ impl World {
 
     /// The operator marks OSDs out (draining their hosts), and in again after `hold`.
     fn drain(self: &Arc<Self>, slots: Vec<usize>, hold: Duration) {
+        let retired = *lock(&self.retired);
         let ids: Vec<OsdId> = {
             let osds = lock(&self.osds);
-            slots.iter().filter_map(|i| osds[*i].id).collect()
+            slots
+                .iter()
+                .filter_map(|i| osds[*i].id)
+                .filter(|id| Some(*id) != retired)
+                .collect()
         };
         let Some(admin) = lock(&self.admin).clone() else {
             return;
@@ -681,6 +731,71 @@ impl World {
             tokio::time::sleep(hold).await;
             for id in &ids {
                 let _ = mon.command(Command::MarkOsdIn { id: *id }).await;
+            }
+        });
+    }
+
+    /// The operator takes OSD `i` out for good (its disk is to be replaced): its PGs move
+    /// to members that join them empty, and must activate and serve there however many
+    /// objects they have to recover (the heal marks it in again).
+    fn retire(self: &Arc<Self>, i: usize) {
+        let Some(id) = lock(&self.osds)[i].id else {
+            return;
+        };
+        *lock(&self.retired) = Some(id);
+        let Some(admin) = lock(&self.admin).clone() else {
+            return;
+        };
+        let mon = self.mon_addrs.clone();
+        tracing::info!(target: "sim", "fault: operator retires {id}");
+        lock(&self.report).drains += 1;
+        admin.spawn(async move {
+            let Ok(mon) = MonClient::new(mon) else { return };
+            // The monitors may be between leaders: the operator tries again.
+            for _ in 0..20 {
+                match mon.command(Command::MarkOsdOut { id }).await {
+                    Ok(_) => return,
+                    Err(e) if e.to_string().contains("already out") => return,
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// A boot request for OSD slot `i` from the process before its current one commits
+    /// 1.5 s after the restart, once the new process has booted: it was sent by a process
+    /// that was killed while it waited (a monitor cut from its quorum held it), and names
+    /// that process's address, where nothing listens now. The running process must see a
+    /// later boot of its id by another process and register again, or it stays down for
+    /// good (`kind::STRANDED`).
+    fn stale_boot(self: &Arc<Self>, i: usize) {
+        let Some(admin) = lock(&self.admin).clone() else {
+            return;
+        };
+        let mon = self.mon_addrs.clone();
+        let w = Arc::clone(self);
+        let process = splitmix64(self.opts.seed ^ 0x5ba1e);
+        admin.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let Some(id) = lock(&w.osds)[i].id else {
+                return;
+            };
+            let Ok(mon) = MonClient::new(mon) else { return };
+            let Ok(map) = mon.get_map().await else { return };
+            let Some(store_uuid) = map.osd(id).map(|o| o.store_uuid) else {
+                return;
+            };
+            tracing::info!(target: "sim", "fault: a dead process's boot request for {id} commits late");
+            lock(&w.report).stale_boots += 1;
+            let boot = Command::BootOsd {
+                id,
+                store_uuid,
+                addr: format!("10.0.1.{}:1", i + 1),
+                process,
+            };
+            if let Err(e) = mon.command(boot).await {
+                tracing::info!(target: "sim", "the stale boot request was refused: {e}");
             }
         });
     }
@@ -723,6 +838,10 @@ impl World {
                 Restart::Osd(i) => {
                     me.start_osd(i);
                     me.stall_a_peer(i);
+                    let calm = lock(&me.calm_at).is_some();
+                    if !calm && std::mem::take(&mut *lock(&me.stale_boot)) {
+                        me.stale_boot(i);
+                    }
                 }
                 Restart::Mon(i) => me.start_mon(i),
                 Restart::Client(k) => me.start_client(k),
@@ -834,7 +953,7 @@ impl World {
         Some(ObjectId {
             pool: pool.id,
             image: image.id,
-            index: block * BLOCK as u64 / OBJECT_SIZE as u64,
+            index: block * BLOCK as u64 / self.opts.object_size as u64,
         })
     }
 
@@ -1024,7 +1143,7 @@ impl World {
     /// The blocks client `k` writes: its share of the hot blocks, and every block of its
     /// share of the other objects (so nobody else rewrites an object it abandoned).
     fn owned(&self, k: usize) -> Vec<u64> {
-        let per_object = OBJECT_SIZE as u64 / BLOCK as u64;
+        let per_object = self.opts.object_size as u64 / BLOCK as u64;
         (0..self.opts.blocks)
             .filter(|b| {
                 let owner = if *b < HOT_BLOCKS { *b } else { *b / per_object };
@@ -1056,6 +1175,15 @@ impl World {
             tokio::spawn(async move {
                 tokio::time::sleep(at).await;
                 w.power_cycle(hold);
+            });
+        }
+        if self.opts.filler > 0 {
+            let w = Arc::clone(&self);
+            let at = Duration::from_millis(self.rand(|r| r.random_range(4_000..9_000)));
+            let i = self.rand(|r| r.random_range(0..self.opts.osds));
+            tokio::spawn(async move {
+                tokio::time::sleep(at).await;
+                w.retire(i);
             });
         }
         // One write abandoned shortly before the calm, by a VM that stays dead until the
@@ -1217,7 +1345,7 @@ impl World {
                     // write would make the old primary stop serving reads of the object
                     // (rightly), and a read of another PG would wait for a map it cannot
                     // get; either would hide a read served without a lease.
-                    let per_object = OBJECT_SIZE as u64 / BLOCK as u64;
+                    let per_object = self.opts.object_size as u64 / BLOCK as u64;
                     let first = b / per_object * per_object;
                     lock(&self.quiet)[k] = Some((Instant::now() + hold, first..first + per_object));
                     self.heal_later(pairs, hold);
@@ -1299,7 +1427,8 @@ impl World {
                     if !clean {
                         continue;
                     }
-                    let in_object = (b * BLOCK as u64 % OBJECT_SIZE as u64) as usize / BLOCK;
+                    let in_object =
+                        (b * BLOCK as u64 % self.opts.object_size as u64) as usize / BLOCK;
                     if let Some(at) = daemon.store.block_location(&obj, in_object) {
                         let byte = self.rand(|r| r.random_range(0..BLOCK as u64));
                         dev.rot(at + byte);
@@ -2047,7 +2176,11 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
         .map(|i| OsdSlot {
             name: String::new(),
             host: format!("host{i}"),
-            dev: SimDevice::new(DEVICE_BYTES),
+            dev: SimDevice::new(if opts.filler > 0 {
+                LARGE_DEVICE_BYTES
+            } else {
+                DEVICE_BYTES
+            }),
             node: None,
             daemon: None,
             generation: 0,
@@ -2087,6 +2220,8 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
         steer: Mutex::new(vec![None; opts.clients]),
         writing: Mutex::new(vec![BTreeMap::new(); opts.clients]),
         quiet: Mutex::new(vec![None; opts.clients]),
+        retired: Mutex::new(None),
+        stale_boot: Mutex::new(opts.stale_boot),
         opts: opts.clone(),
     });
     for i in 0..opts.mons {
@@ -2109,6 +2244,14 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
     wait_clean(&world, Duration::from_secs(60))
         .await
         .map_err(|e| format!("the new cluster never became clean: {e}"))?;
+    if opts.filler > 0 {
+        let w = Arc::clone(&world);
+        admin
+            .spawn(async move { fill(&w).await })
+            .await
+            .map_err(|e| format!("fill task: {e}"))?
+            .map_err(|e| format!("fill: {e:#}"))?;
+    }
 
     // Load and faults.
     let until = Instant::now() + Duration::from_secs(opts.secs);
@@ -2184,6 +2327,29 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
             kind::WEDGE,
             format!("marking every OSD in after the heal: {other:?}"),
         ),
+    }
+    // Every OSD process is running and reaches the monitors again: each must be serving
+    // (the loop above ends with every OSD up, or after 90 s). One still down registered
+    // no incarnation of its own (planted nowhere: a stale boot request of a dead process
+    // that committed after its successor's boot left the successor down for good).
+    if let Some(map) = world.map() {
+        let stranded: Vec<String> = lock(&world.osds)
+            .iter()
+            .filter(|o| o.daemon.is_some())
+            .filter_map(|o| o.id)
+            .filter(|id| map.osd(*id).is_some_and(|o| !o.up))
+            .map(|id| id.to_string())
+            .collect();
+        if !stranded.is_empty() {
+            world.violation(
+                kind::STRANDED,
+                format!(
+                    "{} running and reachable but down in the map (epoch {}) 90 s after the heal",
+                    stranded.join(", "),
+                    map.epoch
+                ),
+            );
+        }
     }
     let handles: Vec<_> = lock(&world.clients)
         .iter_mut()
@@ -2304,11 +2470,12 @@ async fn setup(w: &Arc<World>) -> anyhow::Result<()> {
             let osds = lock(&w.osds);
             (Arc::clone(&osds[i].dev), osds[i].host.clone())
         };
-        let id = osd::register_and_format(
+        let id = osd::register_and_format_sized(
             &*dev as &dyn BlockDevice,
             w.mon_addrs.clone(),
             &host,
             WEIGHT_ONE,
+            w.opts.store_object_size,
         )
         .await?;
         let mut osds = lock(&w.osds);
@@ -2320,16 +2487,36 @@ async fn setup(w: &Arc<World>) -> anyhow::Result<()> {
         size: 3,
         min_size: 2,
         pg_count: w.opts.pgs,
-        object_size: OBJECT_SIZE,
+        object_size: w.opts.object_size,
         failure_domain: FailureDomain::Host,
     })
     .await?;
     mon.command(Command::CreateImage {
         pool: POOL.into(),
         name: IMAGE.into(),
-        size_bytes: w.opts.blocks * BLOCK as u64,
+        size_bytes: (w.opts.blocks + w.opts.filler) * BLOCK as u64,
     })
     .await?;
+    Ok(())
+}
+
+/// Writes the filler blocks once (with FUA), 64 KiB at a time: data the VMs never touch
+/// but recovery must move.
+async fn fill(w: &Arc<World>) -> anyhow::Result<()> {
+    let cluster = Cluster::connect(w.mon_addrs.clone()).await?;
+    let image = Image::open(&cluster, POOL, IMAGE)?;
+    const CHUNK: u64 = 16;
+    let mut b = w.opts.blocks;
+    let end = w.opts.blocks + w.opts.filler;
+    while b < end {
+        let n = CHUNK.min(end - b);
+        let data: Vec<u8> = (0..n * BLOCK as u64).map(|i| (b + i / 512) as u8).collect();
+        image
+            .write(b * BLOCK as u64, bytes::Bytes::from(data), true)
+            .await
+            .map_err(|e| anyhow::anyhow!("filler block {b}: {e}"))?;
+        b += n;
+    }
     Ok(())
 }
 

@@ -57,7 +57,7 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
 fn print_outcome(seed: u64, result: &Result<sim::Report, String>, secs: f64) {
     match result {
         Ok(r) => println!(
-            "seed {seed}: ok{}: {} ops ({} unit reads, {} unit writes, {} partial writes, {} zeroings, {} flushes, {} resent, slowest {} ms); faults: {} power cycles ({} unflushed writes exposed), {} gateway restarts, {} connection drops, {} OSD crashes, {} monitor crashes, {} monitors cut from the others, {} host power losses, {} partitions, {} one-way, {} cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts, {} slow or stalling disks, {} devices out of room; clean {} ms after the heal; {} object copies compared; {} reply versions checked; digest {:016x}",
+            "seed {seed}: ok{}: {} ops ({} unit reads, {} unit writes, {} partial writes, {} zeroings, {} flushes, {} resent, slowest {} ms); faults: {} power cycles ({} unflushed writes exposed), {} gateway restarts, {} connection drops, {} OSD crashes, {} monitor crashes, {} monitors cut from the others, {} host power losses, {} partitions, {} one-way, {} cut from the monitors, {} abandoned writes, {} OSDs drained, {} loss bursts, {} slow or stalling disks, {} devices out of room, {} stale boot requests; clean {} ms after the heal; {} object copies compared; {} reply versions checked; digest {:016x}",
             if secs > 0.0 { format!(" in {secs:.1}s") } else { String::new() },
             r.ops,
             r.reads,
@@ -83,6 +83,7 @@ fn print_outcome(seed: u64, result: &Result<sim::Report, String>, secs: f64) {
             r.loss_bursts,
             r.slow_disks,
             r.full_devices,
+            r.stale_boots,
             r.clean_ms,
             r.objects_compared,
             r.versions_checked,

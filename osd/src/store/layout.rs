@@ -219,7 +219,7 @@ impl Superblock {
         Ok(sb)
     }
 
-    fn check(&self) -> Result<(), LayoutError> {
+    pub fn check(&self) -> Result<(), LayoutError> {
         let b = BLOCK as u64;
         let end = self
             .data_offset
