@@ -67,6 +67,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("uri")
     ap.add_argument("--region-mib", type=int, default=64)
+    # Where the region starts: writers on disjoint regions of one export run side by side.
+    ap.add_argument("--region-offset-mib", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--stop-file")
     ap.add_argument("--read-ratio", type=float, default=0.3)
@@ -82,7 +84,10 @@ def main():
     h = nbd.NBD()
     h.connect_uri(a.uri)
     size = h.get_size()
-    blocks = min(blocks, size // BLOCK)
+    first = a.region_offset_mib * (1 << 20) // BLOCK
+    if first >= size // BLOCK:
+        sys.exit(f"--region-offset-mib {a.region_offset_mib} is past the export's end ({size} bytes)")
+    blocks = min(blocks, size // BLOCK - first)
 
     # block -> bytes: the last acknowledged write, or what the first read found in a block
     # this run had not written (the export may hold an earlier run's data).
@@ -171,9 +176,9 @@ def main():
             dead = True  # the gateway went away (the test killed it)
             break
         if expected and rng.random() < a.read_ratio:
-            read(rng.choice(list(expected.keys())) if rng.random() < 0.8 else rng.randrange(blocks))
+            read(rng.choice(list(expected.keys())) if rng.random() < 0.8 else first + rng.randrange(blocks))
             continue
-        b = rng.randrange(blocks)
+        b = first + rng.randrange(blocks)
         gen += 1
         data = block_data(b, gen, rng.getrandbits(64))
         flags = nbd.CMD_FLAG_FUA if rng.random() < a.fua_ratio else 0

@@ -10,8 +10,11 @@
 //! 1. kill -9 a random OSD every few seconds, restart it a few seconds later;
 //! 2. SIGSTOP an OSD for longer than the grace period, then SIGCONT;
 //! 3. kill -9 the primary of the PG being written;
-//! 4. power cycle: kill -9 every process under load, `dev up` again, read everything back;
-//! 5. lose a device: an OSD's backing file is corrupted while it is stopped; it refuses to
+//! 4. a slow, stalling disk: one OSD's device answers late (`ATLANT_OSD_DEVICE_DELAY`, as
+//!    dm-delay would) while the other OSDs are killed and restarted one at a time, under
+//!    two writers on disjoint regions of the image;
+//! 5. power cycle: kill -9 every process under load, `dev up` again, read everything back;
+//! 6. lose a device: an OSD's backing file is corrupted while it is stopped; it refuses to
 //!    start on it, is marked out after the (shortened) down-out interval, the cluster
 //!    re-replicates, and `atlant osd destroy` removes it.
 
@@ -144,11 +147,20 @@ fn osd_pid(dir: &Path, id: u32) -> u32 {
 }
 
 fn start_osd(dir: &Path, id: u32) {
+    start_osd_with(dir, id, None);
+}
+
+/// Starts osd.`id` again, its device delayed as `delay` says (`ATLANT_OSD_DEVICE_DELAY`).
+fn start_osd_with(dir: &Path, id: u32, delay: Option<&str>) {
     let d = dir.to_str().unwrap();
-    let o = run(
-        "atlant",
-        &["dev", "start", "--dir", d, &format!("osd.{id}")],
-    );
+    let mut c = Command::new(bin("atlant"));
+    c.args(["dev", "start", "--dir", d, &format!("osd.{id}")])
+        .env_remove("ATLANT_MON")
+        .env_remove("ATLANT_OSD_DEVICE_DELAY");
+    if let Some(spec) = delay {
+        c.env("ATLANT_OSD_DEVICE_DELAY", spec);
+    }
+    let o = c.output().expect("spawn atlant dev start");
     assert!(o.status.success(), "start osd.{id}: {}", text(&o));
 }
 
@@ -243,7 +255,58 @@ fn osd_failures_under_a_verifying_workload() {
     wait_clean(&mon, "kill-primary");
     w.finish();
 
-    // 4. Power cycle under load: every process killed, the cluster started again.
+    // 4. A slow, stalling disk: osd.`slow` answers every IO 2-10 ms late and one in 300
+    // after 600 ms, while each other OSD in turn is killed and restarted under two
+    // writers. Peering meets writes still queued on the slow disk; no op may fail.
+    let slow = next(4) as u32;
+    signal(osd_pid(dir.path(), slow), "-KILL");
+    start_osd_with(dir.path(), slow, Some("2+8,stall=600/300"));
+    assert!(
+        wait_until(Duration::from_secs(45), || osd_up(&mon, slow)),
+        "osd.{slow} did not come back with a slow disk"
+    );
+    let log =
+        std::fs::read_to_string(dir.path().join(format!("log/osd.{slow}.log"))).unwrap_or_default();
+    assert!(
+        log.contains("every IO delayed"),
+        "osd.{slow} does not say its device is delayed"
+    );
+    let w1 = start_workload(
+        dir.path(),
+        &uri,
+        "slow-disk-a",
+        &["--region-mib", "16", "--region-offset-mib", "0"],
+    );
+    let w2 = start_workload(
+        dir.path(),
+        &uri,
+        "slow-disk-b",
+        &["--region-mib", "16", "--region-offset-mib", "64"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for victim in (0..4).filter(|v| *v != slow) {
+        signal(osd_pid(dir.path(), victim), "-KILL");
+        std::thread::sleep(Duration::from_millis(1500 + next(2000)));
+        start_osd(dir.path(), victim);
+        assert!(
+            wait_until(Duration::from_secs(45), || osd_up(&mon, victim)),
+            "osd.{victim} did not come back beside a slow disk"
+        );
+        std::thread::sleep(Duration::from_millis(1500 + next(1500)));
+    }
+    let recovery = wait_clean(&mon, "slow-disk");
+    let (a, b) = (w1.finish(), w2.finish());
+    println!(
+        "slow-disk: osd.{slow} slow; 3 kills; recovery after the last restart {recovery:?}; longest ops {} and {} ms",
+        a["max_latency_ms"], b["max_latency_ms"]
+    );
+    // The disk is fast again for what follows.
+    signal(osd_pid(dir.path(), slow), "-KILL");
+    start_osd(dir.path(), slow);
+    assert!(wait_until(Duration::from_secs(45), || osd_up(&mon, slow)));
+    wait_clean(&mon, "slow-disk healed");
+
+    // 5. Power cycle under load: every process killed, the cluster started again.
     let state = dir.path().join("power.state");
     let st = state.to_str().unwrap().to_string();
     let w = start_workload(dir.path(), &uri, "power-cycle", &["--state", &st]);
@@ -290,7 +353,7 @@ fn osd_failures_under_a_verifying_workload() {
     assert_eq!(after["lost_writes"], 0);
     wait_clean(&mon, "power-cycle");
 
-    // 5. A lost device: corrupted while its OSD is stopped.
+    // 6. A lost device: corrupted while its OSD is stopped.
     let w = start_workload(dir.path(), &uri, "device-loss", &[]);
     let victim = 3;
     signal(osd_pid(dir.path(), victim), "-KILL");

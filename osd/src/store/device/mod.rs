@@ -10,7 +10,8 @@
 //! - reads return the latest completed write.
 //!
 //! Implementations: `FileDevice` (a block device or file, positioned IO on a thread pool),
-//! `uring::UringDevice` (io_uring), and `sim::SimDevice` (in memory, with crashes).
+//! `uring::UringDevice` (io_uring), `sim::SimDevice` (in memory, with crashes), and
+//! `delay::DelayedDevice` (any of them answering late, for fault tests).
 
 use std::future::Future;
 use std::io;
@@ -117,6 +118,7 @@ impl std::fmt::Debug for AlignedBuf {
     }
 }
 
+pub mod delay;
 pub mod file;
 pub mod sim;
 pub mod uring;
@@ -126,7 +128,30 @@ pub use sim::SimDevice;
 
 /// Opens a device path with the fastest implementation available here: io_uring when the
 /// kernel allows it, positioned IO on a thread pool otherwise (said once in the log).
+/// With `ATLANT_OSD_DEVICE_DELAY` set, the device answers late (`delay`, for fault tests).
 pub fn open_best(path: &std::path::Path) -> io::Result<std::sync::Arc<dyn BlockDevice>> {
+    let delay = match std::env::var(delay::ENV) {
+        Ok(v) => Some(
+            v.parse::<delay::DelaySpec>()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        ),
+        Err(_) => None,
+    };
+    let dev = open_fastest(path)?;
+    Ok(match delay {
+        Some(spec) => {
+            tracing::warn!(
+                "{}: every IO delayed as {} says: {spec:?}",
+                path.display(),
+                delay::ENV
+            );
+            std::sync::Arc::new(delay::DelayedDevice::new(dev, spec, rand::random()))
+        }
+        None => dev,
+    })
+}
+
+fn open_fastest(path: &std::path::Path) -> io::Result<std::sync::Arc<dyn BlockDevice>> {
     if std::env::var_os("ATLANT_NO_URING").is_none() {
         match uring::UringDevice::open(path) {
             Ok(d) => return Ok(std::sync::Arc::new(d)),
