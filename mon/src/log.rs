@@ -280,8 +280,28 @@ impl From<AppliedV4> for Applied {
     }
 }
 
+/// `Applied` as format 5 stored it (the map without `auto_out`).
+#[derive(serde::Deserialize)]
+pub struct AppliedV5 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    map: proto::map::ClusterMapV5,
+    sessions: BTreeMap<u128, (u64, MonResponse, u64)>,
+}
+
+impl From<AppliedV5> for Applied {
+    fn from(a: AppliedV5) -> Applied {
+        Applied {
+            last_applied: a.last_applied,
+            membership: a.membership,
+            map: a.map.into(),
+            sessions: a.sessions,
+        }
+    }
+}
+
 fn unseal_applied(raw: &[u8]) -> Result<Applied, String> {
-    unseal_migrating::<Applied, AppliedV3, AppliedV4>(raw)
+    unseal_migrating::<Applied, AppliedV3, AppliedV4, AppliedV5>(raw)
 }
 
 /// How many clients' last answers are kept.

@@ -401,7 +401,7 @@ impl MapService {
         }
         let now = Instant::now();
         let mut down: Vec<(OsdId, Epoch, String)> = Vec::new();
-        let mut out: Vec<OsdId> = Vec::new();
+        let mut out: Vec<(OsdId, Epoch)> = Vec::new();
         {
             let mut live = lock(&self.live);
             let grace = self.policy.osd_grace;
@@ -446,17 +446,17 @@ impl MapService {
                 }
             }
             let noout = map.flags.contains(&ClusterFlag::NoOut);
-            let down_in: BTreeSet<u32> = map
+            let down_in: BTreeMap<u32, Epoch> = map
                 .osds
                 .values()
                 .filter(|o| !o.up && o.is_in)
-                .map(|o| o.id.0)
+                .map(|o| (o.id.0, o.up_from))
                 .collect();
-            live.down_since.retain(|id, _| down_in.contains(id));
-            for id in down_in {
+            live.down_since.retain(|id, _| down_in.contains_key(id));
+            for (id, up_from) in down_in {
                 let since = *live.down_since.entry(id).or_insert(now);
                 if !noout && now.duration_since(since) >= self.policy.down_out_interval {
-                    out.push(OsdId(id));
+                    out.push((OsdId(id), up_from));
                 }
             }
         }
@@ -473,10 +473,13 @@ impl MapService {
                 Err(e) => tracing::debug!(%id, "mark down: {e}"),
             }
         }
-        for id in out {
-            match self.apply_own(Command::MarkOsdOut { id }).await {
+        for (id, up_from) in out {
+            match self
+                .apply_own(Command::AutoMarkOsdOut { id, up_from })
+                .await
+            {
                 Ok(_) => {
-                    tracing::warn!(%id, "down for {:?}: marked out", self.policy.down_out_interval)
+                    tracing::warn!(%id, "down for {:?}: marked out (in again when it boots)", self.policy.down_out_interval)
                 }
                 Err(e) => {
                     tracing::warn!(%id, "down for {:?} but not marked out: {e}", self.policy.down_out_interval);

@@ -18,7 +18,9 @@ const MAGIC: u32 = u32::from_le_bytes(*b"ATLM");
 ///    and converted (`unseal_migrating`); they are rewritten as format 4 as the monitor runs.
 /// 5: the map gained per-PG interval starts (`ClusterMap::pg_intervals`). Format-3 and -4
 ///    records are read and converted; the leader then commits `StartIntervals`.
-pub const FORMAT_VERSION: u16 = 5;
+/// 6: the map gained `ClusterMap::auto_out` (OSDs out by the down-out timer, marked in
+///    again when they boot). Format-3, -4 and -5 records are read and converted.
+pub const FORMAT_VERSION: u16 = 6;
 /// The oldest format this build reads.
 const OLDEST_READABLE: u16 = 3;
 const ENVELOPE_LEN: usize = 16;
@@ -56,13 +58,14 @@ pub fn unseal<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
     postcard::from_bytes(body).map_err(|e| format!("decode: {e}"))
 }
 
-/// Reads a record whose type changed in format 4 and again in format 5: a format-3 record
-/// is read as `V3`, a format-4 record as `V4`, and converted.
-pub fn unseal_migrating<T, V3, V4>(raw: &[u8]) -> Result<T, String>
+/// Reads a record whose type changed in formats 4, 5 and 6: a format-3 record is read as
+/// `V3`, a format-4 record as `V4`, a format-5 record as `V5`, and converted.
+pub fn unseal_migrating<T, V3, V4, V5>(raw: &[u8]) -> Result<T, String>
 where
     T: serde::de::DeserializeOwned,
     V3: serde::de::DeserializeOwned + Into<T>,
     V4: serde::de::DeserializeOwned + Into<T>,
+    V5: serde::de::DeserializeOwned + Into<T>,
 {
     let (format, body) = envelope(raw)?;
     match format {
@@ -72,6 +75,9 @@ where
         4 => postcard::from_bytes::<V4>(body)
             .map(Into::into)
             .map_err(|e| format!("decode (format 4): {e}")),
+        5 => postcard::from_bytes::<V5>(body)
+            .map(Into::into)
+            .map_err(|e| format!("decode (format 5): {e}")),
         _ => postcard::from_bytes(body).map_err(|e| format!("decode: {e}")),
     }
 }
@@ -113,7 +119,7 @@ fn envelope(raw: &[u8]) -> Result<(u16, &[u8]), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::map::{ClusterMapV3 as V3, ClusterMapV4 as V4};
+    use proto::map::{ClusterMapV3 as V3, ClusterMapV4 as V4, ClusterMapV5 as V5};
     use proto::ClusterMap;
 
     #[test]
@@ -149,7 +155,7 @@ mod tests {
         };
         m3.flags.insert(proto::map::ClusterFlag::NoOut);
         let raw = seal_as(&m3, 3);
-        let m: ClusterMap = unseal_migrating::<ClusterMap, V3, V4>(&raw).unwrap();
+        let m: ClusterMap = unseal_migrating::<ClusterMap, V3, V4, V5>(&raw).unwrap();
         assert_eq!((m.fsid, m.epoch, m.next_image_id), (7, 42, 5));
         assert!(m.flags.contains(&proto::map::ClusterFlag::NoOut));
         assert!(m.pg_history.is_empty());
@@ -157,7 +163,7 @@ mod tests {
         assert!(unseal::<ClusterMap>(&raw).is_err());
         // Written again, it is the current format and reads back the same.
         assert_eq!(
-            unseal_migrating::<ClusterMap, V3, V4>(&seal(&m)).unwrap(),
+            unseal_migrating::<ClusterMap, V3, V4, V5>(&seal(&m)).unwrap(),
             m
         );
     }
@@ -191,7 +197,7 @@ mod tests {
             pg_history: m.pg_history.clone(),
         };
         let raw = seal_as(&m4, 4);
-        let read: ClusterMap = unseal_migrating::<ClusterMap, V3, V4>(&raw).unwrap();
+        let read: ClusterMap = unseal_migrating::<ClusterMap, V3, V4, V5>(&raw).unwrap();
         assert_eq!(read.pools, m.pools);
         assert_eq!(read.pools_without_intervals(), vec![1]);
         let (started, _) = read.apply(&Command::StartIntervals).unwrap();
@@ -201,5 +207,41 @@ mod tests {
             Some(started.epoch)
         );
         assert!(started.apply(&Command::StartIntervals).is_err());
+    }
+
+    #[test]
+    fn a_format_5_map_is_read_with_no_osd_out_by_the_timer() {
+        use proto::map::{Command, FailureDomain};
+        let m = ClusterMap::new(7, vec![])
+            .apply(&Command::CreatePool {
+                name: "rbd".into(),
+                size: 3,
+                min_size: 2,
+                pg_count: 8,
+                object_size: 4096,
+                failure_domain: FailureDomain::Host,
+            })
+            .unwrap()
+            .0;
+        let m5 = V5 {
+            fsid: m.fsid,
+            epoch: m.epoch,
+            mons: m.mons.clone(),
+            osds: m.osds.clone(),
+            pools: m.pools.clone(),
+            images: m.images.clone(),
+            next_osd_id: m.next_osd_id,
+            next_pool_id: m.next_pool_id,
+            next_image_id: m.next_image_id,
+            ratios: m.ratios,
+            flags: m.flags.clone(),
+            pg_history: m.pg_history.clone(),
+            pg_intervals: m.pg_intervals.clone(),
+        };
+        let raw = seal_as(&m5, 5);
+        assert!(unseal::<ClusterMap>(&raw).is_err());
+        let read: ClusterMap = unseal_migrating::<ClusterMap, V3, V4, V5>(&raw).unwrap();
+        assert_eq!(read, m);
+        assert!(read.auto_out.is_empty());
     }
 }

@@ -182,6 +182,12 @@ pub struct ClusterMap {
     /// without an entry (a map upgraded from format 4) serves nothing until the leader
     /// commits `StartIntervals`.
     pub pg_intervals: BTreeMap<PoolId, Vec<Epoch>>,
+    /// OSDs that the monitors marked out for being down `down_out_interval`
+    /// (`AutoMarkOsdOut`): the next boot of such an OSD marks it in again, as a reboot that
+    /// took long is no reason to keep its capacity out. An OSD the operator marked out, or
+    /// whose device failed, stays out when it boots; the operator's `in` or `out` clears
+    /// the entry.
+    pub auto_out: BTreeSet<u32>,
 }
 
 /// One member of a PG interval: the OSD, its incarnation and the store it ran on. A member
@@ -234,6 +240,7 @@ impl From<ClusterMapV3> for ClusterMap {
             // A store of format 3 ran PGs only with every member up: every copy is current.
             pg_history: BTreeMap::new(),
             pg_intervals: BTreeMap::new(),
+            auto_out: BTreeSet::new(),
         }
     }
 }
@@ -273,6 +280,48 @@ impl From<ClusterMapV4> for ClusterMap {
             flags: m.flags,
             pg_history: m.pg_history,
             pg_intervals: BTreeMap::new(),
+            auto_out: BTreeSet::new(),
+        }
+    }
+}
+
+/// The map as format 5 of the monitor store held it (before `auto_out`); read once when a
+/// monitor of an older build is upgraded, and converted. Its OSDs that were marked out
+/// for being down stay out when they boot (the old rule) until the operator marks them in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterMapV5 {
+    pub fsid: u128,
+    pub epoch: Epoch,
+    pub mons: Vec<MonInfo>,
+    pub osds: BTreeMap<u32, OsdInfo>,
+    pub pools: BTreeMap<PoolId, Pool>,
+    pub images: BTreeMap<ImageId, Image>,
+    pub next_osd_id: u32,
+    pub next_pool_id: PoolId,
+    pub next_image_id: ImageId,
+    pub ratios: FullRatios,
+    pub flags: BTreeSet<ClusterFlag>,
+    pub pg_history: BTreeMap<PgId, Vec<PastInterval>>,
+    pub pg_intervals: BTreeMap<PoolId, Vec<Epoch>>,
+}
+
+impl From<ClusterMapV5> for ClusterMap {
+    fn from(m: ClusterMapV5) -> ClusterMap {
+        ClusterMap {
+            fsid: m.fsid,
+            epoch: m.epoch,
+            mons: m.mons,
+            osds: m.osds,
+            pools: m.pools,
+            images: m.images,
+            next_osd_id: m.next_osd_id,
+            next_pool_id: m.next_pool_id,
+            next_image_id: m.next_image_id,
+            ratios: m.ratios,
+            flags: m.flags,
+            pg_history: m.pg_history,
+            pg_intervals: m.pg_intervals,
+            auto_out: BTreeSet::new(),
         }
     }
 }
@@ -428,6 +477,13 @@ pub enum Command {
     /// Gives every pool without interval starts (a map upgraded from format 4) a start of
     /// this epoch for each PG. The leader commits it once after an upgrade.
     StartIntervals,
+    /// The monitors' liveness policy: incarnation `up_from` of the OSD has been down for
+    /// `down_out_interval`, so it is marked out (and recorded in `auto_out`: its next boot
+    /// marks it in again). Last among the variants, so logs of older builds still decode.
+    AutoMarkOsdOut {
+        id: OsdId,
+        up_from: Epoch,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -473,6 +529,7 @@ impl ClusterMap {
             flags: BTreeSet::new(),
             pg_history: BTreeMap::new(),
             pg_intervals: BTreeMap::new(),
+            auto_out: BTreeSet::new(),
         }
     }
 
@@ -557,8 +614,11 @@ impl ClusterMap {
                     self.pg_intervals.insert(id, vec![epoch; n]);
                 }
             }
-            // Placement is unchanged: only the PGs placing this OSD change.
-            Command::BootOsd { id, .. } | Command::MarkOsdDown { id, .. } => {
+            // Placement is unchanged (a boot that marks the OSD in again is below): only the
+            // PGs placing this OSD change.
+            Command::BootOsd { id, .. } | Command::MarkOsdDown { id, .. }
+                if !prev.auto_out.contains(&id.0) =>
+            {
                 let pools: Vec<Pool> = self.pools.values().cloned().collect();
                 for pool in pools {
                     let changed: Vec<u32> = crate::pg::pool_mappings(self, &pool)
@@ -570,6 +630,8 @@ impl ClusterMap {
                 }
             }
             Command::MarkOsdFailed { .. }
+            | Command::BootOsd { .. }
+            | Command::AutoMarkOsdOut { .. }
             | Command::CreateOsd { .. }
             | Command::MarkOsdOut { .. }
             | Command::MarkOsdIn { .. }
@@ -681,6 +743,9 @@ impl ClusterMap {
                 osd.addr = addr.clone();
                 osd.up_from = epoch;
                 osd.process = *process;
+                if self.auto_out.remove(&id.0) {
+                    osd.is_in = true;
+                }
                 Ok(CommandResult::Done)
             }
             Command::MarkOsdDown { id, up_from } => {
@@ -716,6 +781,7 @@ impl ClusterMap {
                 }
                 osd.up = false;
                 osd.is_in = false;
+                self.auto_out.remove(&id.0);
                 Ok(CommandResult::Done)
             }
             Command::SetOsdFullness { id, fullness } => {
@@ -861,9 +927,30 @@ impl ClusterMap {
             Command::MarkOsdOut { id } => {
                 let osd = self.osd_mut(*id)?;
                 if !osd.is_in {
+                    // Out already by the monitors' timer: now by the operator's word too,
+                    // so a boot does not bring it in.
+                    if self.auto_out.remove(&id.0) {
+                        return Ok(CommandResult::Done);
+                    }
                     return Err(MapError::Invalid(format!("{id} is already out")));
                 }
                 osd.is_in = false;
+                Ok(CommandResult::Done)
+            }
+            Command::AutoMarkOsdOut { id, up_from } => {
+                let osd = self.osd_mut(*id)?;
+                if osd.up || osd.up_from != *up_from {
+                    return Err(MapError::StaleIncarnation {
+                        id: id.0,
+                        reported: *up_from,
+                        current: osd.up_from,
+                    });
+                }
+                if !osd.is_in {
+                    return Err(MapError::Invalid(format!("{id} is already out")));
+                }
+                osd.is_in = false;
+                self.auto_out.insert(id.0);
                 Ok(CommandResult::Done)
             }
             Command::MarkOsdIn { id } => {
@@ -872,6 +959,7 @@ impl ClusterMap {
                     return Err(MapError::Invalid(format!("{id} is already in")));
                 }
                 osd.is_in = true;
+                self.auto_out.remove(&id.0);
                 Ok(CommandResult::Done)
             }
             Command::ReweightOsd { id, weight } => {
@@ -894,6 +982,7 @@ impl ClusterMap {
                     )));
                 }
                 self.osds.remove(&id.0);
+                self.auto_out.remove(&id.0);
                 Ok(CommandResult::Done)
             }
             Command::SetFlag { flag } => {
@@ -1235,6 +1324,128 @@ mod tests {
         let (m, _) = m.apply(&failed).unwrap();
         let o = m.osd(OsdId(0)).unwrap();
         assert!(!o.up && !o.is_in, "a failed device is down and out at once");
+    }
+
+    /// Four OSDs on four hosts, each booted, and a pool of 3 copies.
+    fn four_osds_and_a_pool() -> ClusterMap {
+        let mut m = ClusterMap::new(7, vec![]);
+        for i in 0..4u32 {
+            let create = Command::CreateOsd {
+                host: format!("h{i}"),
+                weight: WEIGHT_ONE,
+                store_uuid: 100 + i as u128,
+                capacity_bytes: 1 << 30,
+            };
+            m = m.apply(&create).unwrap().0;
+            m = m.apply(&boot_cmd(i, 1)).unwrap().0;
+        }
+        m.apply(&pool_cmd("rbd")).unwrap().0
+    }
+
+    fn boot_cmd(id: u32, process: u64) -> Command {
+        Command::BootOsd {
+            id: OsdId(id),
+            store_uuid: 100 + id as u128,
+            addr: format!("127.0.0.1:{}", 7000 + id),
+            process,
+        }
+    }
+
+    fn down(m: ClusterMap, id: u32) -> ClusterMap {
+        let up_from = m.osd(OsdId(id)).unwrap().up_from;
+        m.apply(&Command::MarkOsdDown {
+            id: OsdId(id),
+            up_from,
+        })
+        .unwrap()
+        .0
+    }
+
+    #[test]
+    fn an_osd_out_by_the_down_out_timer_is_in_again_when_it_boots() {
+        let m = down(four_osds_and_a_pool(), 3);
+        let up_from = m.osd(OsdId(3)).unwrap().up_from;
+        // A stale incarnation, or an OSD that is up, is not marked out by the timer.
+        let stale = Command::AutoMarkOsdOut {
+            id: OsdId(3),
+            up_from: up_from - 1,
+        };
+        assert!(matches!(
+            m.apply(&stale),
+            Err(MapError::StaleIncarnation { .. })
+        ));
+        let timer = Command::AutoMarkOsdOut {
+            id: OsdId(3),
+            up_from,
+        };
+        let (out, _) = m.apply(&timer).unwrap();
+        assert!(!out.osd(OsdId(3)).unwrap().is_in);
+        assert!(out.auto_out.contains(&3));
+        // Its PGs moved: the PGs that placed it start new intervals.
+        let pool = out.pool_by_name("rbd").unwrap().clone();
+        let placed: Vec<u32> = crate::pg::pool_mappings(&m, &pool)
+            .iter()
+            .filter(|p| p.osds.contains(&OsdId(3)))
+            .map(|p| p.pg.seed)
+            .collect();
+        assert!(!placed.is_empty());
+        for seed in &placed {
+            assert_eq!(out.pg_intervals[&pool.id][*seed as usize], out.epoch);
+        }
+        // It boots (a new process): in again, and its PGs start new intervals again.
+        let (back, _) = out.apply(&boot_cmd(3, 2)).unwrap();
+        let o = back.osd(OsdId(3)).unwrap();
+        assert!(o.up && o.is_in, "{o:?}");
+        assert!(back.auto_out.is_empty());
+        for seed in &placed {
+            assert_eq!(back.pg_intervals[&pool.id][*seed as usize], back.epoch);
+        }
+        assert_eq!(
+            crate::pg::pool_mappings(&back, &pool)
+                .iter()
+                .map(|p| p.osds.clone())
+                .collect::<Vec<_>>(),
+            crate::pg::pool_mappings(&m, &pool)
+                .iter()
+                .map(|p| p.osds.clone())
+                .collect::<Vec<_>>(),
+            "the placement is what it was before the OSD went down"
+        );
+    }
+
+    #[test]
+    fn an_osd_the_operator_marked_out_stays_out_when_it_boots() {
+        let m = down(four_osds_and_a_pool(), 3);
+        let up_from = m.osd(OsdId(3)).unwrap().up_from;
+        let out_cmd = Command::MarkOsdOut { id: OsdId(3) };
+        // Out by the operator.
+        let (op, _) = m.apply(&out_cmd).unwrap();
+        let (booted, _) = op.apply(&boot_cmd(3, 2)).unwrap();
+        assert!(!booted.osd(OsdId(3)).unwrap().is_in);
+        // Out by the timer, then by the operator too: the operator's word stands.
+        let timer = Command::AutoMarkOsdOut {
+            id: OsdId(3),
+            up_from,
+        };
+        let (auto, _) = m.apply(&timer).unwrap();
+        let (both, _) = auto.apply(&out_cmd).unwrap();
+        assert!(both.auto_out.is_empty());
+        assert!(matches!(both.apply(&out_cmd), Err(MapError::Invalid(_))));
+        let (booted, _) = both.apply(&boot_cmd(3, 2)).unwrap();
+        assert!(!booted.osd(OsdId(3)).unwrap().is_in);
+        // Out by the timer, then the operator's in: nothing is left to undo at boot.
+        let (op_in, _) = auto.apply(&Command::MarkOsdIn { id: OsdId(3) }).unwrap();
+        assert!(op_in.auto_out.is_empty());
+        // Out by the timer, booted (in again), then its device failed: out for good.
+        let (booted, _) = auto.apply(&boot_cmd(3, 2)).unwrap();
+        let failed = Command::MarkOsdFailed {
+            id: OsdId(3),
+            up_from: booted.osd(OsdId(3)).unwrap().up_from,
+            reason: "EIO".into(),
+        };
+        let (failed, _) = booted.apply(&failed).unwrap();
+        let (again, _) = failed.apply(&boot_cmd(3, 3)).unwrap();
+        assert!(!again.osd(OsdId(3)).unwrap().is_in);
     }
 
     #[test]

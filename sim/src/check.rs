@@ -69,7 +69,8 @@ pub mod kind {
     /// (it listens to a monitor whose map is frozen).
     pub const STALE_MAP: &str = "stale map";
     /// A running OSD that reaches the monitors but is still down in the map long after the
-    /// heal (it never registered again, so it serves nothing and its data moves away).
+    /// heal (it never registered again, so it serves nothing and its data moves away), or
+    /// up but out though only the monitors' down-out timer took it out.
     pub const STRANDED: &str = "stranded osd";
     /// A daemon that failed on its own (a store that does not open, a monitor that stops).
     pub const DAEMON: &str = "daemon failed";

@@ -2288,10 +2288,10 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
             world.start_gateway(k);
         }
     }
-    // Every OSD in again (drained ones, and those the monitors marked out), until all are
-    // up and in: an OSD held down after the heal for flapping may be marked out after it.
-    // (The monitors leave an OSD they marked out for being down out when it returns, so
-    // this is the operator's job.)
+    // Every OSD the operator took out in again (drained, retired, or with a device that
+    // failed), until all are up and in. Those the monitors marked out for being down
+    // (`ClusterMap::auto_out`) are left alone: their boot marks them in again, and one
+    // that stays out is reported below.
     let again = admin.spawn({
         let mon = world.mon_addrs.clone();
         async move {
@@ -2305,7 +2305,11 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
                 if map.osds.values().all(|o| o.is_in && o.up) || Instant::now() > deadline {
                     return Ok::<(), String>(());
                 }
-                for o in map.osds.values().filter(|o| !o.is_in) {
+                for o in map
+                    .osds
+                    .values()
+                    .filter(|o| !o.is_in && !map.auto_out.contains(&o.id.0))
+                {
                     // A drain ending at this moment may have marked it in already.
                     match mon.command(Command::MarkOsdIn { id: o.id }).await {
                         Ok(_) => {}
@@ -2333,22 +2337,30 @@ async fn run_inner(opts: SimOptions) -> Result<Report, String> {
     // no incarnation of its own (planted nowhere: a stale boot request of a dead process
     // that committed after its successor's boot left the successor down for good).
     if let Some(map) = world.map() {
-        let stranded: Vec<String> = lock(&world.osds)
+        let running: Vec<OsdId> = lock(&world.osds)
             .iter()
             .filter(|o| o.daemon.is_some())
             .filter_map(|o| o.id)
-            .filter(|id| map.osd(*id).is_some_and(|o| !o.up))
-            .map(|id| id.to_string())
             .collect();
-        if !stranded.is_empty() {
-            world.violation(
-                kind::STRANDED,
-                format!(
-                    "{} running and reachable but down in the map (epoch {}) 90 s after the heal",
-                    stranded.join(", "),
-                    map.epoch
-                ),
-            );
+        for id in running {
+            let Some(o) = map.osd(id) else { continue };
+            if !o.up {
+                world.violation(
+                    kind::STRANDED,
+                    format!(
+                        "{id} running and reachable but down in the map (epoch {}) 90 s after the heal",
+                        map.epoch
+                    ),
+                );
+            } else if !o.is_in {
+                world.violation(
+                    kind::STRANDED,
+                    format!(
+                        "{id} up but still out (epoch {}) 90 s after the heal: out by the monitors' timer, it was not marked in when it booted",
+                        map.epoch
+                    ),
+                );
+            }
         }
     }
     let handles: Vec<_> = lock(&world.clients)

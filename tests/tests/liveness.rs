@@ -84,8 +84,9 @@ fn osd_in(mon: &str, id: u64) -> Option<bool> {
 }
 
 /// One OSD's reports cannot get a healthy peer marked down; `noout` keeps a down OSD in;
-/// without it the OSD is marked out after `down_out_interval`; a restarted OSD stays out
-/// until the operator marks it in, and then recovery brings its PGs back to clean.
+/// without it the OSD is marked out after `down_out_interval`; restarted, an OSD the
+/// monitors marked out is in again at once and recovery brings its PGs back to clean,
+/// while one the operator marked out stays out until the operator marks it in.
 #[test]
 fn single_reporter_noout_and_down_out_interval() {
     let dir = TempDir::new("downout");
@@ -162,27 +163,55 @@ fn single_reporter_noout_and_down_out_interval() {
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(v["osds"]["in"], 2, "{v}");
 
-    // A restarted OSD is up at once (a new incarnation), and stays out.
+    // Restarted, an OSD the monitors marked out is up at once (a new incarnation) and in
+    // again: its PGs peer and recover it, back to active+clean with identical copies.
     let o = run("atlant", &["dev", "start", "--dir", d, "osd.2"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         wait_until(Duration::from_secs(10), || osd_up(&mon, 2) == Some(true)),
         "restarted osd.2 not up"
     );
-    assert_eq!(osd_in(&mon, 2), Some(false));
+    assert_eq!(
+        osd_in(&mon, 2),
+        Some(true),
+        "osd.2, out by the down-out timer, is not in again after it booted"
+    );
+    let all_clean = || {
+        let s = run("atlant", &["--mon", &mon, "status", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap_or_default();
+        v["pgs"]["active+clean"] == v["pgs"]["total"]
+            && run("atlant", &["--mon", &mon, "debug", "check-replicas"])
+                .status
+                .success()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), all_clean),
+        "not clean after osd.2 came back in"
+    );
 
-    // In again: its PGs peer and recover it, back to active+clean with identical copies.
+    // Out by the operator: restarted, it stays out until the operator marks it in.
+    let o = run("atlant", &["--mon", &mon, "osd", "out", "2"]);
+    assert!(o.status.success(), "osd out: {}", text(&o));
+    signal(pid_of(dir.path(), 2), "-KILL");
+    assert!(
+        wait_until(Duration::from_secs(6), || osd_up(&mon, 2) == Some(false)),
+        "osd.2 not marked down"
+    );
+    let o = run("atlant", &["dev", "start", "--dir", d, "osd.2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        wait_until(Duration::from_secs(10), || osd_up(&mon, 2) == Some(true)),
+        "restarted osd.2 not up"
+    );
+    assert_eq!(
+        osd_in(&mon, 2),
+        Some(false),
+        "osd.2, out by the operator, came in on its own"
+    );
     let o = run("atlant", &["--mon", &mon, "osd", "in", "2"]);
     assert!(o.status.success(), "osd in: {}", text(&o));
     assert!(
-        wait_until(Duration::from_secs(30), || {
-            let s = run("atlant", &["--mon", &mon, "status", "--format", "json"]);
-            let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap_or_default();
-            v["pgs"]["active+clean"] == v["pgs"]["total"]
-                && run("atlant", &["--mon", &mon, "debug", "check-replicas"])
-                    .status
-                    .success()
-        }),
+        wait_until(Duration::from_secs(30), all_clean),
         "not clean after osd in"
     );
 }
