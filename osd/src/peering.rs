@@ -499,6 +499,12 @@ pub async fn on_query(
     if !crate::planted::active(crate::planted::Bug::QueryBeforeDrain) {
         osd.drain_before(pg).await;
     }
+    // What is listed is on stable media first (lazy mode): a new member persists the
+    // version it lacks in its missing list, durably, and that list is the authority for
+    // the object from then on. Were the listed copy still unflushed and lost in a power
+    // cut on every holder, the object would have no authoritative copy anywhere and its
+    // PG would wait for ever (simulator seed 791: every member answered, none had it).
+    osd.store.flush().await.map_err(|e| e.to_string())?;
     let lease = osd.leases.grant(&osd.current_map(), asker, epoch);
     let _gate = osd.stray_gate.read().await;
     let meta = osd.pg_meta(pg).await.map_err(|e| e.to_string())?;
