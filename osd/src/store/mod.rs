@@ -228,6 +228,17 @@ impl Inner {
         first_open.unwrap_or(self.next_record_id).saturating_sub(1)
     }
 
+    /// Where replay would start if a checkpoint were written now: the journal block of
+    /// the oldest record not yet applied.
+    fn replay_start(&self) -> u64 {
+        self.inflight
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(u64::MAX)
+            .min(self.next_seq)
+    }
+
     fn release_pending(&mut self) {
         let d = self.persisted_durable;
         let mut keep = Vec::new();
@@ -780,9 +791,16 @@ impl Store {
         for b in replaced {
             inner.pending_free.push((r.id, b));
         }
-        inner.inflight.remove(&r.id);
+        let seq = inner.inflight.remove(&r.id);
         if self.durability == Durability::Lazy {
             inner.unflushed.insert(r.id);
+        }
+        // This record may have held the replay start: a checkpoint can move it now (the
+        // journal writer may be waiting for that, with the ring full).
+        let held_tail = seq == Some(inner.tail_seq);
+        drop(inner);
+        if held_tail {
+            self.journal_space.notify_waiters();
         }
     }
 
@@ -791,13 +809,7 @@ impl Store {
     async fn write_checkpoint(&self) -> Result<(), StoreError> {
         let (header, body) = {
             let inner = self.inner();
-            let start = inner
-                .inflight
-                .values()
-                .copied()
-                .min()
-                .unwrap_or(u64::MAX)
-                .min(inner.next_seq);
+            let start = inner.replay_start();
             let mut body =
                 Vec::with_capacity(inner.objects.len() * (ENTRY_FIXED + 8 * ENTRY_PER_BLOCK));
             for (object, meta) in &inner.objects {
@@ -861,11 +873,17 @@ impl Store {
         let Ok(_guard) = self.checkpoint_lock.try_lock() else {
             return;
         };
-        let used = {
+        let (used, stuck) = {
             let inner = self.inner();
-            inner.next_seq - inner.tail_seq
+            (
+                inner.next_seq - inner.tail_seq,
+                inner.replay_start() == inner.tail_seq,
+            )
         };
-        if used * 2 < self.superblock.journal_blocks {
+        // A checkpoint that cannot move the replay start (its oldest record is still
+        // being written, on a slow or stalled disk) would only cost a write of the whole
+        // index: one per journal block while the ring stays half full.
+        if used * 2 < self.superblock.journal_blocks || stuck {
             return;
         }
         if let Err(e) = self.write_checkpoint().await {
@@ -887,6 +905,11 @@ impl Store {
             .collect();
         v.sort_by_key(|e| e.object);
         v
+    }
+
+    /// Checkpoints written since the store was formatted.
+    pub fn checkpoints_written(&self) -> u64 {
+        self.inner().checkpoint_seq
     }
 
     pub fn stats(&self) -> OsdStats {
