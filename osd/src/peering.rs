@@ -210,7 +210,8 @@ async fn peer_once(osd: &Arc<Osd>, pg: PgId, start: Epoch) -> Result<(), Wait> {
             });
         }
     }
-    let (auth, sources) = authority(osd.id, &infos);
+    let (mut auth, mut sources) = authority(osd.id, &infos);
+    settle_unreadable(osd, &map, pg, &infos, &mut auth, &mut sources).await;
     let unfound: Vec<&ObjectId> = auth
         .iter()
         .filter(|(o, v)| !v.is_none() && !sources.contains_key(*o))
@@ -352,6 +353,87 @@ pub fn authority(
         s.sort_by_key(|o| (*o != me, *o));
     }
     (auth, sources)
+}
+
+/// Objects whose authoritative version some answer with the highest LES does not have
+/// (neither as a copy nor in its missing list), with the versions those answers have
+/// instead, newest first (`Version::NONE` for no copy). Such a version was never
+/// acknowledged: an acknowledged write is on every member of the last interval that went
+/// active. Any of the listed versions is as good an authority for the object, as every
+/// acknowledged write is in each of them.
+pub fn unacknowledged(
+    infos: &BTreeMap<OsdId, PgPeerInfo>,
+    auth: &BTreeMap<ObjectId, Version>,
+) -> BTreeMap<ObjectId, Vec<Version>> {
+    let les = infos
+        .values()
+        .map(|i| i.last_epoch_started)
+        .max()
+        .unwrap_or(0);
+    let top: Vec<BTreeMap<ObjectId, Version>> = infos
+        .values()
+        .filter(|i| i.last_epoch_started == les)
+        .map(effective)
+        .collect();
+    let mut out: BTreeMap<ObjectId, Vec<Version>> = BTreeMap::new();
+    for (o, v) in auth {
+        let mut below: Vec<Version> = top
+            .iter()
+            .map(|e| e.get(o).copied().unwrap_or(Version::NONE))
+            .filter(|u| u < v)
+            .collect();
+        if below.is_empty() {
+            continue;
+        }
+        below.sort_unstable_by(|a, b| b.cmp(a));
+        below.dedup();
+        out.insert(*o, below);
+    }
+    out
+}
+
+/// An authoritative version that was never acknowledged and whose every copy is
+/// unreadable (bit rot on its only holder) gives way to the newest version below it that
+/// can be read, so the object is not left without a source for ever. An acknowledged
+/// version is never given up this way: its loss is a real loss, and the PG waits.
+async fn settle_unreadable(
+    osd: &Osd,
+    map: &ClusterMap,
+    pg: PgId,
+    infos: &BTreeMap<OsdId, PgPeerInfo>,
+    auth: &mut BTreeMap<ObjectId, Version>,
+    sources: &mut BTreeMap<ObjectId, Vec<OsdId>>,
+) {
+    for (object, below) in unacknowledged(infos, auth) {
+        let v = auth[&object];
+        let holders = sources.get(&object).cloned().unwrap_or_default();
+        let Err(why) = readable_somewhere(osd, map, pg, object, v, &holders).await else {
+            continue;
+        };
+        for u in below {
+            if u.is_none() {
+                tracing::warn!(%pg, %object, version = %v, "no readable copy of a version that was never acknowledged ({why}); the object is removed, as before that write");
+                auth.remove(&object);
+                sources.remove(&object);
+                break;
+            }
+            let mut at_u: Vec<OsdId> = infos
+                .iter()
+                .filter(|(_, i)| i.objects.iter().any(|(o, w)| *o == object && *w == u))
+                .map(|(o, _)| *o)
+                .collect();
+            at_u.sort_by_key(|o| (*o != osd.id, *o));
+            if readable_somewhere(osd, map, pg, object, u, &at_u)
+                .await
+                .is_ok()
+            {
+                tracing::warn!(%pg, %object, version = %v, fallback = %u, "no readable copy of a version that was never acknowledged ({why}); the object goes back to the newest readable version");
+                auth.insert(object, u);
+                sources.insert(object, at_u);
+                break;
+            }
+        }
+    }
 }
 
 /// What each acting member lacks: objects not at the authoritative version (including
@@ -859,47 +941,98 @@ pub async fn pull_from(
     let size = object_size(map, &object)?;
     let mut last = format!("no source for {object}");
     for s in sources.iter().filter(|s| **s != osd.id) {
-        let req = whole_object_op(
-            op::PULL,
-            0,
-            object,
-            pg,
-            size,
-            map.epoch,
-            version,
-            Vec::new(),
-        );
-        let reply = async {
-            let conn = osd.peer(map, *s).await?;
-            let f = conn
-                .call(
-                    msg_type::REPLICA_OP,
-                    req.encode_meta(),
-                    Bytes::new(),
-                    PEER_TIMEOUT,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            let r = ObjectReply::decode(&f.meta, f.data.len()).map_err(|e| e.to_string())?;
-            Ok::<_, String>((r, f.data))
-        };
-        match reply.await {
-            Ok((r, data)) if r.status == Status::Ok as u32 && r.version == version => {
-                if proto::checksum::verify_blocks(&data, &r.crcs).is_err() {
-                    last = format!("{s}: checksum mismatch");
-                    continue;
-                }
+        match fetch_copy(osd, map, pg, *s, object, version, size).await {
+            Ok((data, crcs)) => {
                 return osd
                     .store
-                    .write_full(object, data, &r.crcs, version)
+                    .write_full(object, data, &crcs, version)
                     .await
                     .map_err(|e| format!("{:?}: {e}", store_status(&e)));
             }
-            Ok((r, _)) => last = format!("{s}: status {} version {}", r.status, r.version),
-            Err(e) => last = format!("{s}: {e}"),
+            Err(e) => last = e,
         }
     }
     Err(last)
+}
+
+/// `source`'s whole copy of `object`, if it holds it at `version` and it passes its
+/// checksums.
+async fn fetch_copy(
+    osd: &Osd,
+    map: &ClusterMap,
+    pg: PgId,
+    source: OsdId,
+    object: ObjectId,
+    version: Version,
+    size: u32,
+) -> Result<(Bytes, Vec<u32>), String> {
+    let req = whole_object_op(
+        op::PULL,
+        0,
+        object,
+        pg,
+        size,
+        map.epoch,
+        version,
+        Vec::new(),
+    );
+    let conn = osd.peer(map, source).await?;
+    let f = conn
+        .call(
+            msg_type::REPLICA_OP,
+            req.encode_meta(),
+            Bytes::new(),
+            PEER_TIMEOUT,
+        )
+        .await
+        .map_err(|e| format!("{source}: {e}"))?;
+    let r = ObjectReply::decode(&f.meta, f.data.len()).map_err(|e| format!("{source}: {e}"))?;
+    if r.status != Status::Ok as u32 || r.version != version {
+        return Err(format!(
+            "{source}: status {} version {}",
+            r.status, r.version
+        ));
+    }
+    if proto::checksum::verify_blocks(&f.data, &r.crcs).is_err() {
+        return Err(format!("{source}: checksum mismatch"));
+    }
+    Ok((f.data, r.crcs))
+}
+
+/// Whether some OSD of `holders` can read its whole copy of `object` (it must be at
+/// `version`); the first error otherwise.
+async fn readable_somewhere(
+    osd: &Osd,
+    map: &ClusterMap,
+    pg: PgId,
+    object: ObjectId,
+    version: Version,
+    holders: &[OsdId],
+) -> Result<(), String> {
+    let size = object_size(map, &object)?;
+    let mut errors = Vec::new();
+    for h in holders {
+        let r = if *h == osd.id {
+            match osd.store.read(object, 0, size).await {
+                Ok((_, _, v)) if v == version => Ok(()),
+                Ok((_, _, v)) => Err(format!("{h}: holds {v}")),
+                Err(e) => Err(format!("{h}: {e}")),
+            }
+        } else {
+            fetch_copy(osd, map, pg, *h, object, version, size)
+                .await
+                .map(|_| ())
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(if errors.is_empty() {
+        "no holder".into()
+    } else {
+        errors.join("; ")
+    })
 }
 
 /// Sends the primary's copy of `object` (at `version`) to `member`, replacing whatever it
@@ -1258,5 +1391,42 @@ mod tests {
         let (auth, sources) = authority(OsdId(0), &infos);
         assert_eq!(auth.get(&obj(7)), Some(&v(18, 3)));
         assert!(!sources.contains_key(&obj(7)), "unfound: the pg must wait");
+    }
+
+    #[test]
+    fn only_versions_a_top_member_lacks_are_unacknowledged() {
+        // Interval 40 went active on osd.2 and osd.3. osd.3 took writes (40,3) to object 1
+        // and created object 2 while osd.2 was cut off: neither was acknowledged. Object
+        // 3's newer version is on both: it may have been, and nothing may replace it.
+        let infos = BTreeMap::from([
+            (
+                OsdId(2),
+                info(40, &[(1, v(40, 1)), (3, v(40, 9))], &[(4, v(30, 2))]),
+            ),
+            (
+                OsdId(3),
+                info(
+                    40,
+                    &[(1, v(40, 3)), (2, v(40, 4)), (3, v(40, 9)), (4, v(30, 2))],
+                    &[],
+                ),
+            ),
+            // An older member's copies are no evidence either way.
+            (OsdId(5), info(30, &[(1, v(30, 1)), (3, v(30, 1))], &[])),
+        ]);
+        let (auth, _) = authority(OsdId(3), &infos);
+        assert_eq!(auth[&obj(1)], v(40, 3));
+        let un = unacknowledged(&infos, &auth);
+        assert_eq!(un.get(&obj(1)), Some(&vec![v(40, 1)]));
+        assert_eq!(un.get(&obj(2)), Some(&vec![Version::NONE]));
+        assert!(!un.contains_key(&obj(3)), "on every top member");
+        assert!(
+            !un.contains_key(&obj(4)),
+            "osd.2's missing list names it: it was authoritative when osd.2 activated"
+        );
+        // A lone top member proves nothing.
+        let alone = BTreeMap::from([(OsdId(3), infos[&OsdId(3)].clone())]);
+        let (auth, _) = authority(OsdId(3), &alone);
+        assert!(unacknowledged(&alone, &auth).is_empty());
     }
 }

@@ -1,5 +1,5 @@
 //! Model-based test of the peering rules (`osd::peering::authority`,
-//! `missing_per_member`) over random histories of one PG: OSDs fail and return, members
+//! `missing_per_member`, `unacknowledged`) over random histories of one PG: OSDs fail and return, members
 //! are replaced, writes reach only some members before a failure, recovery is partial,
 //! and every change of the acting set peers again exactly as the primary does (ask the
 //! acting set and every up witness of the recorded intervals, choose the authoritative
@@ -12,7 +12,7 @@
 //!
 //! `PEERING_MODEL_SEEDS` (default 3000) sets how many seeds run.
 
-use osd::peering::{authority, missing_per_member};
+use osd::peering::{authority, missing_per_member, unacknowledged};
 use proto::msg::PgPeerInfo;
 use proto::{ObjectId, OsdId, Version};
 use rand::rngs::StdRng;
@@ -182,6 +182,19 @@ impl World {
                 self.v,
                 self.log.join("\n")
             );
+        }
+        // A version peering may fall back to when the authoritative one is unreadable
+        // (`unacknowledged`) loses nothing acknowledged or read either.
+        for (o, below) in unacknowledged(&infos, &auth) {
+            let floor = self.acked.get(&o).max(self.served.get(&o));
+            for u in below {
+                assert!(
+                    floor.is_none_or(|f| u >= *f),
+                    "{:?}: peering at e{start} could fall back to {o} at {u}, below {floor:?}, which was acknowledged or read\n{}",
+                    self.v,
+                    self.log.join("\n")
+                );
+            }
         }
         let missing = missing_per_member(&acting, &infos, &auth);
         self.history.push((start, acting.clone()));
