@@ -743,7 +743,9 @@ impl ClusterMap {
                 osd.addr = addr.clone();
                 osd.up_from = epoch;
                 osd.process = *process;
-                if self.auto_out.remove(&id.0) {
+                if !crate::planted::active(crate::planted::Bug::NoAutoIn)
+                    && self.auto_out.remove(&id.0)
+                {
                     osd.is_in = true;
                 }
                 Ok(CommandResult::Done)

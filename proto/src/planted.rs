@@ -43,10 +43,13 @@ pub enum Bug {
     /// A running OSD registers again only when the map marks it down, not when the map
     /// shows a later boot of its id by another (dead) process.
     IgnoreLaterBoot,
+    /// A booting OSD that the monitors' down-out timer marked out stays out (as before
+    /// the map recorded `auto_out`).
+    NoAutoIn,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 15] = [
         Bug::AckLocalOnly,
         Bug::SkipPastIntervals,
         Bug::NoLeaseWait,
@@ -61,6 +64,7 @@ impl Bug {
         Bug::LeaseIgnored,
         Bug::NoReadRepair,
         Bug::IgnoreLaterBoot,
+        Bug::NoAutoIn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +83,7 @@ impl Bug {
             Bug::LeaseIgnored => "lease-ignored",
             Bug::NoReadRepair => "no-read-repair",
             Bug::IgnoreLaterBoot => "ignore-later-boot",
+            Bug::NoAutoIn => "no-auto-in",
         }
     }
 

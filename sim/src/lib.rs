@@ -940,6 +940,96 @@ impl World {
         });
     }
 
+    /// Sets up a cut of OSD slot `i` (the primary of `block`'s PG) from the monitors that
+    /// comes while it peers: the operator marks out an OSD outside that PG, and once `i`
+    /// holds the map that says so, that OSD is cut from `i` (the pairs returned; the
+    /// caller cuts `i` from the monitors). `i` peers the PGs the change moved, asks that
+    /// OSD (a witness of their past intervals) in vain, and retries, asking its other
+    /// peers again and again while it still serves `block`'s PG under the leases they
+    /// granted, until the monitors mark it down. Answers given after its peers saw it down
+    /// grant no lease (planted `lease-ignored` takes one anyway).
+    async fn peering_when_cut(
+        self: &Arc<Self>,
+        block: u64,
+        i: usize,
+        hold: Duration,
+    ) -> Vec<(String, String)> {
+        let Some(map) = self.map() else {
+            return Vec::new();
+        };
+        let Some(obj) = self.image_object(&map, block) else {
+            return Vec::new();
+        };
+        let Some(pool) = map.pools.get(&obj.pool) else {
+            return Vec::new();
+        };
+        let pg = proto::placement::object_pg(&obj, pool);
+        let mappings = proto::pg::pool_mappings(&map, pool);
+        let Some(members) = mappings.get(pg.seed as usize).map(|m| m.acting.clone()) else {
+            return Vec::new();
+        };
+        let outside: Vec<usize> = {
+            let osds = lock(&self.osds);
+            (0..osds.len())
+                .filter(|j| {
+                    osds[*j].daemon.is_some()
+                        && osds[*j].id.is_some_and(|id| !members.contains(&id))
+                        && map
+                            .osd(osds[*j].id.unwrap())
+                            .is_some_and(|o| o.up && o.is_in)
+                })
+                .collect()
+        };
+        if outside.is_empty() {
+            return Vec::new();
+        }
+        // The OSD whose PGs (those `i` is primary of) have members covering the most of
+        // `block`'s PG: `i` asks them all at each try, and each answer renews a lease.
+        let primary = members.first().copied();
+        let others: Vec<OsdId> = members
+            .iter()
+            .copied()
+            .filter(|m| Some(*m) != primary)
+            .collect();
+        let reach = |q: OsdId| {
+            let asked: std::collections::BTreeSet<OsdId> = mappings
+                .iter()
+                .filter(|m| m.primary() == primary && m.acting.contains(&q))
+                .flat_map(|m| m.acting.iter().copied())
+                .collect();
+            others.iter().filter(|o| asked.contains(o)).count()
+        };
+        let id_of = |j: usize| lock(&self.osds)[j].id;
+        let best = outside
+            .iter()
+            .map(|j| id_of(*j).map_or(0, reach))
+            .max()
+            .unwrap_or(0);
+        let outside: Vec<usize> = outside
+            .into_iter()
+            .filter(|j| id_of(*j).map_or(0, reach) == best)
+            .collect();
+        let q = outside[(splitmix64(self.opts.seed ^ block) % outside.len() as u64) as usize];
+        let epoch = |j: usize| lock(&self.osds)[j].daemon.as_ref().map_or(0, |d| d.epoch());
+        let before = epoch(i);
+        tracing::info!(target: "sim", "fault: the next cut from the monitors comes while osd slot {i} peers");
+        self.drain(vec![q], hold + Duration::from_secs(2));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while epoch(i) <= before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Gone at once, so that every try fails fast (a cut would leave each connection
+        // attempt to time out); in lazy mode only a power loss may take an OSD down.
+        let down = lock(&self.osds).iter().filter(|o| o.node.is_none()).count();
+        if !self.opts.lazy && down < 2 && self.crash_osd(q) {
+            self.restart_later(Restart::Osd(q), hold);
+            return Vec::new();
+        }
+        let names = self.osd_names();
+        self.net
+            .cut(&[names[i].clone()], &[names[q].clone()], true, true)
+    }
+
     /// The newest map any running OSD holds.
     fn map(&self) -> Option<Arc<ClusterMap>> {
         lock(&self.osds)
@@ -1330,8 +1420,22 @@ impl World {
                     let Some(i) = self.primary_of(b) else {
                         continue;
                     };
+                    let n = lock(&self.report).mon_cuts;
+                    let peering = splitmix64(self.opts.seed ^ 0x10_c07 ^ n).is_multiple_of(2);
+                    // Long enough for the new primary to take over while this one peers.
+                    let hold = if peering {
+                        hold.max(Duration::from_secs(8))
+                    } else {
+                        hold
+                    };
+                    let also = if peering {
+                        self.peering_when_cut(b, i, hold).await
+                    } else {
+                        Vec::new()
+                    };
                     let me = vec![self.osd_names()[i].clone()];
                     let mut pairs = self.net.cut(&me, &self.mon_names(), true, false);
+                    pairs.extend(also);
                     let k = self.rand(|r| r.random_range(0..self.opts.clients));
                     pairs.extend(self.net.cut(
                         &[format!("client.{k}")],

@@ -311,6 +311,27 @@ fn planted_ignore_later_boot_is_caught() {
     planted(Bug::IgnoreLaterBoot, &[kind::STRANDED]);
 }
 
+/// A primary cut from the monitors while it peers keeps asking its peers; once they see
+/// it down their answers grant no lease, and taking one anyway serves reads past the new
+/// primary's writes.
+#[test]
+fn planted_lease_ignored_is_caught() {
+    // About one seed in thirty meets it (first at seed 37): the old primary must keep
+    // serving the block's PG while peering for others, under leases its peers renew.
+    planted_within(
+        Bug::LeaseIgnored,
+        &[kind::STALE, kind::VERSION_BACKWARDS],
+        120,
+    );
+}
+
+/// An OSD down past the down-out interval (one crash in seven holds it that long) is out
+/// by the monitors' timer; booting again must bring it in, with no operator.
+#[test]
+fn planted_no_auto_in_is_caught() {
+    planted(Bug::NoAutoIn, &[kind::STRANDED]);
+}
+
 #[test]
 fn planted_stay_on_isolated_monitor_is_caught() {
     planted(Bug::StayOnIsolatedMonitor, &[kind::STALE_MAP]);
