@@ -122,6 +122,41 @@ mod tests {
     use proto::map::{ClusterMapV3 as V3, ClusterMapV4 as V4, ClusterMapV5 as V5};
     use proto::ClusterMap;
 
+    /// A map with one pool of 8 PGs.
+    fn one_pool_map() -> ClusterMap {
+        use proto::map::{Command, FailureDomain};
+        ClusterMap::new(7, vec![])
+            .apply(&Command::CreatePool {
+                name: "rbd".into(),
+                size: 3,
+                min_size: 2,
+                pg_count: 8,
+                object_size: 4096,
+                failure_domain: FailureDomain::Host,
+            })
+            .unwrap()
+            .0
+    }
+
+    /// `m` as format 5 wrote it (the fields format 5 had).
+    fn as_v5(m: &ClusterMap) -> V5 {
+        V5 {
+            fsid: m.fsid,
+            epoch: m.epoch,
+            mons: m.mons.clone(),
+            osds: m.osds.clone(),
+            pools: m.pools.clone(),
+            images: m.images.clone(),
+            next_osd_id: m.next_osd_id,
+            next_pool_id: m.next_pool_id,
+            next_image_id: m.next_image_id,
+            ratios: m.ratios,
+            flags: m.flags.clone(),
+            pg_history: m.pg_history.clone(),
+            pg_intervals: m.pg_intervals.clone(),
+        }
+    }
+
     #[test]
     fn sealed_records_reject_damage() {
         let m = ClusterMap::new(9, vec![]);
@@ -170,31 +205,22 @@ mod tests {
 
     #[test]
     fn a_format_4_map_is_read_and_its_pools_wait_for_interval_starts() {
-        use proto::map::{Command, FailureDomain};
-        let m = ClusterMap::new(7, vec![])
-            .apply(&Command::CreatePool {
-                name: "rbd".into(),
-                size: 3,
-                min_size: 2,
-                pg_count: 8,
-                object_size: 4096,
-                failure_domain: FailureDomain::Host,
-            })
-            .unwrap()
-            .0;
+        use proto::map::Command;
+        let m = one_pool_map();
+        let m5 = as_v5(&m);
         let m4 = V4 {
-            fsid: m.fsid,
-            epoch: m.epoch,
-            mons: m.mons.clone(),
-            osds: m.osds.clone(),
-            pools: m.pools.clone(),
-            images: m.images.clone(),
-            next_osd_id: m.next_osd_id,
-            next_pool_id: m.next_pool_id,
-            next_image_id: m.next_image_id,
-            ratios: m.ratios,
-            flags: m.flags.clone(),
-            pg_history: m.pg_history.clone(),
+            fsid: m5.fsid,
+            epoch: m5.epoch,
+            mons: m5.mons,
+            osds: m5.osds,
+            pools: m5.pools,
+            images: m5.images,
+            next_osd_id: m5.next_osd_id,
+            next_pool_id: m5.next_pool_id,
+            next_image_id: m5.next_image_id,
+            ratios: m5.ratios,
+            flags: m5.flags,
+            pg_history: m5.pg_history,
         };
         let raw = seal_as(&m4, 4);
         let read: ClusterMap = unseal_migrating::<ClusterMap, V3, V4, V5>(&raw).unwrap();
@@ -211,34 +237,8 @@ mod tests {
 
     #[test]
     fn a_format_5_map_is_read_with_no_osd_out_by_the_timer() {
-        use proto::map::{Command, FailureDomain};
-        let m = ClusterMap::new(7, vec![])
-            .apply(&Command::CreatePool {
-                name: "rbd".into(),
-                size: 3,
-                min_size: 2,
-                pg_count: 8,
-                object_size: 4096,
-                failure_domain: FailureDomain::Host,
-            })
-            .unwrap()
-            .0;
-        let m5 = V5 {
-            fsid: m.fsid,
-            epoch: m.epoch,
-            mons: m.mons.clone(),
-            osds: m.osds.clone(),
-            pools: m.pools.clone(),
-            images: m.images.clone(),
-            next_osd_id: m.next_osd_id,
-            next_pool_id: m.next_pool_id,
-            next_image_id: m.next_image_id,
-            ratios: m.ratios,
-            flags: m.flags.clone(),
-            pg_history: m.pg_history.clone(),
-            pg_intervals: m.pg_intervals.clone(),
-        };
-        let raw = seal_as(&m5, 5);
+        let m = one_pool_map();
+        let raw = seal_as(&as_v5(&m), 5);
         assert!(unseal::<ClusterMap>(&raw).is_err());
         let read: ClusterMap = unseal_migrating::<ClusterMap, V3, V4, V5>(&raw).unwrap();
         assert_eq!(read, m);

@@ -19,6 +19,37 @@ fn pid_of(dir: &std::path::Path, id: u64) -> u32 {
     cluster_pids(dir, "OSD_PIDS")[&id.to_string()]
 }
 
+/// kill -9 of osd.`id`, then waits until the map shows it down (within the grace period
+/// plus the check interval and a margin).
+fn kill_until_down(dir: &std::path::Path, mon: &str, id: u64) -> Duration {
+    signal(pid_of(dir, id), "-KILL");
+    let t = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(6), || osd_up(mon, id) == Some(false)),
+        "osd.{id} not marked down"
+    );
+    t.elapsed()
+}
+
+/// Starts osd.`id` again and waits until the map shows it up.
+fn start_until_up(dir: &std::path::Path, mon: &str, id: u64) {
+    let o = run(
+        "atlant",
+        &[
+            "dev",
+            "start",
+            "--dir",
+            dir.to_str().unwrap(),
+            &format!("osd.{id}"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        wait_until(Duration::from_secs(10), || osd_up(mon, id) == Some(true)),
+        "restarted osd.{id} not up"
+    );
+}
+
 #[test]
 fn killed_and_hung_osds_are_marked_down_and_come_back() {
     let dir = TempDir::new("liveness");
@@ -27,24 +58,14 @@ fn killed_and_hung_osds_are_marked_down_and_come_back() {
     let d = dir.path().to_str().unwrap();
 
     // kill -9: down within the grace period (plus the check interval and a margin).
-    signal(pid_of(dir.path(), 1), "-KILL");
-    let t = Instant::now();
-    assert!(
-        wait_until(Duration::from_secs(6), || osd_up(&mon, 1) == Some(false)),
-        "osd.1 not marked down"
-    );
-    println!("killed osd.1 marked down after {:?}", t.elapsed());
+    let took = kill_until_down(dir.path(), &mon, 1);
+    println!("killed osd.1 marked down after {took:?}");
     let status = run("atlant", &["--mon", &mon, "status", "--format", "json"]);
     assert!(
         String::from_utf8_lossy(&status.stdout).contains("osds down"),
         "status does not warn"
     );
-    let o = run("atlant", &["dev", "start", "--dir", d, "osd.1"]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        wait_until(Duration::from_secs(10), || osd_up(&mon, 1) == Some(true)),
-        "restarted osd.1 not up"
-    );
+    start_until_up(dir.path(), &mon, 1);
 
     // SIGSTOP past the grace period: down; SIGCONT: it registers again by itself.
     let pid2 = pid_of(dir.path(), 2);
@@ -106,7 +127,6 @@ fn single_reporter_noout_and_down_out_interval() {
         ],
     );
     let mon = env["ATLANT_MON"].clone();
-    let d = dir.path().to_str().unwrap();
     let rt = runtime();
 
     // osd.1 alone claims osd.0 is dead, for longer than the grace period: ignored.
@@ -135,11 +155,7 @@ fn single_reporter_noout_and_down_out_interval() {
     // noout: down, but stays in past the interval.
     let o = run("atlant", &["--mon", &mon, "osd", "set", "noout"]);
     assert!(o.status.success(), "{}", text(&o));
-    signal(pid_of(dir.path(), 2), "-KILL");
-    assert!(
-        wait_until(Duration::from_secs(6), || osd_up(&mon, 2) == Some(false)),
-        "osd.2 not marked down"
-    );
+    kill_until_down(dir.path(), &mon, 2);
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
         osd_in(&mon, 2),
@@ -165,12 +181,7 @@ fn single_reporter_noout_and_down_out_interval() {
 
     // Restarted, an OSD the monitors marked out is up at once (a new incarnation) and in
     // again: its PGs peer and recover it, back to active+clean with identical copies.
-    let o = run("atlant", &["dev", "start", "--dir", d, "osd.2"]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        wait_until(Duration::from_secs(10), || osd_up(&mon, 2) == Some(true)),
-        "restarted osd.2 not up"
-    );
+    start_until_up(dir.path(), &mon, 2);
     assert_eq!(
         osd_in(&mon, 2),
         Some(true),
@@ -192,17 +203,8 @@ fn single_reporter_noout_and_down_out_interval() {
     // Out by the operator: restarted, it stays out until the operator marks it in.
     let o = run("atlant", &["--mon", &mon, "osd", "out", "2"]);
     assert!(o.status.success(), "osd out: {}", text(&o));
-    signal(pid_of(dir.path(), 2), "-KILL");
-    assert!(
-        wait_until(Duration::from_secs(6), || osd_up(&mon, 2) == Some(false)),
-        "osd.2 not marked down"
-    );
-    let o = run("atlant", &["dev", "start", "--dir", d, "osd.2"]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        wait_until(Duration::from_secs(10), || osd_up(&mon, 2) == Some(true)),
-        "restarted osd.2 not up"
-    );
+    kill_until_down(dir.path(), &mon, 2);
+    start_until_up(dir.path(), &mon, 2);
     assert_eq!(
         osd_in(&mon, 2),
         Some(false),

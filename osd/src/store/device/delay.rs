@@ -16,9 +16,11 @@
 //! passed and the device below has completed it: the durability contract is the inner
 //! device's, unchanged.
 
+use super::sim::splitmix64;
 use super::{AlignedBuf, BlockDevice, IoFuture};
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The environment variable that slows a device down.
@@ -90,8 +92,9 @@ impl std::str::FromStr for DelaySpec {
 pub struct DelayedDevice {
     inner: Arc<dyn BlockDevice>,
     spec: DelaySpec,
-    /// xorshift64 state: the delays need no quality, only spread.
-    rng: Mutex<u64>,
+    seed: u64,
+    /// Operations delayed so far: the delays are `splitmix64` of seed and count.
+    ops: AtomicU64,
 }
 
 impl DelayedDevice {
@@ -99,21 +102,17 @@ impl DelayedDevice {
         DelayedDevice {
             inner,
             spec,
-            rng: Mutex::new(seed | 1),
+            seed,
+            ops: AtomicU64::new(0),
         }
     }
 
     /// How long the next operation waits.
     pub fn next_delay(&self) -> Duration {
-        let r = {
-            let mut x = crate::lock(&self.rng);
-            *x ^= *x << 13;
-            *x ^= *x >> 7;
-            *x ^= *x << 17;
-            *x
-        };
+        let n = self.ops.fetch_add(1, Ordering::Relaxed);
+        let r = splitmix64(self.seed ^ splitmix64(n));
         let s = &self.spec;
-        if s.stall_one_in > 0 && (r >> 32) % s.stall_one_in as u64 == 0 {
+        if s.stall_one_in > 0 && (r >> 32).is_multiple_of(s.stall_one_in as u64) {
             return s.stall;
         }
         let jitter_us = s.jitter.as_micros() as u64;
