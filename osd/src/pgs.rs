@@ -314,4 +314,38 @@ mod tests {
         // The same map again starts nothing.
         assert!(t.apply_map(primary, &m2).is_empty());
     }
+
+    /// The primary of a PG whose acting set changed and changed back, having skipped the
+    /// map in between: what went wrong, or None if it starts (and peers) a new interval.
+    fn missed_interval_not_peered() -> Option<String> {
+        let m = cluster();
+        let pg = PgId { pool: 1, seed: 0 };
+        let mapping = &pool_mappings(&m, &m.pools[&1])[0];
+        let primary = mapping.primary().unwrap();
+        let member = mapping.acting[1];
+        let out = m.apply(&Command::MarkOsdOut { id: member }).unwrap().0;
+        let back = out.apply(&Command::MarkOsdIn { id: member }).unwrap().0;
+        let mut t = PgTable::default();
+        t.apply_map(primary, &m);
+        let peer = t.apply_map(primary, &back);
+        let start = pool_mappings(&back, &back.pools[&1])[0].interval;
+        (peer != vec![(pg, start)] || t.pgs[&pg].interval_start != start).then(|| {
+            format!(
+                "interval identity: {primary} kept pg {pg} in its interval from epoch {} at epoch {} (peering {peer:?}), though it ended at epoch {}",
+                t.pgs[&pg].interval_start,
+                back.epoch,
+                out.epoch
+            )
+        })
+    }
+
+    #[test]
+    fn an_osd_that_missed_the_maps_between_peers_the_set_that_came_back() {
+        assert_eq!(missed_interval_not_peered(), None);
+        crate::planted::plant(Some(crate::planted::Bug::IntervalByMembers));
+        let caught = missed_interval_not_peered();
+        crate::planted::plant(None);
+        let v = caught.expect("planted interval-by-members went unnoticed");
+        assert!(v.starts_with("interval identity:"), "{v}");
+    }
 }
