@@ -620,6 +620,11 @@ impl World {
     /// random part of its unsynced writes, the monitors keep what they committed. All come
     /// back after `hold`.
     fn power_cycle(self: &Arc<Self>, hold: Duration) {
+        self.power_cycle_with(hold, false);
+    }
+
+    /// `power_cycle`; with `volatile`, every device loses every write not flushed.
+    fn power_cycle_with(self: &Arc<Self>, hold: Duration, volatile: bool) {
         tracing::info!(target: "sim", "fault: every node loses power for {hold:?}");
         for k in 0..self.opts.clients {
             if self.kill_client(k) {
@@ -628,7 +633,7 @@ impl World {
         }
         for i in 0..self.opts.osds {
             let name = lock(&self.osds)[i].name.clone();
-            if self.crash_osd(i) {
+            if self.crash_osd_with(i, volatile) {
                 self.net.power_off(&name);
                 self.restart_later(Restart::Osd(i), hold);
             }
@@ -645,11 +650,11 @@ impl World {
 
     /// The VMs only read (their writers idle, none flushes) while the operator drains every
     /// member of a hot block's PG; as soon as the PG's history no longer names them (it
-    /// was recovered onto its new members and recorded clean) and they have removed their
-    /// copies, every node loses power. The moved copies are then the only ones: had they
-    /// not been flushed before the PG was called clean (planted `unflushed-recovery`), the
-    /// power cut loses writes that completed FLUSHes covered, which the VMs read after it.
-    /// The drained OSDs stay out a while longer, so nothing restores the old copies.
+    /// was recovered onto its new members and recorded clean), every node loses power,
+    /// and every disk loses all it had not flushed. The moved copies are then the only
+    /// ones peering asks for: had they not been flushed before the PG was called clean
+    /// (planted `unflushed-recovery`), the power cut loses writes that completed FLUSHes
+    /// covered, which the VMs read after it. The drained OSDs stay out a while longer.
     async fn move_then_power_cycle(self: &Arc<Self>) {
         let Some(map) = self.map() else { return };
         let b = self.rand(|r| r.random_range(0..HOT_BLOCKS.min(self.opts.blocks)));
@@ -693,9 +698,10 @@ impl World {
                     .any(|i| i.members.iter().any(|m| members.contains(&m.osd)))
             });
             if placed && !named {
+                // At once: any other PG's activation on the new members flushes their
+                // devices, which would hide copies recovery left unflushed. (Peering never
+                // asks the old members again, whether their stray copies are gone or not.)
                 tracing::info!(target: "sim", "{pg} moved and recorded clean at epoch {}", map.epoch);
-                // Their stray copies go within a pass of the cleanup (every 2 s).
-                tokio::time::sleep(Duration::from_secs(3)).await;
                 break;
             }
         }
@@ -703,7 +709,9 @@ impl World {
         for q in lock(&self.quiet).iter_mut() {
             *q = None;
         }
-        self.power_cycle(hold);
+        // Disks whose volatile caches lose everything not flushed: the moved copies
+        // survive only if recovery flushed them.
+        self.power_cycle_with(hold, true);
     }
 
     /// The operator marks OSDs out (draining their hosts), and in again after `hold`.
@@ -802,6 +810,11 @@ impl World {
 
     /// Kills OSD `i` and powers its device off (unsynced writes lost or torn).
     fn crash_osd(&self, i: usize) -> bool {
+        self.crash_osd_with(i, false)
+    }
+
+    /// `crash_osd`; with `volatile`, the device loses every write not flushed.
+    fn crash_osd_with(&self, i: usize, volatile: bool) -> bool {
         let mut osds = lock(&self.osds);
         let Some(node) = osds[i].node.take() else {
             return false;
@@ -812,9 +825,13 @@ impl World {
         // What survives the power cut: from its own generator, as the number of draws
         // depends on how many writes were in flight.
         let crash_seed = self.rand(|r| r.random());
-        let (dev, stats) = osds[i]
-            .dev
-            .crash(&mut rand::rngs::StdRng::seed_from_u64(crash_seed));
+        let (dev, stats) = if volatile {
+            osds[i].dev.crash_volatile()
+        } else {
+            osds[i]
+                .dev
+                .crash(&mut rand::rngs::StdRng::seed_from_u64(crash_seed))
+        };
         osds[i].dev = dev;
         let mut r = lock(&self.report);
         r.osd_crashes += 1;

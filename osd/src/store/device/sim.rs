@@ -216,6 +216,19 @@ impl SimDevice {
         }
     }
 
+    /// The device as it would come back after losing power now, with a volatile write
+    /// cache that loses every write not flushed (the worst a power cut can do).
+    pub fn crash_volatile(&self) -> (Arc<SimDevice>, CrashStats) {
+        let s = self.state();
+        let writes: BTreeSet<u64> = s.pending.values().map(|(w, _)| *w).collect();
+        let stats = CrashStats {
+            pending: writes.len(),
+            lost: writes.len(),
+            ..Default::default()
+        };
+        (self.revived(&s, s.stable.clone()), stats)
+    }
+
     /// The device as it would come back after losing power now.
     pub fn crash(&self, rng: &mut impl Rng) -> (Arc<SimDevice>, CrashStats) {
         let s = self.state();
@@ -247,15 +260,18 @@ impl SimDevice {
                 image.write(*sector as usize * SECTOR, data);
             }
         }
+        (self.revived(&s, image), stats)
+    }
+
+    /// The same disk with `image` on it: as slow, and as short of room, as it was.
+    fn revived(&self, s: &State, image: Medium) -> Arc<SimDevice> {
         let dev = Self::with_image(self.size, image);
-        {
-            // The disk itself is the same: as slow, and as short of room, as it was.
-            let mut n = dev.state();
-            n.latency = s.latency;
-            n.jitter_state = s.jitter_state;
-            n.capacity_pages = s.capacity_pages;
-        }
-        (dev, stats)
+        let mut n = dev.state();
+        n.latency = s.latency;
+        n.jitter_state = s.jitter_state;
+        n.capacity_pages = s.capacity_pages;
+        drop(n);
+        dev
     }
 
     /// Counts an operation; fails it if the power is (or now goes) off.
