@@ -6,14 +6,17 @@
 //! its [`Node`] context, so that
 //! - a crash aborts exactly that node's tasks ([`Node::kill`]),
 //! - its connections go through the simulated network ([`crate::transport::SimNet`]),
-//! - its identifiers (process nonces, store uuids, client ids) come from the run's seed.
+//! - its identifiers (process nonces, store uuids, client ids) come from the run's seed,
+//! - its clock ([`now`]) may run a little fast or slow ([`Node::set_clock_rate`]).
 
 use crate::sync::lock;
 use rand::{Rng, SeedableRng};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Instant;
 
 tokio::task_local! {
     static NODE: Arc<Node>;
@@ -26,6 +29,22 @@ pub struct Node {
     tasks: Mutex<Tasks>,
     dead: AtomicBool,
     rng: Mutex<rand::rngs::StdRng>,
+    clock: Mutex<Clock>,
+}
+
+/// A node's clock: from `real_base` (the runtime's time) on, it runs at `rate` times the
+/// runtime's clock (a quartz a little fast or slow), reading `local_base` there.
+#[derive(Clone, Copy)]
+struct Clock {
+    real_base: Instant,
+    local_base: Instant,
+    rate: f64,
+}
+
+impl Clock {
+    fn read(&self) -> Instant {
+        self.local_base + (Instant::now() - self.real_base).mul_f64(self.rate)
+    }
 }
 
 #[derive(Default)]
@@ -46,7 +65,24 @@ impl Node {
             }),
             dead: AtomicBool::new(false),
             rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
+            clock: Mutex::new(Clock {
+                real_base: Instant::now(),
+                local_base: Instant::now(),
+                rate: 1.0,
+            }),
         })
+    }
+
+    /// Makes this node's clock run at `rate` times the runtime's from now on (its
+    /// readings stay continuous).
+    pub fn set_clock_rate(&self, rate: f64) {
+        assert!(rate > 0.0, "a clock rate must be positive");
+        let mut c = lock(&self.clock);
+        *c = Clock {
+            real_base: Instant::now(),
+            local_base: c.read(),
+            rate,
+        };
     }
 
     /// Spawns `fut` as a task of this node.
@@ -86,6 +122,23 @@ impl Node {
 /// The node the current task belongs to (None outside the simulator).
 pub fn current() -> Option<Arc<Node>> {
     NODE.try_with(Arc::clone).ok()
+}
+
+/// The current node's clock: the runtime's outside the simulator, where each node's clock
+/// may run a little fast or slow. Read leases are counted on it.
+pub fn now() -> Instant {
+    match current() {
+        Some(node) => lock(&node.clock).read(),
+        None => Instant::now(),
+    }
+}
+
+/// How long `d` on the current node's clock lasts in the runtime's time.
+pub fn real(d: Duration) -> Duration {
+    match current() {
+        Some(node) => d.div_f64(lock(&node.clock).rate),
+        None => d,
+    }
 }
 
 /// `tokio::spawn`, keeping the task in the current node when there is one.

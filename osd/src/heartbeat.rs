@@ -149,7 +149,7 @@ fn probe_round(
         );
         let (osd, state) = (Arc::clone(osd), Arc::clone(state));
         net::rt::spawn(async move {
-            let sent = tokio::time::Instant::now();
+            let sent = net::rt::now();
             let req = encode_control(&ControlRequest::Heartbeat { from: me, epoch });
             let probe = async {
                 let c = match conns.get(id, &addr).await {

@@ -512,7 +512,7 @@ async fn query(
         primary: osd.id,
         interval_start: start,
     };
-    let sent = tokio::time::Instant::now();
+    let sent = net::rt::now();
     match control(osd, map, to, &req).await? {
         ControlResponse::PgPeerInfo(i) => {
             // Only a lease the member says it granted (it grants none to an incarnation
@@ -574,7 +574,7 @@ pub async fn on_query(
             break;
         }
         tracing::debug!(%pg, %asker, wait_ms = wait.as_millis() as u64, "waiting for granted read leases to run out");
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(net::rt::real(wait)).await;
     }
     // What is listed below must be final: ops of the intervals before this one that were
     // admitted before the map changed finish first (later ones fail their interval check).

@@ -46,10 +46,13 @@ pub enum Bug {
     /// A booting OSD that the monitors' down-out timer marked out stays out (as before
     /// the map recorded `auto_out`).
     NoAutoIn,
+    /// A member waits out the leases it granted on its own clock with no allowance for
+    /// the grantee's clock running slower (`lease::DRIFT`).
+    NoDriftMargin,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::AckLocalOnly,
         Bug::SkipPastIntervals,
         Bug::NoLeaseWait,
@@ -65,6 +68,7 @@ impl Bug {
         Bug::NoReadRepair,
         Bug::IgnoreLaterBoot,
         Bug::NoAutoIn,
+        Bug::NoDriftMargin,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +88,7 @@ impl Bug {
             Bug::NoReadRepair => "no-read-repair",
             Bug::IgnoreLaterBoot => "ignore-later-boot",
             Bug::NoAutoIn => "no-auto-in",
+            Bug::NoDriftMargin => "no-drift-margin",
         }
     }
 

@@ -65,6 +65,9 @@ const LARGE_OBJECT_SIZE: u32 = BLOCK as u32;
 /// 770 objects in each of its 8 PGs, whose missing list (7-8 bytes an entry) a member that
 /// joins empty cannot keep in one 4 KiB object.
 const LARGE_FILLER: u64 = 6144;
+/// How far each machine's clock may run fast or slow (a fraction of real time): read
+/// leases allow two clocks 20% apart, and two at the extremes here are 17% apart.
+const CLOCK_DRIFT: f64 = 0.08;
 /// Half of the ops go to the first blocks (three objects): reads there often follow a
 /// write, so a stale copy is read soon after it goes stale.
 const HOT_BLOCKS: u64 = 12;
@@ -330,7 +333,23 @@ impl World {
             *i
         };
         let seed = self.opts.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Node::new(name, Arc::clone(&self.net) as Arc<dyn SimNet>, seed)
+        let node = Node::new(name, Arc::clone(&self.net) as Arc<dyn SimNet>, seed);
+        node.set_clock_rate(self.clock_rate(name));
+        node
+    }
+
+    /// The rate of the clock of the machine `name` runs on, the same for each of its
+    /// processes: `CLOCK_DRIFT` fast or slow (the extremes, where a margin too small
+    /// shows), within the read leases' allowance (`osd::lease::DRIFT`).
+    fn clock_rate(&self, name: &str) -> f64 {
+        let h = name
+            .bytes()
+            .fold(self.opts.seed ^ 0xc10c, |h, b| splitmix64(h ^ u64::from(b)));
+        if h & 1 == 0 {
+            1.0 + CLOCK_DRIFT
+        } else {
+            1.0 - CLOCK_DRIFT
+        }
     }
 
     /// Records a violation of `kind` (one of `check::kind`).
