@@ -341,11 +341,10 @@ mod tests {
 
     #[test]
     fn an_osd_that_missed_the_maps_between_peers_the_set_that_came_back() {
-        assert_eq!(missed_interval_not_peered(), None);
-        crate::planted::plant(Some(crate::planted::Bug::IntervalByMembers));
-        let caught = missed_interval_not_peered();
-        crate::planted::plant(None);
-        let v = caught.expect("planted interval-by-members went unnoticed");
+        let v = crate::planted::caught(
+            crate::planted::Bug::IntervalByMembers,
+            missed_interval_not_peered,
+        );
         assert!(v.starts_with("interval identity:"), "{v}");
     }
 }

@@ -368,11 +368,10 @@ mod tests {
     /// primary that misses maps is marked down, and its new incarnation is a new interval.
     #[test]
     fn planted_interval_by_members_is_caught_by_the_interval_check() {
-        assert_eq!(old_interval_recorded_as_current(), None);
-        crate::planted::plant(Some(crate::planted::Bug::IntervalByMembers));
-        let caught = old_interval_recorded_as_current();
-        crate::planted::plant(None);
-        let v = caught.expect("the planted bug went unnoticed");
+        let v = crate::planted::caught(
+            crate::planted::Bug::IntervalByMembers,
+            old_interval_recorded_as_current,
+        );
         assert!(v.starts_with("interval identity:"), "{v}");
     }
 

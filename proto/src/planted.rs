@@ -110,3 +110,16 @@ pub fn plant(bug: Option<Bug>) {
 pub fn active(bug: Bug) -> bool {
     PLANTED.with(|p| p.get()) == Some(bug)
 }
+
+/// For a unit test of a check: runs `check` (None: nothing wrong) as the code is, which
+/// must pass, and again with `bug` planted, and returns the violation it reports then.
+/// Panics if the check fails without the bug or misses it with it.
+pub fn caught(bug: Bug, check: impl Fn() -> Option<String>) -> String {
+    if let Some(v) = check() {
+        panic!("the check fails with no bug planted: {v}");
+    }
+    plant(Some(bug));
+    let v = check();
+    plant(None);
+    v.unwrap_or_else(|| panic!("planted {} went unnoticed", bug.name()))
+}
