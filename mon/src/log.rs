@@ -240,17 +240,17 @@ pub struct Applied {
     pub sessions: BTreeMap<u128, (u64, MonResponse, u64)>,
 }
 
-/// `Applied` as format 3 stored it (the map without PG history).
+/// `Applied` as an older format stored it: the same, with that format's map `M`.
 #[derive(serde::Deserialize)]
-pub struct AppliedV3 {
+pub struct AppliedWith<M> {
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    map: proto::map::ClusterMapV3,
+    map: M,
     sessions: BTreeMap<u128, (u64, MonResponse, u64)>,
 }
 
-impl From<AppliedV3> for Applied {
-    fn from(a: AppliedV3) -> Applied {
+impl<M: Into<ClusterMap>> From<AppliedWith<M>> for Applied {
+    fn from(a: AppliedWith<M>) -> Applied {
         Applied {
             last_applied: a.last_applied,
             membership: a.membership,
@@ -260,45 +260,12 @@ impl From<AppliedV3> for Applied {
     }
 }
 
-/// `Applied` as format 4 stored it (the map without interval starts).
-#[derive(serde::Deserialize)]
-pub struct AppliedV4 {
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    map: proto::map::ClusterMapV4,
-    sessions: BTreeMap<u128, (u64, MonResponse, u64)>,
-}
-
-impl From<AppliedV4> for Applied {
-    fn from(a: AppliedV4) -> Applied {
-        Applied {
-            last_applied: a.last_applied,
-            membership: a.membership,
-            map: a.map.into(),
-            sessions: a.sessions,
-        }
-    }
-}
-
-/// `Applied` as format 5 stored it (the map without `auto_out`).
-#[derive(serde::Deserialize)]
-pub struct AppliedV5 {
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    map: proto::map::ClusterMapV5,
-    sessions: BTreeMap<u128, (u64, MonResponse, u64)>,
-}
-
-impl From<AppliedV5> for Applied {
-    fn from(a: AppliedV5) -> Applied {
-        Applied {
-            last_applied: a.last_applied,
-            membership: a.membership,
-            map: a.map.into(),
-            sessions: a.sessions,
-        }
-    }
-}
+/// Format 3: the map without PG history.
+pub type AppliedV3 = AppliedWith<proto::map::ClusterMapV3>;
+/// Format 4: the map without interval starts.
+pub type AppliedV4 = AppliedWith<proto::map::ClusterMapV4>;
+/// Format 5: the map without `auto_out`.
+pub type AppliedV5 = AppliedWith<proto::map::ClusterMapV5>;
 
 fn unseal_applied(raw: &[u8]) -> Result<Applied, String> {
     unseal_migrating::<Applied, AppliedV3, AppliedV4, AppliedV5>(raw)
